@@ -1,0 +1,193 @@
+"""KL divergences between the prompted teacher and the unprompted student.
+
+Everything here works on "answer positions": the logits that predict answer
+tokens. Teacher and student see different prefixes (with and without the
+system prompt) but the same answer tokens, so their answer positions line up
+one to one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+
+def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
+    """KL(teacher ‖ student) per position, shape [N], from [N, V] logits.
+
+    With `top_k`, the teacher keeps its k most likely tokens and one bucket for
+    the remaining mass, and the student is compared on the same k+1 outcomes;
+    this is what an API that returns only top-k log-probs allows, and it lower
+    bounds the full KL.
+    """
+    teacher_logp = torch.log_softmax(teacher_logits.float(), dim=-1)
+    student_logp = torch.log_softmax(student_logits.float(), dim=-1)
+    if top_k is None:
+        return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+    top_teacher, index = teacher_logp.topk(top_k, dim=-1)
+    top_student = student_logp.gather(-1, index)
+    rest_teacher = _log1mexp(torch.logsumexp(top_teacher, dim=-1))
+    rest_student = _log1mexp(torch.logsumexp(top_student, dim=-1))
+    kl_top = (top_teacher.exp() * (top_teacher - top_student)).sum(-1)
+    return kl_top + rest_teacher.exp() * (rest_teacher - rest_student)
+
+
+def _log1mexp(log_p: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(log_p)), stable near 0 and clamped so an empty bucket stays finite."""
+    log_p = log_p.clamp(max=-1e-7)
+    return torch.where(log_p > -math.log(2), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+
+
+@dataclass
+class PairedBatch:
+    """Teacher and student inputs for the same answers, right-padded.
+
+    `teacher_positions` / `student_positions` mark the positions whose logits
+    predict an answer token; both select the same number of positions per row,
+    in the same order.
+    """
+
+    teacher_ids: torch.Tensor
+    teacher_mask: torch.Tensor
+    teacher_positions: torch.Tensor
+    student_ids: torch.Tensor
+    student_mask: torch.Tensor
+    student_positions: torch.Tensor
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return int(self.student_positions.sum())
+
+
+def paired_batch(teacher_prefixes: list[list[int]], student_prefixes: list[list[int]],
+                 answers: list[list[int]], pad_id: int) -> PairedBatch:
+    def side(prefixes):
+        sequences = [p + a for p, a in zip(prefixes, answers)]
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        positions = torch.zeros_like(ids, dtype=torch.bool)
+        for row, (prefix, answer) in enumerate(zip(prefixes, answers)):
+            ids[row, :len(prefix) + len(answer)] = torch.tensor(prefix + answer)
+            mask[row, :len(prefix) + len(answer)] = 1
+            positions[row, len(prefix) - 1:len(prefix) + len(answer) - 1] = True
+        return ids, mask, positions
+
+    return PairedBatch(*side(teacher_prefixes), *side(student_prefixes))
+
+
+def answer_logits(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[N, V] logits at the answer positions only.
+
+    The LM head (a V x d matmul, the biggest single cost for a small model)
+    runs on answer positions alone when the model exposes its decoder.
+    """
+    device = model.device
+    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    if decoder is None or head is None or decoder is base:
+        return model(input_ids=ids, attention_mask=mask).logits[positions]
+    states = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    return head(states[positions])
+
+
+def teacher_mode(model):
+    """Context in which `model` is the teacher: the base weights, adapter switched off."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def token_level_kl(model, tokenizer, trajectories, system_prompt: str, *, student_has_prompt: bool = False,
+                   student_is_base: bool = False, top_k: int | None = None, batch_size: int = 16,
+                   autocast_dtype: torch.dtype | None = None, progress: bool = True,
+                   desc: str = "held-out KL") -> KLEstimate:
+    """Exact full-vocabulary KL(prompted base ‖ model) summed along each trajectory.
+
+    The teacher is `model` with its adapter off and `system_prompt` in context;
+    the student is `model` as it is (or its base, with `student_is_base`),
+    without the prompt unless `student_has_prompt`. Lower variance than the
+    Monte-Carlo estimate because it sums over the whole vocabulary at every
+    position instead of using only the sampled token.
+    """
+    from .trajectories import chat_prefix, encode_like_lm_eval
+
+    def prefixes(prompt):
+        return [encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, t.question, prompt)) for t in trajectories]
+
+    teacher_prefixes = prefixes(system_prompt)
+    student_prefixes = prefixes(system_prompt if student_has_prompt else None)
+    sums, counts = [], []
+    for start in tqdm(range(0, len(trajectories), batch_size), desc=desc, disable=not progress, leave=False):
+        stop = start + batch_size
+        answers = [t.answer_ids for t in trajectories[start:stop]]
+        batch = paired_batch(teacher_prefixes[start:stop], student_prefixes[start:stop], answers, tokenizer.pad_token_id)
+        with autocast(model.device, autocast_dtype):
+            with teacher_mode(model):
+                teacher = answer_logits(model, batch.teacher_ids, batch.teacher_mask, batch.teacher_positions)
+            with teacher_mode(model) if student_is_base else contextlib.nullcontext():
+                student = answer_logits(model, batch.student_ids, batch.student_mask, batch.student_positions)
+        per_position = forward_kl(teacher, student, top_k).cpu()
+        lengths = [len(a) for a in answers]
+        for chunk in per_position.split(lengths):
+            sums.append(chunk.sum().item())
+        counts.extend(lengths)
+    return KLEstimate.from_sequences(sums, counts)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16 autocast where asked (fast on AMX CPUs and GPUs); a no-op for fp32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class KLEstimate:
+    """Mean KL per sequence and per answer token, each with its standard error over sequences.
+
+    Per-token KL is the mean over sequences of (sequence KL / its token count),
+    the same statistic lm_eval's `mean` aggregation gives for per-doc values,
+    so the two can be compared with their stderr.
+    """
+
+    per_token: float
+    per_token_stderr: float
+    per_sequence: float
+    per_sequence_stderr: float
+    n_sequences: int
+    n_tokens: int
+
+    @classmethod
+    def from_sequences(cls, sums: list[float], counts: list[int]) -> "KLEstimate":
+        rates = [s / c for s, c in zip(sums, counts)]
+        return cls(
+            per_token=_mean(rates),
+            per_token_stderr=_stderr(rates),
+            per_sequence=_mean(sums),
+            per_sequence_stderr=_stderr(sums),
+            n_sequences=len(sums),
+            n_tokens=sum(counts),
+        )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _stderr(values: list[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def monte_carlo_kl(teacher_logprobs: list[float], model_logprobs: list[float], n_tokens: list[int]) -> KLEstimate:
+    """Paper Eq. 3: mean over teacher samples y_i of log P_teacher(y_i) - log P_model(y_i)."""
+    diffs = [t - m for t, m in zip(teacher_logprobs, model_logprobs)]
+    return KLEstimate.from_sequences(diffs, n_tokens)

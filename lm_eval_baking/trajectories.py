@@ -1,0 +1,200 @@
+"""Trajectories: answers sampled from the prompted model, and their log-probs.
+
+A trajectory is (system prompt u, question x, answer y) with y ~ P_θ(·|u, x).
+Training needs the exact sampled token ids; validation through lm_eval needs
+the answer *text* and log-probs computed the way lm_eval scores a
+continuation (see `lm_eval_encode_pair`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .questions import Question
+
+
+@dataclass
+class Trajectory:
+    question: str
+    answer: str
+    answer_ids: list[int]
+    category: str = "user"
+    temperature: float = 1.0
+    # Held-out only: lm_eval-convention log-probs of `answer` after the chat
+    # prefix, with the system prompt (teacher) and without it (unprompted base).
+    teacher_logprob: float | None = None
+    base_logprob: float | None = None
+    n_tokens: int | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "Trajectory":
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in row.items() if k in fields})
+
+
+def chat_messages(question: str, system_prompt: str | None) -> list[dict]:
+    """The messages lm_eval builds for a zero-shot doc (with --system_instruction if given)."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": question}]
+
+
+def chat_prefix(tokenizer, question: str, system_prompt: str | None) -> str:
+    """The chat-templated context up to and including the assistant header."""
+    return tokenizer.apply_chat_template(
+        chat_messages(question, system_prompt), tokenize=False, add_generation_prompt=True
+    )
+
+
+def encode_like_lm_eval(tokenizer, text: str) -> list[int]:
+    """HFLM.tok_encode: the tokenizer's default special tokens, unless `text` already starts with BOS."""
+    bos = tokenizer.bos_token
+    add_special = not (bos and text.startswith(bos))
+    return tokenizer.encode(text, add_special_tokens=add_special)
+
+
+def lm_eval_encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Split (context, continuation) into token ids exactly as lm_eval 0.4.13 does.
+
+    Trailing whitespace moves from the context into the continuation, and the
+    continuation is whatever `encode(context + continuation)` has beyond
+    `encode(context)`. With a chat template the context ends in "assistant\\n",
+    so that newline is scored as part of the continuation.
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = encode_like_lm_eval(tokenizer, context + continuation)
+    context_ids = encode_like_lm_eval(tokenizer, context)
+    return context_ids, whole[len(context_ids):]
+
+
+@torch.no_grad()
+def sample_trajectories(
+    model,
+    tokenizer,
+    questions: list[Question],
+    *,
+    system_prompt: str | None,
+    samples_per_question: int = 1,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    desc: str = "sampling",
+    progress: bool = True,
+) -> list[Trajectory]:
+    """Sample answers from `model` prompted with `system_prompt` (temperature 0 = greedy).
+
+    Pure ancestral sampling at `temperature` (no top-k/top-p), so the samples
+    follow P_θ(·|u, x)^(1/T) exactly. Prompts are grouped by length to keep
+    left padding short; the KV cache makes each new token one small forward.
+    """
+    jobs = [(q, k) for q in questions for k in range(samples_per_question)]
+    prefixes = {q.text: encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, q.text, system_prompt)) for q in questions}
+    order = sorted(range(len(jobs)), key=lambda i: len(prefixes[jobs[i][0].text]))
+    results: list[Trajectory | None] = [None] * len(jobs)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    eos_ids = _eos_ids(tokenizer, model)
+    bar = tqdm(total=len(jobs), desc=desc, unit="answer", disable=not progress)
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            input_ids, attention_mask = _left_pad([prefixes[jobs[i][0].text] for i in batch], tokenizer.pad_token_id)
+            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+            output = model.generate(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=sorted(eos_ids),
+                **sampling,
+            )
+            for row, job_index in enumerate(batch):
+                answer_ids = _cut_at_eos(output[row, input_ids.shape[1]:].tolist(), eos_ids)
+                question = jobs[job_index][0]
+                results[job_index] = Trajectory(
+                    question=question.text,
+                    category=question.category,
+                    answer=tokenizer.decode(answer_ids, skip_special_tokens=True),
+                    answer_ids=answer_ids,
+                    temperature=temperature,
+                )
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        torch.random.set_rng_state(generator_state)
+    return results  # type: ignore[return-value]
+
+
+def _eos_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return {i for i in ids if i is not None}
+
+
+def _cut_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[:position + 1]  # keep the EOS: when to stop is part of the behaviour
+    return ids
+
+
+def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 16,
+                          desc: str = "scoring", progress: bool = True) -> list[tuple[float, int]]:
+    """(sum log-prob, token count) of each continuation given its context, lm_eval-style."""
+    from .kl import answer_logits
+
+    encoded = [lm_eval_encode_pair(tokenizer, ctx, cont) for ctx, cont in pairs]
+    results = []
+    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=not progress, leave=False):
+        chunk = encoded[start:start + batch_size]
+        input_ids, attention_mask = right_pad([ctx + cont for ctx, cont in chunk], tokenizer.pad_token_id)
+        positions = torch.zeros_like(input_ids, dtype=torch.bool)
+        for row, (ctx, cont) in enumerate(chunk):
+            positions[row, len(ctx) - 1:len(ctx) + len(cont) - 1] = True
+        logprobs = torch.log_softmax(answer_logits(model, input_ids, attention_mask, positions).float(), dim=-1)
+        targets = torch.tensor([token for _, cont in chunk for token in cont])
+        token_logprobs = logprobs[torch.arange(len(targets)), targets].cpu()
+        for chunk_logprobs in token_logprobs.split([len(cont) for _, cont in chunk]):
+            results.append((chunk_logprobs.sum().item(), len(chunk_logprobs)))
+    return results
+
+
+def score_heldout(model, tokenizer, trajectories: list[Trajectory], system_prompt: str, *,
+                  batch_size: int = 16, progress: bool = True) -> None:
+    """Fill teacher_logprob / base_logprob / n_tokens in place (model = the unbaked base)."""
+    prompted = [(chat_prefix(tokenizer, t.question, system_prompt), t.answer) for t in trajectories]
+    plain = [(chat_prefix(tokenizer, t.question, None), t.answer) for t in trajectories]
+    teacher = continuation_logprobs(model, tokenizer, prompted, batch_size=batch_size, desc="teacher log-probs", progress=progress)
+    base = continuation_logprobs(model, tokenizer, plain, batch_size=batch_size, desc="base log-probs", progress=progress)
+    for t, (t_lp, n), (b_lp, _) in zip(trajectories, teacher, base):
+        t.teacher_logprob, t.base_logprob, t.n_tokens = t_lp, b_lp, n
+
+
+def right_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq)
+        mask[row, :len(seq)] = 1
+    return ids, mask
