@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import resource
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,14 +61,17 @@ class BakeConfig:
     lora_dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     """Module names LoRA wraps (the authors' choice: attention projections)."""
-    learning_rate: float = 1e-3
-    epochs: int = 2
+    learning_rate: float = 2e-3
+    epochs: int = 1
+    """One epoch over 256 trajectories already removes ~85% of the prompt's KL on the default model."""
     batch_size: int = 8
     """Trajectories per optimiser step."""
     top_k: int | None = None
     """None: full-vocabulary KL. k: teacher's top-k tokens plus one bucket for the rest."""
     precision: str = "bf16"
     """'bf16': bf16 autocast for forward passes (LoRA weights and the loss stay fp32); 'fp32': none."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), or any torch device string such as 'cpu' or 'cuda:1'."""
     generation_batch_size: int = 64
     """Answers sampled in parallel (KV-cached); larger is faster until memory runs out."""
     seed: int = 0
@@ -216,11 +221,16 @@ def attach_lora(model, config: BakeConfig):
 
 
 def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked", *, overwrite: bool = False,
-         progress: bool = True, **settings) -> BakeResult:
+         progress: bool = True, teacher=None, **settings) -> BakeResult:
     """Bake `config.prompt` into a LoRA adapter written to `output` (atomically).
 
     `bake(prompt="You are a pirate.", output="adapters/pirate")` works too:
     keyword settings build the BakeConfig.
+
+    `teacher` is an optional (model, tokenizer) pair to bake into instead of
+    loading `config.model`: prompt pursuit passes the base with earlier rounds
+    merged in. It must be a plain (non-PEFT) model; it is modified in place.
+    The adapter still names `config.model` as its base.
     """
     config = config or BakeConfig(**settings)
     config.validate()
@@ -229,70 +239,86 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     if existing is not None:
         return existing
 
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    questions = load_questions(config.questions)
-    train_questions, heldout_questions = split_questions(questions, config.heldout_fraction, config.seed)
-    model_path = models.resolve_model(config.model)
-    model, tokenizer = models.load_model(model_path)
-    _check_prompt_fits(model, tokenizer, config)
-    timings["load_s"] = time.perf_counter() - clock
+    watch = Stopwatch()
+    with watch.phase("load"):
+        questions = load_questions(config.questions)
+        train_questions, heldout_questions = split_questions(questions, config.heldout_fraction, config.seed)
+        model_path = models.resolve_model(config.model)
+        model, tokenizer = teacher or models.load_model(model_path, device=config.device)
+        _check_prompt_fits(model, tokenizer, config)
 
-    clock = time.perf_counter()
-    with autocast(model.device, config.autocast_dtype):
+    with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
         train = sample_trajectories(
             model, tokenizer, train_questions, system_prompt=config.prompt,
             samples_per_question=config.samples_per_question, max_new_tokens=config.max_new_tokens,
             temperature=config.temperature, batch_size=config.generation_batch_size, seed=config.seed,
             desc="sampling training answers", progress=progress,
         )
+        # Held-out answers estimate KL, so they must be true samples of the prompted model: T=1.
         heldout = sample_trajectories(
             model, tokenizer, heldout_questions, system_prompt=config.prompt,
             samples_per_question=config.heldout_samples_per_question, max_new_tokens=config.max_new_tokens,
             temperature=1.0, batch_size=config.generation_batch_size, seed=config.seed + 1,
             desc="sampling held-out answers", progress=progress,
         )
-    timings["sampling_s"] = time.perf_counter() - clock
-    generated_tokens = sum(len(t.answer_ids) for t in train + heldout)
-
-    clock = time.perf_counter()
-    score_heldout(model, tokenizer, heldout, config.prompt, batch_size=config.batch_size * 2, progress=progress)
-    timings["scoring_s"] = time.perf_counter() - clock
+    with watch.phase("scoring"):
+        score_heldout(model, tokenizer, heldout, config.prompt, batch_size=config.batch_size * 2, progress=progress)
 
     model = attach_lora(model, config)
     baker = PromptBaker(model, tokenizer, config, progress=progress)
-    reference_kl = baker.heldout_kl(heldout, student_is_base=True)
+    with watch.phase("evaluation"):
+        reference_kl = baker.heldout_kl(heldout, student_is_base=True)
 
     epochs: list[dict] = []
-    train_clock = 0.0
-    with staged_directory(output, replace=True) as staging:
+    with staged_directory(output, replace=overwrite) as staging:
         for epoch in range(1, config.epochs + 1):
-            clock = time.perf_counter()
-            loss = baker.train_epoch(train, epoch)
-            train_clock += time.perf_counter() - clock
-            kl = baker.heldout_kl(heldout)
+            with watch.phase("training"):
+                loss = baker.train_epoch(train, epoch)
+            with watch.phase("evaluation"):
+                kl = baker.heldout_kl(heldout)
             epochs.append({"epoch": epoch, "train_loss": loss, "heldout_kl": asdict(kl)})
             model.save_pretrained(staging / "checkpoints" / f"epoch-{epoch}")
             if progress:
                 tqdm.write(f"epoch {epoch}: train KL {loss:.4f}, held-out KL/token {kl.per_token:.4f} "
                            f"(unprompted base {reference_kl.per_token:.4f})")
-        timings["training_s"] = train_clock
-        train_tokens = sum(len(t.answer_ids) for t in train) * config.epochs
 
-        final_kl = KLEstimate(**epochs[-1]["heldout_kl"])
-        model.save_pretrained(staging)
-        write_jsonl(staging / "data" / "train.jsonl", (t.to_dict() for t in train))
-        write_jsonl(staging / "data" / "heldout.jsonl", (t.to_dict() for t in heldout))
-        record = _bake_record(config, model_path, questions_count=(len(train_questions), len(heldout_questions)),
-                              reference_kl=reference_kl, epochs=epochs, timings=timings,
-                              throughput={"generation_tokens_per_s": generated_tokens / timings["sampling_s"],
-                                          "training_tokens_per_s": train_tokens / train_clock})
-        write_json(staging / BAKE_RECORD, record)
-        (staging / "README.md").write_text(_model_card(config, model_path, record), encoding="utf-8")
-        if output.exists() and not overwrite and any(output.iterdir()):
-            raise BakingError(f"{output} appeared while baking; rerun with --overwrite to replace it")
-    return BakeResult(output=output, base_model=model_path, reference_kl=reference_kl, final_kl=final_kl,
+        with watch.phase("saving"):
+            model.save_pretrained(staging)
+            write_jsonl(staging / "data" / "train.jsonl", (t.to_dict() for t in train))
+            write_jsonl(staging / "data" / "heldout.jsonl", (t.to_dict() for t in heldout))
+            answer_tokens = {"generated": sum(len(t.answer_ids) for t in train + heldout),
+                             "trained": sum(len(t.answer_ids) for t in train) * config.epochs}
+            record = _bake_record(config, model_path, questions_count=(len(train_questions), len(heldout_questions)),
+                                  reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens))
+            write_json(staging / BAKE_RECORD, record)
+            (staging / "README.md").write_text(_model_card(config, model_path, record), encoding="utf-8")
+    return BakeResult(output=output, base_model=model_path, reference_kl=reference_kl,
+                      final_kl=KLEstimate(**epochs[-1]["heldout_kl"]),
                       epoch_kl=[KLEstimate(**e["heldout_kl"]) for e in epochs])
+
+
+class Stopwatch:
+    """Wall time per named phase, for baking.json and the benchmarks."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def report(self, answer_tokens: dict[str, int]) -> dict:
+        return {
+            "seconds": dict(self.seconds),
+            "generation_tokens_per_s": answer_tokens["generated"] / self.seconds["sampling"],
+            "training_tokens_per_s": answer_tokens["trained"] / self.seconds["training"],
+            "answer_tokens": answer_tokens,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
 
 
 def load_bake_record(directory: str | Path) -> dict:
@@ -344,8 +370,8 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _bake_record(config: BakeConfig, model_path: str, *, questions_count, reference_kl, epochs, timings,
-                 throughput) -> dict:
+def _bake_record(config: BakeConfig, model_path: str, *, questions_count, reference_kl, epochs,
+                 performance) -> dict:
     import peft
     import transformers
 
@@ -370,7 +396,7 @@ def _bake_record(config: BakeConfig, model_path: str, *, questions_count, refere
             "final_per_token": final["per_token"],
             "ratio_to_unprompted": final["per_token"] / reference_kl.per_token,
         },
-        "timing": {**timings, **throughput},
+        "performance": performance,
         "data": {"train": "data/train.jsonl", "heldout": "data/heldout.jsonl", "checkpoints": "checkpoints/epoch-N"},
         "versions": {
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,

@@ -66,15 +66,15 @@ def staged_directory(final: str | os.PathLike, *, replace: bool) -> Iterator[Pat
         raise BakingError(f"cannot write to {final.parent} ({e.strerror}); choose a writable --output") from None
     try:
         yield staging
-        if final.exists():
+        if final.exists() and any(final.iterdir()):
             if not replace:
-                raise BakingError(f"{final} appeared while baking; rerun with --overwrite to replace it")
+                raise BakingError(f"{final} is not empty; pass --overwrite to replace it or choose another path")
             retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
             os.replace(final, retired / final.name)
             os.replace(staging, final)
             shutil.rmtree(retired, ignore_errors=True)
         else:
-            os.replace(staging, final)
+            os.replace(staging, final)  # also replaces an empty folder
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -89,8 +89,17 @@ def load_tokenizer(name_or_path: str | os.PathLike | None, *, trust_remote_code:
     return tokenizer
 
 
-def load_model(name_or_path: str | os.PathLike | None, *, dtype=None, trust_remote_code: bool = False):
-    """Load (model, tokenizer) for any HF id, local directory, or 'default'."""
+def pick_device(name: str = "auto") -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(name_or_path: str | os.PathLike | None, *, dtype=None, device: str = "cpu",
+               trust_remote_code: bool = False):
+    """Load (model, tokenizer) for any HF id, local directory, or 'default', on `device` ('auto' allowed)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -102,6 +111,10 @@ def load_model(name_or_path: str | os.PathLike | None, *, dtype=None, trust_remo
         )
     except (OSError, ValueError) as e:
         raise _unknown_model(path, e) from None
+    try:
+        model.to(pick_device(device))
+    except (RuntimeError, AssertionError) as e:
+        raise BakingError(f"cannot use device '{device}' ({str(e).splitlines()[0][:120]}); pass --device cpu") from None
     model.eval()
     return model, tokenizer
 

@@ -172,8 +172,8 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, bat
         for row, (ctx, cont) in enumerate(chunk):
             positions[row, len(ctx) - 1:len(ctx) + len(cont) - 1] = True
         logprobs = torch.log_softmax(answer_logits(model, input_ids, attention_mask, positions).float(), dim=-1)
-        targets = torch.tensor([token for _, cont in chunk for token in cont])
-        token_logprobs = logprobs[torch.arange(len(targets)), targets].cpu()
+        targets = torch.tensor([token for _, cont in chunk for token in cont], device=logprobs.device)
+        token_logprobs = logprobs.gather(-1, targets[:, None]).squeeze(-1).cpu()
         for chunk_logprobs in token_logprobs.split([len(cont) for _, cont in chunk]):
             results.append((chunk_logprobs.sum().item(), len(chunk_logprobs)))
     return results
