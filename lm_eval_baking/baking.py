@@ -366,7 +366,7 @@ def _check_prompt_fits(model, tokenizer, config: BakeConfig) -> None:
         )
 
 
-def _sha256(text: str) -> str:
+def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -381,7 +381,7 @@ def _bake_record(config: BakeConfig, model_path: str, *, questions_count, refere
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
-        "prompt_sha256": _sha256(config.prompt),
+        "prompt_sha256": text_sha256(config.prompt),
         "base_model": {"name_or_path": model_path, "sha256": models.model_fingerprint(model_path)},
         "questions": {
             "source": config.questions,
@@ -400,12 +400,12 @@ def _bake_record(config: BakeConfig, model_path: str, *, questions_count, refere
         "data": {"train": "data/train.jsonl", "heldout": "data/heldout.jsonl", "checkpoints": "checkpoints/epoch-N"},
         "versions": {
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "lm_eval_baking": _own_version(),
+            "lm_eval_baking": package_version(),
         },
     }
 
 
-def _own_version() -> str:
+def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:

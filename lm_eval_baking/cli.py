@@ -10,6 +10,7 @@ from pathlib import Path
 from . import models
 from .baking import BakeConfig, bake
 from .errors import BakingError
+from .pursuit import add_pursuit_commands
 from .tasks import tasks_path
 
 
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     baking.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_options(baking)
     baking.set_defaults(run=_run_bake)
+
+    add_pursuit_commands(commands)
     return parser
 
 
@@ -79,16 +82,23 @@ def _run_model(args) -> None:
     print(models.resolve_model(args.name))
 
 
-def _run_bake(args) -> None:
-    if args.prompt_file is not None:
-        try:
-            prompt = args.prompt_file.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise BakingError(f"cannot read --prompt-file {args.prompt_file} ({e}); pass a UTF-8 text file") from None
-    else:
-        prompt = args.prompt
+def read_prompt(args) -> str:
+    """The prompt from --prompt or --prompt-file."""
+    if args.prompt_file is None:
+        return args.prompt
+    try:
+        return args.prompt_file.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BakingError(f"cannot read --prompt-file {args.prompt_file} ({e}); pass a UTF-8 text file") from None
+
+
+def config_from_args(args, prompt: str) -> BakeConfig:
     settings = {f.name: getattr(args, f.name) for f in fields(BakeConfig) if f.name != "prompt"}
-    config = BakeConfig(prompt=prompt, **settings)
+    return BakeConfig(prompt=prompt, **settings)
+
+
+def _run_bake(args) -> None:
+    config = config_from_args(args, read_prompt(args))
     result = bake(config, args.output, overwrite=args.overwrite, progress=not args.quiet)
     reused = " (already baked with these settings; reused)" if result.reused else ""
     print(f"\nBaked adapter: {result.output}{reused}")
