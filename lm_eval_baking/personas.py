@@ -189,12 +189,15 @@ class Scorer:
         fn = SCORER_KINDS[spec["kind"]]
         try:
             inspect.signature(fn).bind("", **params)
-            fn("A sample answer.", **params)  # surfaces a bad regex or language now, not mid-evaluation
         except TypeError:
             expected = [p for p in inspect.signature(fn).parameters if p != "answer"]
             raise BakingError(f"{where}: scorer '{spec['kind']}' takes parameters {expected}, got {sorted(params)}") from None
+        try:
+            fn("A sample answer.", **params)  # surfaces a bad regex or value now, not mid-evaluation
         except re.error as e:
             raise BakingError(f"{where}: scorer regex {params.get('pattern')!r} is invalid ({e})") from None
+        except (TypeError, ValueError) as e:
+            raise BakingError(f"{where}: scorer '{spec['kind']}' cannot use {params} ({e})") from None
         except BakingError as e:
             raise BakingError(f"{where}: {e}") from None
         return cls(spec["kind"], params)
