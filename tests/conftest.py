@@ -17,6 +17,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
+QUESTIONS = "\n".join(f"Tell me fact number {i} about {topic}." for i, topic in enumerate(
+    ["cats", "rivers", "bread", "stars", "trains", "music", "rain", "chess", "salt", "maps", "wolves", "glass"]))
+
+
+def tiny_config(tiny_model_dir, question_file, **overrides):
+    """A BakeConfig small enough to bake the tiny model in seconds (12 questions, 8-token answers)."""
+    from lm_eval_baking import BakeConfig
+
+    settings = dict(prompt=PIRATE, model=str(tiny_model_dir), questions=str(question_file), heldout_fraction=0.25,
+                    samples_per_question=2, max_new_tokens=8, epochs=2, batch_size=4, learning_rate=2e-2,
+                    lora_rank=4, lora_alpha=8, precision="fp32", seed=0)
+    settings.update(overrides)
+    return BakeConfig(**settings)
 
 
 @pytest.fixture(scope="session")
@@ -43,4 +56,11 @@ def tiny_model_dir(tmp_path_factory, default_model_dir):
     path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def question_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("questions") / "questions.txt"
+    path.write_text(QUESTIONS)
     return path

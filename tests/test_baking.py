@@ -8,28 +8,10 @@ import sys
 import pytest
 import torch
 
-from lm_eval_baking import BakeConfig, BakingError, bake, load_bake_record
+from lm_eval_baking import BakingError, bake, load_bake_record
 from lm_eval_baking.cli import main
 
-from conftest import PIRATE
-
-QUESTIONS = "\n".join(f"Tell me fact number {i} about {topic}." for i, topic in enumerate(
-    ["cats", "rivers", "bread", "stars", "trains", "music", "rain", "chess", "salt", "maps", "wolves", "glass"]))
-
-
-@pytest.fixture(scope="module")
-def question_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("questions") / "questions.txt"
-    path.write_text(QUESTIONS)
-    return path
-
-
-def tiny_config(tiny_model_dir, question_file, **overrides):
-    settings = dict(prompt=PIRATE, model=str(tiny_model_dir), questions=str(question_file), heldout_fraction=0.25,
-                    samples_per_question=2, max_new_tokens=8, epochs=2, batch_size=4, learning_rate=2e-2,
-                    lora_rank=4, lora_alpha=8, precision="fp32", seed=0)
-    settings.update(overrides)
-    return BakeConfig(**settings)
+from conftest import PIRATE, tiny_config
 
 
 @pytest.fixture(scope="module")

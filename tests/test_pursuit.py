@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lm_eval_baking import BakeConfig, BakingError, load_bake_record
+from lm_eval_baking import BakingError, load_bake_record
 from lm_eval_baking.io import read_jsonl
 from lm_eval_baking.kl import token_level_kl
 from lm_eval_baking.models import load_model
@@ -19,27 +19,16 @@ from lm_eval_baking.pursuit import (
 )
 from lm_eval_baking.trajectories import Trajectory
 
+import conftest
 from conftest import PIRATE
 
-QUESTIONS = "\n".join(f"Tell me fact number {i} about {topic}." for i, topic in enumerate(
-    ["cats", "rivers", "bread", "stars", "trains", "music", "rain", "chess", "salt", "maps", "wolves", "glass"]))
 FRENCH = "Always respond in French."
 IDS = torch.tensor([[1, 17, 230, 4, 5000, 77, 9, 2]])
 
 
-@pytest.fixture(scope="module")
-def question_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("questions") / "questions.txt"
-    path.write_text(QUESTIONS)
-    return path
-
-
 def tiny_config(tiny_model_dir, question_file, **overrides):
-    settings = dict(prompt=PIRATE, model=str(tiny_model_dir), questions=str(question_file), heldout_fraction=0.25,
-                    samples_per_question=1, max_new_tokens=8, epochs=1, batch_size=4, learning_rate=2e-2,
-                    lora_rank=2, lora_alpha=4, precision="fp32", seed=0)
-    settings.update(overrides)
-    return BakeConfig(**settings)
+    settings = dict(samples_per_question=1, epochs=1, lora_rank=2, lora_alpha=4)
+    return conftest.tiny_config(tiny_model_dir, question_file, **{**settings, **overrides})
 
 
 def scripted(scores: dict[int, float]):
