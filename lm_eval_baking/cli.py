@@ -9,7 +9,9 @@ from pathlib import Path
 
 from . import models
 from .baking import BakeConfig, bake
+from .drift import add_drift_command
 from .errors import BakingError
+from .forgetting import add_forgetting_command
 from .pursuit import add_pursuit_commands
 from .tasks import tasks_path
 
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     baking.set_defaults(run=_run_bake)
 
     add_pursuit_commands(commands)
+    add_drift_command(commands)
+    add_forgetting_command(commands)
     return parser
 
 
