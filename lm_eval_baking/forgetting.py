@@ -54,7 +54,7 @@ def forgetting_matrix(
     base_model = models.resolve_model(base_model)
     adapters = [str(adapter) for adapter in adapters]
     for adapter in adapters:
-        _check_adapter(adapter)
+        _check_adapter(adapter, base_model)
     output_dir = _writable_dir(output_dir)  # fail now, not after an hour of evaluation
     task_manager = task_manager_for(tasks)
     leaf_tasks = expand_tasks(task_manager, tasks)
@@ -268,9 +268,11 @@ def _writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-def _check_adapter(adapter: str) -> None:
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise BakingError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json); pass folders made by `lm-eval-baking bake`")
+def _check_adapter(adapter: str, base_model: str) -> None:
+    """The one adapter check (safetensors only, baked on this base): HFLM loads peft= without asking."""
+    from .safety import check_adapter
+
+    check_adapter(adapter, base_model=base_model)
 
 
 def _load_lm(base_model: str, adapter: str | None, batch_size: int, device: str):

@@ -28,12 +28,54 @@ def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, top_k
     student_logp = torch.log_softmax(student_logits.float(), dim=-1)
     if top_k is None:
         return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
-    top_teacher, index = teacher_logp.topk(top_k, dim=-1)
+    return topk_kl(*teacher_logp.topk(top_k, dim=-1), student_logp)
+
+
+def teacher_topk(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's k largest log-probs (fp32) and their token ids, [N, k] each: what a cache keeps."""
+    return torch.log_softmax(teacher_logits.float(), dim=-1).topk(k, dim=-1)
+
+
+def topk_kl(top_teacher: torch.Tensor, index: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
+    """KL over the k+1 outcomes "one of the teacher's top-k tokens" and "anything else", per position.
+
+    `top_teacher` [N, k] are teacher log-probs of tokens `index`; `student_logp`
+    [N, V] are full student log-probs. This needs nothing else from the teacher,
+    which is why top-k teacher log-probs can be cached.
+    """
     top_student = student_logp.gather(-1, index)
     rest_teacher = _log1mexp(torch.logsumexp(top_teacher, dim=-1))
     rest_student = _log1mexp(torch.logsumexp(top_student, dim=-1))
     kl_top = (top_teacher.exp() * (top_teacher - top_student)).sum(-1)
     return kl_top + rest_teacher.exp() * (rest_teacher - rest_student)
+
+
+def chunked_kl_sum(head, student_states: torch.Tensor, teacher, chunk_size: int,
+                   top_k: int | None = None) -> torch.Tensor:
+    """Sum over positions of KL(teacher ‖ head(student_states)), `chunk_size` positions at a time.
+
+    The [N, V] student logits and their fp32 log-softmax are the largest
+    tensors of a training step (N answer tokens x V vocabulary; 128k-token
+    vocabularies make them gigabytes). Here each chunk's head matmul and KL run
+    under activation checkpointing, so only one chunk's [chunk, V] tensors live
+    at a time; backward recomputes them chunk by chunk.
+
+    `teacher` is either [N, V] teacher logits, or a (top log-probs, index) pair
+    of [N, k] tensors from `teacher_topk` (then the top-k bucket KL is used).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_kl(states, *teacher_chunk):
+        if len(teacher_chunk) == 2:
+            return topk_kl(*teacher_chunk, torch.log_softmax(head(states).float(), dim=-1)).sum()
+        return forward_kl(teacher_chunk[0], head(states), top_k).sum()
+
+    total = student_states.new_zeros((), dtype=torch.float32)
+    for start in range(0, student_states.shape[0], chunk_size):
+        part = slice(start, start + chunk_size)
+        teacher_chunk = tuple(t[part] for t in teacher) if isinstance(teacher, tuple) else (teacher[part],)
+        total = total + checkpoint(chunk_kl, student_states[part], *teacher_chunk, use_reentrant=False)
+    return total
 
 
 def _log1mexp(log_p: torch.Tensor) -> torch.Tensor:
@@ -86,14 +128,28 @@ def answer_logits(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch
     The LM head (a V x d matmul, the biggest single cost for a small model)
     runs on answer positions alone when the model exposes its decoder.
     """
-    device = model.device
-    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+    split = decoder_and_head(model)
+    if split is None:
+        device = model.device
+        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[positions.to(device)]
+    return split[1](answer_states(model, ids, mask, positions))
+
+
+def decoder_and_head(model):
+    """(decoder, LM head) of a causal LM (through a PEFT wrapper), or None if it does not expose them."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     if decoder is None or head is None or decoder is base:
-        return model(input_ids=ids, attention_mask=mask).logits[positions]
-    states = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    return head(states[positions])
+        return None
+    return decoder, head
+
+
+def answer_states(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[N, d] final hidden states at the answer positions (the LM head's input). Needs `decoder_and_head`."""
+    device = model.device
+    decoder, _ = decoder_and_head(model)
+    states = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    return states[positions.to(device)]
 
 
 def teacher_mode(model):
@@ -105,7 +161,7 @@ def teacher_mode(model):
 def token_level_kl(model, tokenizer, trajectories, system_prompt: str, *, student_has_prompt: bool = False,
                    student_is_base: bool = False, top_k: int | None = None, batch_size: int = 16,
                    autocast_dtype: torch.dtype | None = None, progress: bool = True,
-                   desc: str = "held-out KL") -> KLEstimate:
+                   desc: str = "held-out KL", workers=None) -> KLEstimate:
     """Exact full-vocabulary KL(prompted base ‖ model) summed along each trajectory.
 
     The teacher is `model` with its adapter off and `system_prompt` in context;
@@ -113,30 +169,39 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt: str, *, studen
     without the prompt unless `student_has_prompt`. Lower variance than the
     Monte-Carlo estimate because it sums over the whole vocabulary at every
     position instead of using only the sampled token.
+
+    `workers` (from `parallel.current()`) shares the trajectories out over
+    `accelerate launch` processes; every process gets the same estimate.
     """
+    from .parallel import SINGLE
     from .trajectories import chat_prefix, encode_like_lm_eval
 
-    def prefixes(prompt):
-        return [encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, t.question, prompt)) for t in trajectories]
+    workers = workers or SINGLE
 
-    teacher_prefixes = prefixes(system_prompt)
-    student_prefixes = prefixes(system_prompt if student_has_prompt else None)
-    sums, counts = [], []
-    for start in tqdm(range(0, len(trajectories), batch_size), desc=desc, disable=not progress, leave=False):
-        stop = start + batch_size
-        answers = [t.answer_ids for t in trajectories[start:stop]]
-        batch = paired_batch(teacher_prefixes[start:stop], student_prefixes[start:stop], answers, tokenizer.pad_token_id)
-        with autocast(model.device, autocast_dtype):
-            with teacher_mode(model):
-                teacher = answer_logits(model, batch.teacher_ids, batch.teacher_mask, batch.teacher_positions)
-            with teacher_mode(model) if student_is_base else contextlib.nullcontext():
-                student = answer_logits(model, batch.student_ids, batch.student_mask, batch.student_positions)
-        per_position = forward_kl(teacher, student, top_k).cpu()
-        lengths = [len(a) for a in answers]
-        for chunk in per_position.split(lengths):
-            sums.append(chunk.sum().item())
-        counts.extend(lengths)
-    return KLEstimate.from_sequences(sums, counts)
+    def sequence_kls(shard) -> list[tuple[float, int]]:
+        def prefixes(prompt):
+            return [encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, t.question, prompt)) for t in shard]
+
+        teacher_prefixes = prefixes(system_prompt)
+        student_prefixes = prefixes(system_prompt if student_has_prompt else None)
+        out = []
+        bar = tqdm(range(0, len(shard), batch_size), desc=desc, disable=not progress or not workers.is_main, leave=False)
+        for start in bar:
+            stop = start + batch_size
+            answers = [t.answer_ids for t in shard[start:stop]]
+            batch = paired_batch(teacher_prefixes[start:stop], student_prefixes[start:stop], answers,
+                                 tokenizer.pad_token_id)
+            with autocast(model.device, autocast_dtype):
+                with teacher_mode(model):
+                    teacher = answer_logits(model, batch.teacher_ids, batch.teacher_mask, batch.teacher_positions)
+                with teacher_mode(model) if student_is_base else contextlib.nullcontext():
+                    student = answer_logits(model, batch.student_ids, batch.student_mask, batch.student_positions)
+            per_position = forward_kl(teacher, student, top_k).cpu()
+            out.extend((chunk.sum().item(), len(chunk)) for chunk in per_position.split([len(a) for a in answers]))
+        return out
+
+    per_sequence = workers.map(sequence_kls, trajectories)
+    return KLEstimate.from_sequences([s for s, _ in per_sequence], [n for _, n in per_sequence])
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -132,23 +132,65 @@ def model_fingerprint(name_or_path: str | os.PathLike | None) -> str:
 
     Identifies the exact base weights an adapter was baked on, so a later load
     on different weights can be caught. For a hub id the local snapshot is hashed.
+    Hashing a 7B model reads ~14 GB, so the result is cached per directory and
+    reused while every hashed file keeps its name, size and mtime (as make and
+    git do); `config_fingerprint` is the cheap first check.
     """
-    path = Path(resolve_model(name_or_path))
-    if not path.is_dir():
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(str(path), local_files_only=True))
+    path = _model_files_dir(name_or_path)
     files = sorted(
         p for p in path.iterdir()
         if p.name == "config.json" or p.suffix in {".safetensors", ".bin"}
     )
+    signature = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache = _read_fingerprint_cache()
+    entry = cache.get(str(path.resolve()))
+    if isinstance(entry, dict) and entry.get("files") == signature and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode())
         with open(file, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 digest.update(chunk)
+    cache[str(path.resolve())] = {"files": signature, "sha256": digest.hexdigest()}
+    _write_fingerprint_cache(cache)
     return digest.hexdigest()
+
+
+def config_fingerprint(name_or_path: str | os.PathLike | None) -> str | None:
+    """sha256 of the model's config.json: a cheap first test of "same base model?"."""
+    config = _model_files_dir(name_or_path) / "config.json"
+    return hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
+
+
+def _model_files_dir(name_or_path) -> Path:
+    path = Path(resolve_model(name_or_path))
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(path), local_files_only=True))
+    return path
+
+
+def _fingerprint_cache_file() -> Path:
+    return cache_dir() / "fingerprints.json"
+
+
+def _read_fingerprint_cache() -> dict:
+    try:
+        cache = json.loads(_fingerprint_cache_file().read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # no cache, or a damaged one: hash again
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_fingerprint_cache(cache: dict) -> None:
+    from .io import write_json
+
+    try:
+        write_json(_fingerprint_cache_file(), cache)
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
 
 
 def model_context_length(model) -> int:

@@ -32,6 +32,7 @@ and of a sequence folder (`bake_sequence`):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import json
 import math
@@ -52,6 +53,7 @@ from .io import read_jsonl, staged_directory, write_json, write_jsonl
 from .kl import KLEstimate, autocast, monte_carlo_kl
 from .personas import Persona, get_persona, persona_for_prompt
 from .questions import Question, load_questions, split_questions
+from .safety import check_adapter, read_adapter_weights
 from .trajectories import Trajectory, chat_prefix, continuation_logprobs, sample_trajectories, score_heldout
 
 PURSUIT_RECORD = "pursuit.json"
@@ -69,20 +71,42 @@ Evaluator = Callable[..., float]
 # ---------------------------------------------------------------------------- chains of adapters
 
 
-def merge_adapters(model, adapter_dirs) -> torch.nn.Module:
-    """Merge each adapter into `model`'s weights, in order; returns the plain merged model."""
+def merge_adapters(model, adapter_dirs, *, base_model: str | None = None,
+                   allow_pickle: bool = False) -> torch.nn.Module:
+    """Merge each adapter into `model`'s weights, in order; returns the plain merged model.
+
+    Each adapter is checked first (`safety.check_adapter`): safetensors only
+    unless `allow_pickle`, and baked on `base_model` when that is given.
+    """
     from peft import PeftModel
 
     for adapter in adapter_dirs:
+        check_adapter(adapter, base_model=base_model, allow_pickle=allow_pickle)
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.eval()
     return model
 
 
-def load_chain(base_model: str, adapter_dirs, *, device: str = "cpu") -> tuple[torch.nn.Module, object]:
+def load_chain(base_model: str, adapter_dirs, *, device: str = "cpu",
+               allow_pickle: bool = False) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer): the base with the adapters merged in order, i.e. the model a chain produced."""
+    adapter_dirs = list(adapter_dirs)
+    for adapter in adapter_dirs:  # before the (slow) model load
+        check_adapter(adapter, base_model=base_model, allow_pickle=allow_pickle)
     model, tokenizer = models.load_model(base_model, device=device)
-    return merge_adapters(model, adapter_dirs), tokenizer
+    return merge_adapters(model, adapter_dirs, allow_pickle=allow_pickle), tokenizer
+
+
+def chain_id(adapter_dirs) -> str | None:
+    """sha256 over a chain's adapter weights: names the teacher a pursuit round or sequence stage bakes into
+    (None for the bare base), so resuming an interrupted round cannot mix two teachers' work."""
+    adapter_dirs = list(adapter_dirs)
+    if not adapter_dirs:
+        return None
+    digest = hashlib.sha256()
+    for adapter in adapter_dirs:
+        digest.update((Path(adapter) / ADAPTER_WEIGHTS).read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -99,14 +123,9 @@ class _LoraRound:
     """module key -> (A [r, in], B [out, r]), keys as stored minus '.lora_A.weight'."""
 
 
-def _read_lora(adapter_dir: Path) -> _LoraRound:
-    from safetensors.torch import load_file
-
-    config_path, weights_path = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
-    if not config_path.is_file() or not weights_path.is_file():
-        raise BakingError(f"{adapter_dir} holds no PEFT adapter ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}); "
-                          "pass bake directories")
-    config = json.loads(config_path.read_text("utf-8"))
+def _read_lora(adapter_dir: Path, allow_pickle: bool = False) -> _LoraRound:
+    files = check_adapter(adapter_dir, allow_pickle=allow_pickle)
+    config = files.config
     # Anything that is not plain W + s·B·A would make the concatenated adapter inexact.
     unsupported = [
         (config.get("peft_type") != "LORA", f"peft_type {config.get('peft_type')}"),
@@ -120,10 +139,16 @@ def _read_lora(adapter_dir: Path) -> _LoraRound:
         if problem:
             raise BakingError(f"{adapter_dir} uses {what}; only plain LoRA on linear layers can be chained or "
                               "scaled exactly")
-    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    try:
+        rank, alpha = int(config["r"]), float(config["lora_alpha"])
+        if rank < 1 or not math.isfinite(alpha):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise BakingError(f"{adapter_dir}/{ADAPTER_CONFIG} needs a LoRA rank r ≥ 1 and a finite lora_alpha; "
+                          "re-bake or re-download the adapter") from None
     scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
-    weights = load_file(str(weights_path))
+    weights = read_adapter_weights(files)
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key in weights:
         module, _, suffix = key.rpartition(".lora_")
@@ -256,24 +281,24 @@ def parse_strength(value) -> float:
 
 
 def export_strength(bake_dir: str | Path, strength, output: str | Path, *, epoch: int | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, allow_pickle: bool = False) -> Path:
     """Write the bake's adapter with its update scaled by `strength` ("half-baking").
 
     B is multiplied by s, so ΔW becomes s·ΔW exactly; lora_alpha is left alone
     so the adapter config stays the bake's. `epoch` starts from that epoch's
     checkpoint instead of the final adapter (early stopping is the other dial).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     strength = parse_strength(strength)
     bake_dir = Path(bake_dir)
     record = load_bake_record(bake_dir)
     source = bake_dir if epoch is None else bake_dir / "checkpoints" / f"epoch-{epoch}"
-    if not (source / ADAPTER_WEIGHTS).is_file():
+    if not (source / ADAPTER_CONFIG).is_file():
         epochs = record.get("config", {}).get("epochs")
         raise BakingError(f"{source} holds no adapter; --epoch must be between 1 and {epochs} for this bake")
-    lora = _read_lora(source)  # refuses DoRA & co., where scaling B is not scaling ΔW
-    weights = load_file(str(source / ADAPTER_WEIGHTS))
+    lora = _read_lora(source, allow_pickle)  # refuses DoRA & co., where scaling B is not scaling ΔW
+    weights = read_adapter_weights(check_adapter(source, allow_pickle=allow_pickle))
     scaled = {key: value * strength if ".lora_B." in key else value for key, value in weights.items()}
     record = {key: value for key, value in record.items() if key not in ("kl", "performance")}  # the source bake's
     record.update(kind="strength_export", half_baking={
@@ -608,7 +633,7 @@ def _read_record(path: Path) -> dict | None:
 
 
 def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_improvement: float = 0.01,
-           evaluator=None, overwrite: bool = False, progress: bool = True) -> PursuitResult:
+           evaluator=None, overwrite: bool = False, resume: bool = False, progress: bool = True) -> PursuitResult:
     """Prompt pursuit: bake `config.prompt` again and again into the baked model.
 
     Round 1 is `bake(config)` into `output/round-1`; round i+1 bakes the same
@@ -618,7 +643,8 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     a round scores worse than the one before, improves by less than
     `min_improvement` (relative), or at `max_rounds`; the best round's chain is
     exported to `output/pursued/`. Rerunning with the same settings reuses the
-    rounds already on disk, so a failed evaluator costs no re-baking.
+    rounds already on disk, so a failed evaluator costs no re-baking, and with
+    `resume` a round that was interrupted continues from its last checkpoint.
     """
     config.validate()
     settings = PursuitSettings(max_rounds, min_improvement, evaluator_name(evaluator) if callable(evaluator)
@@ -636,7 +662,8 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     bar = tqdm(range(1, max_rounds + 1), desc="pursuit", unit="round", disable=not progress)
     for round_index in bar:
         round_dir = output / f"round-{round_index}"
-        result = bake(config, round_dir, overwrite=overwrite, progress=progress, teacher=teacher)
+        result = bake(config, round_dir, overwrite=overwrite, resume=resume, progress=progress, teacher=teacher,
+                      teacher_id=chain_id(round_dirs))
         round_dirs.append(round_dir)
         kept = f"; rounds 1-{round_index} are kept in {output}"
         if score_fn is None:
@@ -647,7 +674,7 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
             rounds.append(RoundScore(
                 round=0, bake=None, score=checked_score(score_fn, model, tokenizer, 0, kept=kept),
                 reprompted_score=reprompted_score(score_fn, model, tokenizer, config.prompt, 0, kept=kept)))
-            model = merge_adapters(model, [round_dir])
+            model = merge_adapters(model, [round_dir], base_model=base_model)
         else:
             model, _ = load_chain(base_model, round_dirs, device=config.device)
         score = checked_score(score_fn, model, tokenizer, round_index, kept=kept)
@@ -773,7 +800,7 @@ def _reference(directory: Path, model, tokenizer, config: BakeConfig, base_sha: 
 
 
 def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Path, cycles: int = 1, *,
-                  overwrite: bool = False, progress: bool = True) -> SequenceResult:
+                  overwrite: bool = False, resume: bool = False, progress: bool = True) -> SequenceResult:
     """Bake several prompts one after another into one model, optionally cycling through them.
 
     Stage j bakes its prompt with the base + stages 1..j-1 merged as teacher.
@@ -809,7 +836,8 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
     for stage, (prompt_index, stage_config) in enumerate(tqdm(schedule, desc="sequence", unit="stage",
                                                               disable=not progress), 1):
         stage_dir = output / f"stage-{stage}"
-        result = bake(stage_config, stage_dir, overwrite=overwrite, progress=progress, teacher=(model, tokenizer))
+        result = bake(stage_config, stage_dir, overwrite=overwrite, resume=resume, progress=progress,
+                      teacher=(model, tokenizer), teacher_id=chain_id(stage_dirs))
         stage_dirs.append(stage_dir)
         model, _ = load_chain(base_model, stage_dirs, device=base_config.device)
         stages.append(StageRecord(
@@ -875,6 +903,8 @@ def add_pursuit_commands(subparsers) -> None:
     strength.add_argument("--epoch", type=int, help="start from this epoch's checkpoint instead of the final adapter")
     strength.add_argument("--output", "-o", type=Path, required=True, help="adapter directory to create")
     strength.add_argument("--overwrite", action="store_true", help="replace what is at --output")
+    strength.add_argument("--allow-pickle", action="store_true",
+                          help="accept an adapter stored only as a pickle (adapter_model.bin); only for trusted files")
     strength.set_defaults(run=_run_strength)
 
     sequence = subparsers.add_parser("sequence", help="bake several prompts one after another into one model")
@@ -889,6 +919,8 @@ def add_pursuit_commands(subparsers) -> None:
 def _add_output_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--output", "-o", type=Path, required=True, help=what)
     parser.add_argument("--overwrite", action="store_true", help="re-bake instead of reusing what --output holds")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted round from its last checkpoint (finished rounds are always reused)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -897,7 +929,7 @@ def _run_pursue(args) -> None:
 
     result = pursue(config_from_args(args, read_prompt(args)), args.output, max_rounds=args.max_rounds,
                     min_improvement=args.min_improvement, evaluator=args.evaluator, overwrite=args.overwrite,
-                    progress=not args.quiet)
+                    resume=args.resume, progress=not args.quiet)
     print("\n" + format_pursuit_table(result))
     print(f"\nEvaluate it with lm-evaluation-harness:\n  lm_eval --model hf --model_args "
           f"pretrained={result.base_model},peft={result.pursued} --apply_chat_template "
@@ -905,7 +937,8 @@ def _run_pursue(args) -> None:
 
 
 def _run_strength(args) -> None:
-    output = export_strength(args.bake_dir, args.strength, args.output, epoch=args.epoch, overwrite=args.overwrite)
+    output = export_strength(args.bake_dir, args.strength, args.output, epoch=args.epoch, overwrite=args.overwrite,
+                             allow_pickle=args.allow_pickle)
     print(f"Wrote {output}: {args.bake_dir} at strength {parse_strength(args.strength):g}")
 
 
@@ -914,5 +947,5 @@ def _run_sequence(args) -> None:
 
     settings = config_from_args(args, args.prompts[0])  # bake_sequence sets each stage's prompt itself
     result = bake_sequence(args.prompts, settings, args.output, args.cycles,
-                           overwrite=args.overwrite, progress=not args.quiet)
+                           overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
     print("\n" + format_sequence_table(result))

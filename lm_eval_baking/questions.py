@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,9 +34,12 @@ def load_questions(source: str | Path | None = None) -> list[Question]:
     if not path.is_file():
         raise BakingError(f"question file {path} not found; pass a .txt (one per line) or .jsonl file, or omit --questions")
     try:
-        text = path.read_text("utf-8")
+        # Bytes, then decode: no newline translation (see _lines); "utf-8-sig" accepts a leading BOM.
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise BakingError(f"question file {path} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as e:
+        raise BakingError(f"cannot read question file {path} ({e.strerror or e}); check the path") from None
     looks_jsonl = path.suffix == ".jsonl" or text.lstrip().startswith("{")
     questions = _parse_jsonl(text, str(path)) if looks_jsonl else _parse_lines(text)
     if not questions:
@@ -47,18 +51,26 @@ def load_questions(source: str | Path | None = None) -> list[Question]:
     return questions
 
 
+def _lines(text: str) -> list[str]:
+    """Lines end at \n, \r\n or \r. Not str.splitlines: that also cuts at U+2028, U+0085, form
+    feeds and other characters that a JSON string or a question may legitimately hold."""
+    return re.split(r"\r\n?|\n", text)
+
+
 def _parse_lines(text: str) -> list[Question]:
-    lines = (line.strip() for line in text.splitlines())
+    lines = (line.strip() for line in _lines(text))
     return [Question(line) for line in lines if line and not line.startswith("#")]
 
 
 def _parse_jsonl(text: str, where: str) -> list[Question]:
     questions = []
-    for line_no, line in enumerate(text.splitlines(), 1):
+    for line_no, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
+        except RecursionError:
+            raise BakingError(f"{where}:{line_no}: JSON nested too deeply; use one flat JSON object per line") from None
         except json.JSONDecodeError as e:
             raise BakingError(f"{where}:{line_no}: not valid JSON ({e.msg}); use one JSON object per line") from None
         question = row.get("question") if isinstance(row, dict) else None

@@ -8,11 +8,13 @@ continuation (see `lm_eval_encode_pair`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from .parallel import SINGLE, Workers
 from .questions import Question
 
 
@@ -88,24 +90,30 @@ def sample_trajectories(
     seed: int = 0,
     desc: str = "sampling",
     progress: bool = True,
+    workers: Workers = SINGLE,
 ) -> list[Trajectory]:
     """Sample answers from `model` prompted with `system_prompt` (temperature 0 = greedy).
 
     Pure ancestral sampling at `temperature` (no top-k/top-p), so the samples
     follow P_θ(·|u, x)^(1/T) exactly. Prompts are grouped by length to keep
     left padding short; the KV cache makes each new token one small forward.
+
+    Each batch draws from its own seeded stream (from `seed` and the batch's
+    index), so under `accelerate launch` the processes can share the batches
+    out and still produce exactly the answers one process would.
     """
     jobs = [(q, k) for q in questions for k in range(samples_per_question)]
     prefixes = {q.text: encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, q.text, system_prompt)) for q in questions}
     order = sorted(range(len(jobs)), key=lambda i: len(prefixes[jobs[i][0].text]))
+    batches = list(enumerate(order[start:start + batch_size] for start in range(0, len(order), batch_size)))
     results: list[Trajectory | None] = [None] * len(jobs)
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     eos_ids = _eos_ids(tokenizer, model)
-    bar = tqdm(total=len(jobs), desc=desc, unit="answer", disable=not progress)
+    mine = workers.shard(batches)
+    bar = tqdm(total=sum(len(b) for _, b in mine), desc=desc, unit="answer", disable=not progress or not workers.is_main)
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+        for batch_index, batch in mine:
+            torch.manual_seed(_batch_seed(seed, batch_index))
             input_ids, attention_mask = _left_pad([prefixes[jobs[i][0].text] for i in batch], tokenizer.pad_token_id)
             sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
             output = model.generate(
@@ -130,7 +138,23 @@ def sample_trajectories(
     finally:
         bar.close()
         torch.random.set_rng_state(generator_state)
+    if workers.distributed:
+        for piece in workers.gather([(i, t) for i, t in enumerate(results) if t is not None]):
+            for job_index, trajectory in piece:
+                results[job_index] = trajectory
     return results  # type: ignore[return-value]
+
+
+def _batch_seed(seed: int, batch_index: int) -> int:
+    """The seed of batch `batch_index` in a run seeded `seed`.
+
+    The first batch uses `seed` itself (so a run that fits one batch samples
+    what it always did); later ones a hash of both, since seed + i would
+    collide with the next seed's batches.
+    """
+    if batch_index == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}/{batch_index}".encode()).digest()[:7], "little")
 
 
 def _eos_ids(tokenizer, model) -> set[int]:
@@ -180,12 +204,21 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, bat
 
 
 def score_heldout(model, tokenizer, trajectories: list[Trajectory], system_prompt: str, *,
-                  batch_size: int = 16, progress: bool = True) -> None:
-    """Fill teacher_logprob / base_logprob / n_tokens in place (model = the unbaked base)."""
+                  batch_size: int = 16, progress: bool = True, workers: Workers = SINGLE) -> None:
+    """Fill teacher_logprob / base_logprob / n_tokens in place (model = the unbaked base).
+
+    Under `accelerate launch` each process scores its share and all receive every score.
+    """
     prompted = [(chat_prefix(tokenizer, t.question, system_prompt), t.answer) for t in trajectories]
     plain = [(chat_prefix(tokenizer, t.question, None), t.answer) for t in trajectories]
-    teacher = continuation_logprobs(model, tokenizer, prompted, batch_size=batch_size, desc="teacher log-probs", progress=progress)
-    base = continuation_logprobs(model, tokenizer, plain, batch_size=batch_size, desc="base log-probs", progress=progress)
+    progress = progress and workers.is_main
+
+    def scores(pairs, desc):
+        return workers.map(lambda shard: continuation_logprobs(model, tokenizer, shard, batch_size=batch_size,
+                                                               desc=desc, progress=progress), pairs)
+
+    teacher = scores(prompted, "teacher log-probs")
+    base = scores(plain, "base log-probs")
     for t, (t_lp, n), (b_lp, _) in zip(trajectories, teacher, base):
         t.teacher_logprob, t.base_logprob, t.n_tokens = t_lp, b_lp, n
 

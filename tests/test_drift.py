@@ -214,7 +214,7 @@ def test_loader_errors_name_the_file_and_the_fix(pirate_bake, tmp_path):
     with pytest.raises(BakingError, match="drift_docs.jsonl:1: not valid JSON"):
         load_drift_dataset(bake=str(adapter))
     (adapter / DOCS_FILE).write_text('{"persona": "pirate"}\n')
-    with pytest.raises(BakingError, match="corrupt; remake it with `lm-eval-baking drift-data"):
+    with pytest.raises(BakingError, match=r"corrupt \(row 1 needs the fields .*\); remake it with `lm-eval-baking drift-data"):
         load_drift_dataset(bake=str(adapter))
     assert len(load_drift_dataset(bake=str(pirate_bake), peft=str(adapter))["test"]) == 3 * len(DEFAULT_PROBES)
 
