@@ -37,7 +37,13 @@ from .errors import BakingError
 from .io import staged_directory, write_json
 
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
-TASKS = ("baking_mckl", "baking_persona_drift", "baking_forgetting")
+# Two lm_eval runs per variant. MC-KL compares the model's log-probs with teacher log-probs stored in
+# fp32, so it runs in fp32 (bf16 rounding alone would move the prompted base off KL = 0). Drift and
+# forgetting only rank answers, and in bf16 they run twice as fast on this CPU.
+EVALUATIONS = {
+    "mckl": (("baking_mckl",), "float32"),
+    "behaviour": (("baking_persona_drift", "baking_forgetting"), "bfloat16"),
+}
 RUN_STAMP = "demo_run.json"
 
 
@@ -56,9 +62,10 @@ class DemoSettings:
     """Questions per pursuit round (a seeded sample of the main bake's pool), 20% held out."""
     pursuit_max_new_tokens: int = 16
     drift_turns: int = 30
-    drift_probes_at: tuple[int, ...] = (1, 10, 20, 30)
+    drift_probes_at: tuple[int, ...] = (1, 15, 30)
     """Probed turns: the late ones carry the long contexts that dominate the drift evaluation's cost."""
-    drift_max_new_tokens: int = 40
+    drift_max_new_tokens: int = 24
+    """Length cap of each conversation turn: shorter turns keep the turn-30 context (and its cost) down."""
     forgetting_docs: int = 20
     """Docs per BIG-bench task (7 tasks): multiple choice scores every choice with the whole context."""
     batch_size: int = 16
@@ -147,8 +154,9 @@ def run_demo(settings: DemoSettings | None = None, *, progress: bool = True) -> 
     }
     for name in variants:
         with step(f"lm_eval: {name}"):
-            if not _lm_eval_run(lm_eval, base, name, settings, **runs[name]):
-                reused.append(f"lm_eval: {name}")
+            for evaluation in EVALUATIONS:
+                if not _lm_eval_run(lm_eval, base, name, evaluation, settings, **runs[name]):
+                    reused.append(f"lm_eval: {name} ({evaluation})")
     with step("report"):
         from .report import build_report
 
@@ -249,27 +257,28 @@ def lm_eval_executable() -> str:
     return found
 
 
-def lm_eval_command(lm_eval: str, base: str, settings: DemoSettings, output: Path, *, adapter: Path | None,
-                    system_instruction: str | None) -> list[str]:
+def lm_eval_command(lm_eval: str, base: str, evaluation: str, settings: DemoSettings, output: Path, *,
+                    adapter: Path | None, system_instruction: str | None) -> list[str]:
     from .tasks import tasks_path
 
-    model_args = f"pretrained={base}" + (f",peft={adapter}" if adapter else "")
+    tasks, dtype = EVALUATIONS[evaluation]
+    model_args = f"pretrained={base},dtype={dtype}" + (f",peft={adapter}" if adapter else "")
     metadata = {"bake": str(settings.bake_dir), "max_docs": settings.forgetting_docs}
     command = [lm_eval, "--model", "hf", "--model_args", model_args, "--apply_chat_template",
                "--device", settings.device, "--batch_size", str(settings.batch_size),
-               "--include_path", str(tasks_path()), "--tasks", ",".join(TASKS),
+               "--include_path", str(tasks_path()), "--tasks", ",".join(tasks),
                "--metadata", json.dumps(metadata), "--log_samples", "--output_path", str(output)]
     if system_instruction:
         command += ["--system_instruction", system_instruction]
     return command
 
 
-def _lm_eval_run(lm_eval: str, base: str, name: str, settings: DemoSettings, *, adapter: Path | None,
-                 system_instruction: str | None) -> bool:
-    """Run lm_eval for one variant unless the same command on the same inputs already ran; True if it ran."""
-    output = settings.lm_eval_dir / name.replace(" ", "-")
+def _lm_eval_run(lm_eval: str, base: str, name: str, evaluation: str, settings: DemoSettings, *,
+                 adapter: Path | None, system_instruction: str | None) -> bool:
+    """Run one evaluation of one variant unless the same command on the same inputs already ran; True if it ran."""
+    output = settings.lm_eval_dir / name.replace(" ", "-") / evaluation
     # The stamp's command names the final folder; lm_eval itself writes into a staging folder.
-    stamp = {"command": lm_eval_command("lm_eval", base, settings, output, adapter=adapter,
+    stamp = {"command": lm_eval_command("lm_eval", base, evaluation, settings, output, adapter=adapter,
                                         system_instruction=system_instruction),
              "inputs": _input_hashes(settings, adapter)}
     try:
@@ -280,12 +289,12 @@ def _lm_eval_run(lm_eval: str, base: str, name: str, settings: DemoSettings, *, 
         return False
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with staged_directory(output, replace=True) as staging:
-        command = lm_eval_command(lm_eval, base, settings, staging, adapter=adapter,
+        command = lm_eval_command(lm_eval, base, evaluation, settings, staging, adapter=adapter,
                                   system_instruction=system_instruction)
         sys.stdout.flush()
         code = subprocess.run(command, env=env).returncode
         if code != 0:
-            raise BakingError(f"lm_eval failed for the {name} variant (exit status {code}; its output is above); "
+            raise BakingError(f"lm_eval failed for the {name} variant ({evaluation}; exit status {code}; its output is above); "
                               "fix that and rerun the demo: finished steps are reused")
         write_json(staging / RUN_STAMP, stamp)
     return True

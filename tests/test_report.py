@@ -43,8 +43,8 @@ def demo(tmp_path_factory, tiny_model_dir, question_file):
     return settings, result
 
 
-def _results_file(settings: DemoSettings, variant: str) -> Path:
-    (path,) = (settings.lm_eval_dir / variant).rglob("results_*.json")
+def _results_file(settings: DemoSettings, variant: str, evaluation: str = "mckl") -> Path:
+    (path,) = (settings.lm_eval_dir / variant / evaluation).rglob("results_*.json")
     return path
 
 
@@ -60,9 +60,12 @@ def _cli(args, capsys) -> tuple[int, str, str]:
 def test_demo_runs_lm_eval_for_every_variant_and_writes_the_report(demo):
     settings, result = demo
     for variant in ("base", "prompted-base", "baked", "pursued"):
-        data = json.loads(_results_file(settings, variant).read_text())
-        assert set(data["results"]) >= {"baking_mckl", "baking_persona_drift", "baking_forgetting"}
-        assert data["lm_eval_version"].startswith("0.4.")
+        tasks = set()
+        for evaluation in ("mckl", "behaviour"):
+            data = json.loads(_results_file(settings, variant, evaluation).read_text())
+            assert data["lm_eval_version"].startswith("0.4.")
+            tasks |= set(data["results"])
+        assert tasks >= {"baking_mckl", "baking_persona_drift", "baking_forgetting"}
     prompted = json.loads(_results_file(settings, "prompted-base").read_text())
     assert prompted["system_instruction"] == PIRATE
     assert result.report == settings.report_dir / "report.html" and result.report.is_file()
@@ -73,8 +76,9 @@ def test_a_second_demo_run_reuses_every_step(demo):
     settings, first = demo
     before = {p: p.stat().st_mtime_ns for p in settings.lm_eval_dir.rglob("results_*.json")}
     again = run_demo(settings, progress=False)
-    assert {"bake", "pursuit", "drift conversations", "lm_eval: base", "lm_eval: prompted base", "lm_eval: baked",
-            "lm_eval: pursued"} <= set(again.reused)
+    evaluations = {f"lm_eval: {variant} ({evaluation})" for variant in ("base", "prompted base", "baked", "pursued")
+                   for evaluation in ("mckl", "behaviour")}
+    assert {"bake", "pursuit", "drift conversations"} | evaluations <= set(again.reused)
     assert {p: p.stat().st_mtime_ns for p in settings.lm_eval_dir.rglob("results_*.json")} == before
 
 
@@ -175,12 +179,13 @@ def test_report_refuses_to_replace_a_folder_of_other_files(demo, tmp_path):
 
 
 def _regressed(settings: DemoSettings, root: Path) -> Path:
-    """The baked variant's results with a collapsed bake: quality down, KL up."""
+    """The baked variant's results with a collapsed bake: quality down, KL up (drift and forgetting unchanged)."""
     data = json.loads(_results_file(settings, "baked").read_text())
     data["results"]["baking_mckl"].update({"quality,none": -3.0, "kl_per_token,none": 9.0})
     path = root / "regressed" / "results_regressed.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(data))
+    shutil.copy(_results_file(settings, "baked", "behaviour"), path.parent / "results_behaviour.json")
     return path.parent
 
 
