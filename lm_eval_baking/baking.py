@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import models, parallel
 from .errors import BakingError
-from .io import staged_directory, write_json, write_jsonl
+from .io import staged_directory, write_json
 from .kl import (
     KLEstimate, answer_logits, answer_states, autocast, chunked_kl_sum, decoder_and_head, forward_kl, paired_batch,
     teacher_mode, teacher_topk, token_level_kl, topk_kl,
@@ -408,7 +408,6 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     try:
         result = _bake_into(work, config, output, model, tokenizer, model_path, watch, workers,
                             overwrite=overwrite, progress=progress, settings=resume_settings, adopted=adopted,
-                            counts=(len(train_questions), len(heldout_questions)),
                             questions=(train_questions, heldout_questions))
     except OutputWriteError:
         work.release()
@@ -435,7 +434,7 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
 
 def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer, model_path: str,
                watch: "Stopwatch", workers, *, overwrite: bool, progress: bool, settings: ResumeSettings,
-               adopted: bool, counts: tuple[int, int], questions) -> BakeResult:
+               adopted: bool, questions) -> BakeResult:
     """The bake proper, reading back from `work` whatever an earlier run finished and saving as it goes."""
     state = work.state()
     checkpoint = work.trainer()
@@ -537,7 +536,7 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
             model.save_pretrained(staging)
             answer_tokens = {"generated": sum(len(t.answer_ids) for t in train + heldout),
                              "trained": sum(len(t.answer_ids) for t in train) * config.epochs}
-            record = _bake_record(config, model_path, questions_count=counts, reference_kl=reference_kl,
+            record = _bake_record(config, model_path, questions_count=(len(train_questions), len(heldout_questions)), reference_kl=reference_kl,
                                   epochs=epochs, performance=watch.report(answer_tokens),
                                   environment=_environment(model.device), resumes=work.state().get("resumes", []))
             write_json(staging / BAKE_RECORD, record)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import string
 import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lm_eval_baking import BakingError

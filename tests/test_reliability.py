@@ -22,7 +22,7 @@ from lm_eval_baking import BakingError, bake, load_bake_record
 from lm_eval_baking.cli import main
 from lm_eval_baking.resume import ResumeSettings, work_dir_for
 
-from conftest import PIRATE, tiny_config
+from conftest import tiny_config
 
 # A bake long enough to be killed in the middle of training: 30 epochs of 5 steps (~10 s of training).
 LONG = dict(epochs=30)
