@@ -39,6 +39,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function, schedule
 from tqdm.auto import tqdm
 
 from lm_eval_baking import BakeConfig, PromptBaker
@@ -49,6 +50,19 @@ from lm_eval_baking.questions import load_questions, split_questions
 from lm_eval_baking.trajectories import chat_prefix, encode_like_lm_eval, sample_trajectories
 
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
+# The top-k lever: teacher top-k log-probs captured while sampling, then no teacher forward in training.
+CAPTURED_TOP_K = 64
+LEVER_TOP_K = {"top_k": CAPTURED_TOP_K, "cache_teacher": True}
+
+# Profiler labels for the phases of one training step, the same for both methods.
+PHASE_TEACHER = "teacher forward"
+PHASE_STUDENT = "student forward + KL"
+PHASE_BACKWARD = "backward"
+PHASE_OPTIMIZER = "optimizer step"
+PHASES = (PHASE_TEACHER, PHASE_STUDENT, PHASE_BACKWARD, PHASE_OPTIMIZER)
+
+# Operator families in the profile: where CPU time goes inside the phases.
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
 
 
 # --------------------------------------------------------------------------- measurement helpers
@@ -115,8 +129,8 @@ def matmul_ceiling(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float
 
 # --------------------------------------------------------------------------- the reference method
 
-def reference_train(model, tokenizer, config: BakeConfig, train, after_step) -> None:
-    """The authors' loop, faithfully: one epoch per call, fp32, teacher recomputed every step.
+def reference_train(model, tokenizer, config: BakeConfig, train, after_step, max_steps: int | None = None) -> None:
+    """The authors' loop, faithfully: fp32, teacher recomputed every step; stops after `max_steps` if given.
 
     Differences from ours are the point: full-sequence logits (LM head on every
     position), every batch padded to the longest trajectory of the whole
@@ -153,30 +167,36 @@ def reference_train(model, tokenizer, config: BakeConfig, train, after_step) -> 
         order = list(range(len(train)))
         random.Random(config.seed * 1000 + epoch).shuffle(order)  # the same order as PromptBaker.batches
         batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        for step, batch in enumerate(tqdm(batches, desc=f"reference epoch {epoch}", unit="step"), 1):
+        for step, batch in enumerate(tqdm(batches[:max_steps], desc=f"reference epoch {epoch}", unit="step"), 1):
             t_pre, s_pre, answers = zip(*(rows[i] for i in batch))
             t_ids, t_mask = padded([p + a for p, a in zip(t_pre, answers)], teacher_width)
             s_ids, s_mask = padded([p + a for p, a in zip(s_pre, answers)], student_width)
             lengths = [len(a) for a in answers]
             t_pos = answer_mask([len(p) for p in t_pre], lengths, teacher_width)
             s_pos = answer_mask([len(p) for p in s_pre], lengths, student_width)
-            with torch.no_grad(), teacher_mode(model):
+            with record_function(PHASE_TEACHER), torch.no_grad(), teacher_mode(model):
                 teacher_logits = model(input_ids=t_ids, attention_mask=t_mask).logits[t_pos]
-            student_logits = model(input_ids=s_ids, attention_mask=s_mask).logits[s_pos]
-            teacher_logp = torch.log_softmax(teacher_logits, dim=-1)
-            student_logp = torch.log_softmax(student_logits, dim=-1)
-            loss = (teacher_logp.exp() * (teacher_logp - student_logp)).sum() / sum(lengths)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            with record_function(PHASE_STUDENT):
+                student_logits = model(input_ids=s_ids, attention_mask=s_mask).logits[s_pos]
+                teacher_logp = torch.log_softmax(teacher_logits, dim=-1)
+                student_logp = torch.log_softmax(student_logits, dim=-1)
+                loss = (teacher_logp.exp() * (teacher_logp - student_logp)).sum() / sum(lengths)
+            with record_function(PHASE_BACKWARD):
+                loss.backward()
+            with record_function(PHASE_OPTIMIZER):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             after_step(step, loss.item())
+            if step == max_steps:
+                break
         model.eval()
 
 
 # --------------------------------------------------------------------------- one training run, either method
 
 def train_and_track(method: str, model_path: str, config: BakeConfig, train, heldout, eval_every: int) -> dict:
-    """Train a fresh LoRA with `method`, measuring held-out KL every `eval_every` steps (off the clock)."""
+    """Train a fresh LoRA with `method` ("reference" or "ours", with `config`'s levers), measuring held-out KL
+    every `eval_every` steps (off the clock)."""
     model, tokenizer = load_model(model_path)
     model = attach_lora(model, config)
     evaluator = PromptBaker(model, tokenizer, config, progress=False)  # its heldout_kl is the shared yardstick
@@ -224,19 +244,19 @@ def ablation(model_path: str, base: BakeConfig, train, steps: int) -> list[dict]
     """Steps/s and memory of our training step with each lever switched, on the same batches.
 
     Each variant trains a fresh adapter for `steps` steps after one warm-up
-    step; the cached-teacher variant is timed on its second pass over the same
-    batches (epoch 2 and later), when the cache is full.
+    step. `train` carries the teacher top-k captured while sampling, which
+    only the cached-teacher variant uses.
     """
     variants = [
-        ("ours (default: bf16, batch-max padding, teacher every step, full vocab)", {}, False),
-        ("fp32 instead of bf16 autocast", {"precision": "fp32"}, False),
-        ("+ length bucketing", {"length_bucketing": True}, False),
-        ("+ top-64 KL, teacher every step", {"top_k": 64}, False),
-        ("+ top-64 KL, teacher cached (epoch >= 2)", {"top_k": 64, "cache_teacher": True}, True),
-        ("+ chunked KL (64 positions)", {"kl_chunk_size": 64}, False),
+        ("ours (default: bf16, batch-max padding, teacher every step, full vocab)", {}),
+        ("fp32 instead of bf16 autocast", {"precision": "fp32"}),
+        ("+ length bucketing", {"length_bucketing": True}),
+        (f"+ top-{CAPTURED_TOP_K} KL, teacher every step", {"top_k": CAPTURED_TOP_K}),
+        (f"+ top-{CAPTURED_TOP_K} KL, teacher captured while sampling", LEVER_TOP_K),
+        ("+ chunked KL (64 positions)", {"kl_chunk_size": 64}),
     ]
     rows = []
-    for name, change, second_pass in tqdm(variants, desc="levers", unit="variant"):
+    for name, change in tqdm(variants, desc="levers", unit="variant"):
         config = replace(base, **change)
         model, tokenizer = load_model(model_path)
         baker = PromptBaker(attach_lora(model, config), tokenizer, config, progress=False)
@@ -249,10 +269,7 @@ def ablation(model_path: str, base: BakeConfig, train, steps: int) -> list[dict]
             baker.optimizer.zero_grad(set_to_none=True)
 
         baker.model.train()
-        step(batches[0])  # warm-up (and, for the cache, fill it for the timed pass below)
-        if second_pass:
-            for batch in batches[1:]:
-                step(batch)
+        step(batches[0])  # warm-up
         gc.collect()
         with PeakRSS() as memory:
             start = time.perf_counter()
@@ -269,6 +286,86 @@ def ablation(model_path: str, base: BakeConfig, train, steps: int) -> list[dict]
     return rows
 
 
+# --------------------------------------------------------------------------- profile
+
+def profile_steps(model_path: str, config: BakeConfig, train, steps: int) -> dict:
+    """Where a training step's CPU time goes, by phase and by operator family: the reference, ours, and
+    ours with the captured top-k teacher.
+
+    torch.profiler records `steps` steps of each method after one untimed
+    warm-up step, on the same batches. Phases are labelled with
+    record_function; operator families are read from each op's self time,
+    and the matmul ops' FLOP counts give their achieved GFLOP/s, to compare
+    with the matmul ceilings measured in the same run.
+    """
+    runs = {"reference": replace(config, precision="fp32"), "ours": config,
+            f"ours + top-{CAPTURED_TOP_K} captured": replace(config, **LEVER_TOP_K)}
+    results = {}
+    for name, method_config in runs.items():
+        method = "reference" if name == "reference" else "ours"
+        model, tokenizer = load_model(model_path)
+        model = attach_lora(model, method_config)
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True,
+                     schedule=schedule(wait=0, warmup=1, active=steps)) as profiler:
+            if method == "reference":
+                reference_train(model, tokenizer, method_config, train, lambda *_: profiler.step(),
+                                max_steps=steps + 1)
+            else:
+                baker = PromptBaker(model, tokenizer, method_config, progress=False)
+                teacher = baker.teacher
+
+                def labelled_teacher(*args, **kwargs):
+                    with record_function(PHASE_TEACHER):
+                        return teacher(*args, **kwargs)
+
+                baker.teacher = labelled_teacher  # label the phase without touching the library
+                model.train()
+                for batch in baker.batches(train, 1)[:steps + 1]:
+                    with record_function(PHASE_STUDENT):  # includes the teacher; subtracted below
+                        loss = baker.compute_loss(batch)
+                    with record_function(PHASE_BACKWARD):
+                        loss.backward()
+                    with record_function(PHASE_OPTIMIZER):
+                        baker.optimizer.step()
+                        baker.optimizer.zero_grad(set_to_none=True)
+                    profiler.step()
+        results[name] = _profile_summary(profiler.key_averages(), steps, nested_teacher=method == "ours")
+        del model
+        gc.collect()
+    return results
+
+
+def _profile_summary(events, steps: int, *, nested_teacher: bool) -> dict:
+    by_name = {event.key: event for event in events}
+    phase_ms = {phase: by_name[phase].cpu_time_total / 1e3 / steps if phase in by_name else 0.0 for phase in PHASES}
+    if nested_teacher:  # our teacher runs inside compute_loss, so inside the student label
+        phase_ms[PHASE_STUDENT] -= phase_ms[PHASE_TEACHER]
+    step_ms = sum(phase_ms.values())
+    families = {"matmul": 0.0, "attention": 0.0, "softmax / log-softmax": 0.0, "other ops": 0.0}
+    matmul_flops = 0
+    for event in events:
+        if event.key in PHASES or event.key.startswith("ProfilerStep"):
+            continue
+        ms = event.self_cpu_time_total / 1e3 / steps
+        if event.key in MATMUL_OPS:
+            families["matmul"] += ms
+            matmul_flops += event.flops / steps
+        elif "scaled_dot_product" in event.key:
+            families["attention"] += ms
+        elif "softmax" in event.key:
+            families["softmax / log-softmax"] += ms
+        else:
+            families["other ops"] += ms
+    return {
+        "step_ms": step_ms,
+        "phase_ms": phase_ms,
+        "phase_share": {phase: ms / step_ms for phase, ms in phase_ms.items()},
+        "family_ms": families,
+        "family_share": {family: ms / sum(families.values()) for family, ms in families.items()},
+        "matmul_gflops": matmul_flops / 1e9 / (families["matmul"] / 1e3) if families["matmul"] else None,
+    }
+
+
 # --------------------------------------------------------------------------- sampling
 
 def sampling_comparison(model, tokenizer, questions, samples: int, max_new_tokens: int, dtype) -> dict:
@@ -279,6 +376,11 @@ def sampling_comparison(model, tokenizer, questions, samples: int, max_new_token
                                    max_new_tokens=max_new_tokens, batch_size=64, seed=0,
                                    desc="sampling: ours (batched)")
         ours_s = time.perf_counter() - start
+        start = time.perf_counter()
+        sample_trajectories(model, tokenizer, questions, system_prompt=PIRATE, samples_per_question=samples,
+                            max_new_tokens=max_new_tokens, batch_size=64, seed=0, capture_top_k=CAPTURED_TOP_K,
+                            desc=f"sampling: ours + top-{CAPTURED_TOP_K} capture")
+        capture_s = time.perf_counter() - start
         torch.manual_seed(0)
         loop_tokens, start = 0, time.perf_counter()
         for question in tqdm(questions, desc="sampling: plain generate loop", unit="question"):
@@ -296,6 +398,8 @@ def sampling_comparison(model, tokenizer, questions, samples: int, max_new_token
     return {
         "questions": len(questions), "samples_per_question": samples, "max_new_tokens": max_new_tokens,
         "ours": {"seconds": ours_s, "tokens": ours_tokens, "tokens_per_s": ours_tokens / ours_s},
+        "ours_with_top_k_capture": {"seconds": capture_s, "tokens": ours_tokens, "tokens_per_s": ours_tokens / capture_s,
+                                    "top_k": CAPTURED_TOP_K},
         "plain_loop": {"seconds": loop_s, "tokens": loop_tokens, "tokens_per_s": loop_tokens / loop_s},
         "speedup": (ours_tokens / ours_s) / (loop_tokens / loop_s),
     }
@@ -332,12 +436,14 @@ def main() -> None:
                         help="questions for the sampler comparison (x --sampling-samples answers each); 0 skips it")
     parser.add_argument("--sampling-samples", type=int, default=2)
     parser.add_argument("--ablation-steps", type=int, default=8, help="timed steps per lever variant; 0 skips")
+    parser.add_argument("--profile-steps", type=int, default=4, help="profiled steps per method; 0 skips")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "reference_vs_ours.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.quick:
         args.train_questions, args.heldout_questions, args.max_new_tokens = 16, 8, 8
         args.eval_every, args.sampling_questions, args.ablation_steps = 2, min(args.sampling_questions, 8), 2
+        args.profile_steps = min(args.profile_steps, 2)
         model_path = tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")))
     else:
         model_path = resolve_model(args.model)
@@ -355,7 +461,7 @@ def main() -> None:
     with autocast(model.device, config.autocast_dtype):  # the trajectories both methods train on, sampled once
         train = sample_trajectories(model, tokenizer, train_questions, system_prompt=PIRATE,
                                     max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size,
-                                    seed=config.seed, desc="sampling training answers")
+                                    seed=config.seed, desc="sampling training answers", capture_top_k=CAPTURED_TOP_K)
         heldout = sample_trajectories(model, tokenizer, heldout_questions, system_prompt=PIRATE,
                                       max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size,
                                       seed=config.seed + 1, desc="sampling held-out answers")
@@ -371,8 +477,9 @@ def main() -> None:
     reference = train_and_track("reference", model_path, replace(config, precision="fp32"), train, heldout,
                                 args.eval_every)
     ours = train_and_track("ours", model_path, config, train, heldout, args.eval_every)
+    ours_top_k = train_and_track("ours", model_path, replace(config, **LEVER_TOP_K), train, heldout, args.eval_every)
     target = reference["final_heldout_kl"]
-    for run in (reference, ours):
+    for run in (reference, ours, ours_top_k):
         run["time_to_target_s"] = time_to(run["curve"], target)
     # 6 x parameters x tokens: forward + backward of every weight per trained answer token, the usual
     # approximation (it ignores the teacher forward and the prefix positions, which also cost compute).
@@ -385,8 +492,13 @@ def main() -> None:
         "peak_rss_rise_ours_over_reference": ours["rss_rise_mb"] / reference["rss_rise_mb"]
         if reference["rss_rise_mb"] > 0 else None,
         "ours_fraction_of_bf16_ceiling": flops / 1e9 / ceilings["bf16_gflops"],
+        "throughput_ours_top_k_over_reference": ours_top_k["tokens_per_s"] / reference["tokens_per_s"],
+        "time_to_target_ours_top_k_over_reference": (ours_top_k["time_to_target_s"] / reference["time_to_target_s"]
+                                                     if ours_top_k["time_to_target_s"] else None),
+        "final_kl_ours_top_k_over_reference": ours_top_k["final_heldout_kl"] / reference["final_heldout_kl"],
     }
     levers = ablation(model_path, config, train, args.ablation_steps) if args.ablation_steps else []
+    step_profile = profile_steps(model_path, config, train, args.profile_steps) if args.profile_steps else None
 
     report = {
         "model": model_path, "quick": args.quick, "threads": torch.get_num_threads(),
@@ -394,8 +506,9 @@ def main() -> None:
                   "epochs": config.epochs, "batch_size": config.batch_size, "eval_every": args.eval_every},
         "config": asdict(config), "ceilings": ceilings,
         "flops_model": "6 x all model parameters (LoRA'd base, tied embedding counted once) x trained answer tokens",
-        "target_heldout_kl": target, "reference": reference, "ours": ours, "ratios": ratios,
-        "sampling": sampling, "levers": levers,
+        "target_heldout_kl": target, "reference": reference, "ours": ours,
+        "ours_top_k": {**ours_top_k, "levers": LEVER_TOP_K}, "ratios": ratios,
+        "sampling": sampling, "levers": levers, "profile": step_profile,
         "peak_rss_mb_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -407,20 +520,25 @@ def print_tables(r: dict) -> None:
     def fmt(value, spec=".1f"):
         return "—" if value is None else format(value, spec)
 
-    ref, ours, ratio = r["reference"], r["ours"], r["ratios"]
+    ref, ours, top_k, ratio = r["reference"], r["ours"], r["ours_top_k"], r["ratios"]
     print(f"\nModel {r['model']}: {r['sizes']['train']} training / {r['sizes']['heldout']} held-out trajectories, "
           f"{r['sizes']['epochs']} epoch(s), batch {r['sizes']['batch_size']}, {r['threads']} threads.")
     print(f"Target held-out KL (the reference's final): {r['target_heldout_kl']:.4f}\n")
-    print("| | reference | ours | ours / reference |\n| --- | ---: | ---: | ---: |")
+    print(f"| | reference | ours | ours / reference | ours + top-{CAPTURED_TOP_K} captured | that / reference |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: |")
     print(f"| training answer tokens/s | {ref['tokens_per_s']:.1f} | {ours['tokens_per_s']:.1f} "
-          f"| {ratio['throughput_ours_over_reference']:.2f}x |")
+          f"| {ratio['throughput_ours_over_reference']:.2f}x | {top_k['tokens_per_s']:.1f} "
+          f"| {ratio['throughput_ours_top_k_over_reference']:.2f}x |")
     print(f"| time to target KL (s) | {fmt(ref['time_to_target_s'])} | {fmt(ours['time_to_target_s'])} "
-          f"| {fmt(ratio['time_to_target_ours_over_reference'], '.2f')} |")
+          f"| {fmt(ratio['time_to_target_ours_over_reference'], '.2f')} | {fmt(top_k['time_to_target_s'])} "
+          f"| {fmt(ratio['time_to_target_ours_top_k_over_reference'], '.2f')} |")
     print(f"| final held-out KL/token | {ref['final_heldout_kl']:.4f} | {ours['final_heldout_kl']:.4f} "
-          f"| {ratio['final_kl_ours_over_reference']:.2f} |")
-    print(f"| peak RSS in training (MB) | {ref['peak_rss_mb']:.0f} | {ours['peak_rss_mb']:.0f} | |")
+          f"| {ratio['final_kl_ours_over_reference']:.2f} | {top_k['final_heldout_kl']:.4f} "
+          f"| {ratio['final_kl_ours_top_k_over_reference']:.2f} |")
+    print(f"| peak RSS in training (MB) | {ref['peak_rss_mb']:.0f} | {ours['peak_rss_mb']:.0f} | "
+          f"| {top_k['peak_rss_mb']:.0f} | |")
     print(f"| RSS rise in training (MB) | {ref['rss_rise_mb']:.0f} | {ours['rss_rise_mb']:.0f} "
-          f"| {fmt(ratio['peak_rss_rise_ours_over_reference'], '.2f')} |")
+          f"| {fmt(ratio['peak_rss_rise_ours_over_reference'], '.2f')} | {top_k['rss_rise_mb']:.0f} | |")
     c = r["ceilings"]
     print(f"\nMatmul ceilings: bf16 {c['bf16_gflops']:.0f} GFLOP/s, fp32 {c['fp32_gflops']:.0f} GFLOP/s. "
           f"Ours at {ratio['ours_fraction_of_bf16_ceiling']:.1%} of the bf16 ceiling ({r['flops_model']}).")
@@ -431,13 +549,26 @@ def print_tables(r: dict) -> None:
         print(f"| plain `generate` loop | {s['plain_loop']['seconds']:.1f} | {s['plain_loop']['tokens_per_s']:.1f} |")
         print(f"| ours (batched, KV cache, length-grouped) | {s['ours']['seconds']:.1f} "
               f"| {s['ours']['tokens_per_s']:.1f} |")
-        print(f"| **speed-up** | | **{s['speedup']:.1f}x** |")
+        capture = s["ours_with_top_k_capture"]
+        print(f"| ours, capturing the teacher's top-{capture['top_k']} | {capture['seconds']:.1f} "
+              f"| {capture['tokens_per_s']:.1f} |")
+        print(f"| **speed-up** (ours / plain loop) | | **{s['speedup']:.1f}x** |")
     if r["levers"]:
         print("\n| lever | answer tokens/s | vs default | RSS rise (MB) |\n| --- | ---: | ---: | ---: |")
         for row in r["levers"]:
             print(f"| {row['variant']} | {row['tokens_per_s']:.1f} | {row['speed_vs_default']:.2f}x "
                   f"| {row['rss_rise_mb']:.0f} |")
-
+    if r.get("profile"):
+        runs = r["profile"]
+        print("\n| profile, ms per step (share) | " + " | ".join(runs) + " |\n| --- |" + " ---: |" * len(runs))
+        print("| whole step | " + " | ".join(f"{run['step_ms']:.0f}" for run in runs.values()) + " |")
+        for phase in PHASES:
+            print(f"| {phase} | " + " | ".join(f"{run['phase_ms'][phase]:.0f} ({run['phase_share'][phase]:.0%})"
+                                            for run in runs.values()) + " |")
+        for family in next(iter(runs.values()))["family_ms"]:
+            print(f"| ops: {family} | " + " | ".join(f"{run['family_ms'][family]:.0f} ({run['family_share'][family]:.0%})"
+                                                  for run in runs.values()) + " |")
+        print("| matmul GFLOP/s achieved | " + " | ".join(fmt(run["matmul_gflops"], ".0f") for run in runs.values()) + " |")
 
 if __name__ == "__main__":
     main()

@@ -80,9 +80,10 @@ class BakeConfig:
     top_k: int | None = None
     """None: full-vocabulary KL. k: teacher's top-k tokens plus one bucket for the rest."""
     cache_teacher: bool = False
-    """Keep each trajectory's teacher top-k log-probs (needs top_k) the first time it is trained on and reuse
-    them in later epochs, instead of a teacher forward every step. From epoch 2 on this drops the teacher's
-    forward pass from each step; with one epoch it saves nothing. Memory: 12 bytes x top_k per answer token."""
+    """Keep each trajectory's teacher top-k log-probs (needs top_k) instead of a teacher forward every step.
+    `bake` captures them while sampling the training answers (the sampler runs the teacher anyway), so no
+    step runs the teacher; a bake resumed after sampling, or PromptBaker on trajectories without them,
+    computes each once, the first time it is trained on. Memory: 12 bytes x top_k per answer token."""
     length_bucketing: bool = False
     """Put trajectories of similar length in the same batch (the batch order stays shuffled), so less
     compute goes to padding. Changes which trajectories share a batch, not what is trained on."""
@@ -231,6 +232,11 @@ class PromptBaker:
             with torch.no_grad(), teacher_mode(self.model):
                 return answer_logits(self.model, batch.teacher_ids, batch.teacher_mask, batch.teacher_positions)
         keys = [(t.question, tuple(t.answer_ids)) for t in trajectories]
+        for key, t in zip(keys, trajectories):
+            # Top-k captured while sampling from the prompted base (sample_trajectories(capture_top_k=...)).
+            if key not in self._teacher_cache and t.teacher_top_k is not None \
+                    and t.teacher_top_k[0].shape[-1] == self.config.top_k:
+                self._teacher_cache[key] = tuple(part.to(self.model.device) for part in t.teacher_top_k)
         missing = list({k: t for k, t in zip(keys, trajectories) if k not in self._teacher_cache}.items())
         if missing:
             todo = self._paired([t for _, t in missing])
@@ -449,6 +455,7 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
                 samples_per_question=config.samples_per_question, max_new_tokens=config.max_new_tokens,
                 temperature=config.temperature, batch_size=config.generation_batch_size, seed=config.seed,
                 desc="sampling training answers", progress=progress, workers=workers,
+                capture_top_k=config.top_k if config.cache_teacher else None,
             )
         work.save_trajectories("train", train)
         work.update_state(seconds=watch.seconds)

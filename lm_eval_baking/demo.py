@@ -67,7 +67,7 @@ class DemoSettings:
     drift_max_new_tokens: int = 24
     """Length cap of each conversation turn: shorter turns keep the turn-30 context (and its cost) down."""
     forgetting_docs: int = 20
-    """Docs per BIG-bench task (7 tasks): multiple choice scores every choice with the whole context."""
+    """Docs per BIG-bench task of the group: multiple choice scores every choice with the whole context."""
     batch_size: int = 16
     device: str = "cpu"
 
@@ -301,12 +301,19 @@ def _lm_eval_run(lm_eval: str, base: str, name: str, evaluation: str, settings: 
 
 
 def _input_hashes(settings: DemoSettings, adapter: Path | None) -> dict[str, str]:
-    """What the lm_eval results depend on besides the command: the bake's data and the adapter's weights."""
+    """What the lm_eval results depend on besides the command: the task definitions, the bake's data and the
+    adapter's weights."""
+    from .tasks import tasks_path
+
     files = [settings.bake_dir / "baking.json", settings.bake_dir / "data" / "heldout.jsonl",
              settings.bake_dir / "data" / "drift_docs.jsonl"]
     if adapter:
         files.append(Path(adapter) / "adapter_model.safetensors")
-    return {str(f): _sha256(f) for f in files}
+    hashes = {str(f): _sha256(f) for f in files}
+    # A changed task (a new forgetting group member, say) must rerun the evaluations that use it.
+    task_files = sorted(f for f in tasks_path().rglob("*") if f.is_file() and f.suffix != ".pyc")
+    hashes["tasks"] = hashlib.sha256("".join(_sha256(f) for f in task_files).encode()).hexdigest()
+    return hashes
 
 
 def _sha256(path: Path) -> str:

@@ -9,11 +9,13 @@ continuation (see `lm_eval_encode_pair`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
+from .kl import answer_logits, teacher_topk
 from .parallel import SINGLE, Workers
 from .questions import Question
 
@@ -30,9 +32,13 @@ class Trajectory:
     teacher_logprob: float | None = None
     base_logprob: float | None = None
     n_tokens: int | None = None
+    # In memory only, never saved: the sampling model's top-k log-probs and token ids ([n, k] each) at
+    # every answer position, when sampled with `capture_top_k`. The trainer's teacher cache starts from them.
+    teacher_top_k: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        saved = (f.name for f in fields(self) if f.name != "teacher_top_k")
+        return {name: getattr(self, name) for name in saved if getattr(self, name) is not None}
 
     @classmethod
     def from_dict(cls, row: dict) -> "Trajectory":
@@ -91,6 +97,7 @@ def sample_trajectories(
     desc: str = "sampling",
     progress: bool = True,
     workers: Workers = SINGLE,
+    capture_top_k: int | None = None,
 ) -> list[Trajectory]:
     """Sample answers from `model` prompted with `system_prompt` (temperature 0 = greedy).
 
@@ -101,6 +108,11 @@ def sample_trajectories(
     Each batch draws from its own seeded stream (from `seed` and the batch's
     index), so under `accelerate launch` the processes can share the batches
     out and still produce exactly the answers one process would.
+
+    With `capture_top_k`, each trajectory also keeps the model's `capture_top_k`
+    largest log-probs at every answer position, before temperature: when the
+    sampling model is the prompted base, that is the teacher a top-k cached
+    bake needs, so its first epoch skips the teacher forward pass.
     """
     jobs = [(q, k) for q in questions for k in range(samples_per_question)]
     prefixes = {q.text: encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, q.text, system_prompt)) for q in questions}
@@ -116,12 +128,14 @@ def sample_trajectories(
             torch.manual_seed(_batch_seed(seed, batch_index))
             input_ids, attention_mask = _left_pad([prefixes[jobs[i][0].text] for i in batch], tokenizer.pad_token_id)
             sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+            recorder = _TopKRecorder(capture_top_k) if capture_top_k else None
             output = model.generate(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(eos_ids),
+                logits_processor=LogitsProcessorList([recorder] if recorder else []),
                 **sampling,
             )
             for row, job_index in enumerate(batch):
@@ -133,6 +147,7 @@ def sample_trajectories(
                     answer=tokenizer.decode(answer_ids, skip_special_tokens=True),
                     answer_ids=answer_ids,
                     temperature=temperature,
+                    teacher_top_k=recorder.row(row, len(answer_ids)) if recorder else None,
                 )
             bar.update(len(batch))
     finally:
@@ -143,6 +158,28 @@ def sample_trajectories(
             for job_index, trajectory in piece:
                 results[job_index] = trajectory
     return results  # type: ignore[return-value]
+
+
+class _TopKRecorder(LogitsProcessor):
+    """Keeps the top-k log-probs of every generation step, leaving the scores unchanged.
+
+    generate() runs custom processors before its temperature warper, so these
+    are the model's own log-probs, whatever the sampling temperature.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        values, index = teacher_topk(scores, self.k)
+        self.steps.append((values.cpu(), index.cpu()))
+        return scores
+
+    def row(self, row: int, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n_tokens, k] log-probs and token ids of one batch row's first `n_tokens` answer positions."""
+        return (torch.stack([values[row] for values, _ in self.steps[:n_tokens]]),
+                torch.stack([index[row] for _, index in self.steps[:n_tokens]]))
 
 
 def _batch_seed(seed: int, batch_index: int) -> int:
@@ -185,8 +222,6 @@ def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 16,
                           desc: str = "scoring", progress: bool = True) -> list[tuple[float, int]]:
     """(sum log-prob, token count) of each continuation given its context, lm_eval-style."""
-    from .kl import answer_logits
-
     encoded = [lm_eval_encode_pair(tokenizer, ctx, cont) for ctx, cont in pairs]
     results = []
     for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=not progress, leave=False):

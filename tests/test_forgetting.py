@@ -24,9 +24,9 @@ from lm_eval_baking.forgetting import (
 )
 from lm_eval_baking.tasks import tasks_path
 
-# Short prompts, so the lm_eval runs below stay fast.
-BIGBENCH_TASK = "implicatures"
-LM_EVAL_TASK = f"baking_forgetting_{BIGBENCH_TASK}"
+# Short prompts, so the lm_eval runs below stay fast; a subtask, so the '/' in its name is exercised.
+BIGBENCH_TASK = "arithmetic/1_digit_addition"
+LM_EVAL_TASK = "baking_forgetting_arithmetic_1_digit_addition"
 GROUP_DIR = tasks_path() / "baking_forgetting"
 
 
@@ -198,8 +198,8 @@ def test_corrupt_task_file_in_the_cache_is_a_clear_error(tmp_path, monkeypatch):
 def test_unknown_lm_eval_task_and_non_adapter_are_clear_errors(tmp_path, tiny_model_dir):
     with pytest.raises(BakingError, match="not a PEFT adapter directory"):
         forgetting_matrix(str(tiny_model_dir), [str(tmp_path)], [LM_EVAL_TASK], tmp_path / "out")
-    with pytest.raises(BakingError, match="unknown lm_eval task 'baking_forgetting_implicature'"):
-        expand_tasks(task_manager_for([LM_EVAL_TASK]), ["baking_forgetting_implicature"])
+    with pytest.raises(BakingError, match="unknown lm_eval task 'baking_forgetting_date_understandin'"):
+        expand_tasks(task_manager_for([LM_EVAL_TASK]), ["baking_forgetting_date_understandin"])
 
 
 def test_a_failed_download_is_a_clear_error(tmp_path, monkeypatch):

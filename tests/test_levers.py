@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from lm_eval_baking import BakeConfig, BakingError, PromptBaker
+from lm_eval_baking import BakeConfig, BakingError, PromptBaker, bake
 from lm_eval_baking.baking import attach_lora
 from lm_eval_baking.kl import chunked_kl_sum, forward_kl, teacher_topk, topk_kl
 from lm_eval_baking.models import load_model
-from lm_eval_baking.trajectories import Trajectory
+from lm_eval_baking.questions import load_questions
+from lm_eval_baking.trajectories import Trajectory, sample_trajectories
 
 from conftest import PIRATE, tiny_config
 
@@ -52,6 +53,39 @@ def test_teacher_cache_reproduces_the_uncached_loss_and_is_reused(tiny_model_dir
     again = cached_baker.compute_loss(batch[::-1])  # from the cache, in another order
     assert first.item() == pytest.approx(plain.item(), rel=1e-5)
     assert again.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_top_k_captured_while_sampling_is_the_teacher_and_skips_its_forward(tiny_model_dir, question_file):
+    config = tiny_config(tiny_model_dir, question_file, top_k=16, cache_teacher=True, temperature=0.7)
+    model, tokenizer = load_model(tiny_model_dir)
+    questions = load_questions(str(question_file))[:4]
+    sampled = sample_trajectories(model, tokenizer, questions, system_prompt=config.prompt, max_new_tokens=6,
+                                  temperature=config.temperature, seed=3, progress=False, capture_top_k=16)
+    assert all(t.teacher_top_k[0].shape == (len(t.answer_ids), 16) for t in sampled)
+    assert "teacher_top_k" not in sampled[0].to_dict(), "kept in memory, never written to train.jsonl"
+
+    model = attach_lora(model, config)
+    forwards = []
+    model.get_input_embeddings().register_forward_hook(lambda *_: forwards.append(1))  # once per forward pass
+    captured = PromptBaker(model, tokenizer, config, progress=False).compute_loss(sampled)
+    assert len(forwards) == 1, "the student's forward only: the teacher came from sampling"
+    plain = [Trajectory(question=t.question, answer=t.answer, answer_ids=t.answer_ids) for t in sampled]
+    computed = PromptBaker(model, tokenizer, config, progress=False).compute_loss(plain)
+    assert len(forwards) == 3, "without the capture, the teacher runs"
+    # Captured before temperature: the same teacher as the full forward, up to KV-cache and padding rounding.
+    assert captured.item() == pytest.approx(computed.item(), rel=1e-4)
+
+
+def test_a_cached_top_k_bake_never_runs_the_teacher_in_training(tiny_model_dir, question_file, tmp_path, monkeypatch):
+    import lm_eval_baking.baking
+
+    def no_teacher_forward(*_):
+        raise AssertionError("the teacher ran in training although its top-k was captured while sampling")
+
+    monkeypatch.setattr(lm_eval_baking.baking, "teacher_topk", no_teacher_forward)
+    result = bake(tiny_config(tiny_model_dir, question_file, top_k=16, cache_teacher=True), tmp_path / "bake",
+                  progress=False)
+    assert result.kl_ratio < 1
 
 
 def test_length_bucketing_keeps_every_trajectory_once(tiny_model_dir, question_file):

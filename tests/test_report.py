@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lm_eval_baking.cli import main
-from lm_eval_baking.demo import DemoSettings, run_demo
+from lm_eval_baking.demo import DemoSettings, _input_hashes, run_demo
 from lm_eval_baking.errors import BakingError
 from lm_eval_baking.report import FORGETTING, build_report, collect
 
@@ -80,6 +80,22 @@ def test_a_second_demo_run_reuses_every_step(demo):
                    for evaluation in ("mckl", "behaviour")}
     assert {"bake", "pursuit", "drift conversations"} | evaluations <= set(again.reused)
     assert {p: p.stat().st_mtime_ns for p in settings.lm_eval_dir.rglob("results_*.json")} == before
+
+
+def test_a_changed_task_definition_invalidates_the_reused_evaluations(tmp_path, monkeypatch):
+    import lm_eval_baking.tasks
+
+    tasks = tmp_path / "tasks"
+    (tasks / "baking_forgetting").mkdir(parents=True)
+    member = tasks / "baking_forgetting" / "baking_forgetting.yaml"
+    member.write_text("task:\n  - a\n")
+    monkeypatch.setattr(lm_eval_baking.tasks, "tasks_path", lambda: tasks)
+    settings = DemoSettings(adapters=tmp_path / "adapters", reports=tmp_path / "reports")
+
+    before = _input_hashes(settings, None)
+    assert _input_hashes(settings, None) == before
+    member.write_text("task:\n  - a\n  - b\n")
+    assert _input_hashes(settings, None)["tasks"] != before["tasks"]
 
 
 # ---------------------------------------------------------------------------- the report
