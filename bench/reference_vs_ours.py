@@ -14,8 +14,13 @@ Also measured in the same run:
   FLOPs = 6 x (all model parameters) x (trained answer tokens);
 - trajectory sampling: our batched sampler against a plain loop that calls
   `model.generate` once per (question, sample);
-- an ablation of our levers (bf16 autocast, length bucketing, cached top-k
-  teacher, chunked KL), answer tokens/s and memory each.
+- an ablation of our levers (bf16 autocast, length bucketing, top-k teacher
+  captured while sampling, chunked KL), answer tokens/s and memory each;
+- a third training run, ours with the captured top-64 teacher, against the
+  same target;
+- a torch.profiler profile of a few steps of each method: time per phase
+  (teacher forward, student forward + KL, backward, optimiser) and per
+  operator family, and the GFLOP/s the matmuls reach.
 
 Writes bench/results/reference_vs_ours.json and prints Markdown tables.
 
@@ -39,7 +44,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function, schedule
+from torch.profiler import ProfilerActivity, profile, record_function
 from tqdm.auto import tqdm
 
 from lm_eval_baking import BakeConfig, PromptBaker
@@ -305,30 +310,32 @@ def profile_steps(model_path: str, config: BakeConfig, train, steps: int) -> dic
         method = "reference" if name == "reference" else "ours"
         model, tokenizer = load_model(model_path)
         model = attach_lora(model, method_config)
-        with profile(activities=[ProfilerActivity.CPU], with_flops=True,
-                     schedule=schedule(wait=0, warmup=1, active=steps)) as profiler:
-            if method == "reference":
-                reference_train(model, tokenizer, method_config, train, lambda *_: profiler.step(),
-                                max_steps=steps + 1)
-            else:
-                baker = PromptBaker(model, tokenizer, method_config, progress=False)
-                teacher = baker.teacher
+        profiler = profile(activities=[ProfilerActivity.CPU], with_flops=True)
+        if method == "reference":
+            # Started after the first step, a warm-up; the reference stops itself after steps + 1.
+            reference_train(model, tokenizer, method_config, train,
+                            lambda step, _loss: profiler.start() if step == 1 else None, max_steps=steps + 1)
+        else:
+            baker = PromptBaker(model, tokenizer, method_config, progress=False)
+            teacher = baker.teacher
 
-                def labelled_teacher(*args, **kwargs):
-                    with record_function(PHASE_TEACHER):
-                        return teacher(*args, **kwargs)
+            def labelled_teacher(*args, **kwargs):
+                with record_function(PHASE_TEACHER):
+                    return teacher(*args, **kwargs)
 
-                baker.teacher = labelled_teacher  # label the phase without touching the library
-                model.train()
-                for batch in baker.batches(train, 1)[:steps + 1]:
-                    with record_function(PHASE_STUDENT):  # includes the teacher; subtracted below
-                        loss = baker.compute_loss(batch)
-                    with record_function(PHASE_BACKWARD):
-                        loss.backward()
-                    with record_function(PHASE_OPTIMIZER):
-                        baker.optimizer.step()
-                        baker.optimizer.zero_grad(set_to_none=True)
-                    profiler.step()
+            baker.teacher = labelled_teacher  # label the phase without touching the library
+            model.train()
+            for index, batch in enumerate(baker.batches(train, 1)[:steps + 1]):
+                with record_function(PHASE_STUDENT):  # includes the teacher; subtracted below
+                    loss = baker.compute_loss(batch)
+                with record_function(PHASE_BACKWARD):
+                    loss.backward()
+                with record_function(PHASE_OPTIMIZER):
+                    baker.optimizer.step()
+                    baker.optimizer.zero_grad(set_to_none=True)
+                if index == 0:  # the first step is a warm-up
+                    profiler.start()
+        profiler.stop()
         results[name] = _profile_summary(profiler.key_averages(), steps, nested_teacher=method == "ours")
         del model
         gc.collect()
@@ -498,6 +505,7 @@ def main() -> None:
         "final_kl_ours_top_k_over_reference": ours_top_k["final_heldout_kl"] / reference["final_heldout_kl"],
     }
     levers = ablation(model_path, config, train, args.ablation_steps) if args.ablation_steps else []
+    # Last: the profiler's event buffers raise this process's resident memory for good.
     step_profile = profile_steps(model_path, config, train, args.profile_steps) if args.profile_steps else None
 
     report = {
