@@ -166,7 +166,8 @@ def write_heatmap(report: dict, path: str | os.PathLike) -> None:
                         for c in row] for row in cells], dtype=float).reshape(len(adapters), len(tasks))
     span = max(report["threshold_pct"] * 2, np.nanmax(np.abs(values)) if np.isfinite(values).any() else 0.0)
 
-    fig, ax = plt.subplots(figsize=(2.0 + 1.1 * len(tasks), 2.4 + 0.5 * len(adapters)), layout="constrained")
+    # The rotated task names take ~2 inches; the rest keeps a one-adapter colour bar tall enough for its label.
+    fig, ax = plt.subplots(figsize=(2.0 + 1.1 * len(tasks), 3.4 + 0.5 * len(adapters)), layout="constrained")
     image = ax.imshow(values, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
     ax.set_xticks(range(len(tasks)), [_short_task(t) for t in tasks], rotation=45, ha="right")
     ax.set_yticks(range(len(adapters)), [_label(a) for a in adapters])
