@@ -543,8 +543,8 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
             model.save_pretrained(staging)
             answer_tokens = {"generated": sum(len(t.answer_ids) for t in train + heldout),
                              "trained": sum(len(t.answer_ids) for t in train) * config.epochs}
-            record = _bake_record(config, model_path, questions_count=(len(train_questions), len(heldout_questions)), reference_kl=reference_kl,
-                                  epochs=epochs, performance=watch.report(answer_tokens),
+            record = _bake_record(config, model_path, questions_count=(len(train_questions), len(heldout_questions)),
+                                  reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens),
                                   environment=_environment(model.device), resumes=work.state().get("resumes", []))
             write_json(staging / BAKE_RECORD, record)
             (staging / "README.md").write_text(_model_card(config, model_path, record), encoding="utf-8")
