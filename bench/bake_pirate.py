@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from lm_eval_baking import BakeConfig, bake, load_bake_record
-from lm_eval_baking.models import load_model
-from lm_eval_baking.questions import load_questions, split_questions
-from lm_eval_baking.trajectories import sample_trajectories
+from lm_eval_baking.core.models import load_model
+from lm_eval_baking.core.questions import load_questions, split_questions
+from lm_eval_baking.core.sampling import sample_trajectories
 
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
 

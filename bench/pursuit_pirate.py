@@ -28,14 +28,14 @@ from pathlib import Path
 import torch
 
 from lm_eval_baking import BakeConfig
-from lm_eval_baking.io import write_jsonl
-from lm_eval_baking.models import load_model
-from lm_eval_baking.personas import get_persona
-from lm_eval_baking.pursuit import (
-    AdherenceEvaluator, PursuitSettings, QualityEvaluator, export_strength, heldout_questions, pursue,
-    relative_improvement, stop_decision,
-)
-from lm_eval_baking.questions import load_questions
+from lm_eval_baking.utils.atomic import write_jsonl
+from lm_eval_baking.core.models import load_model
+from lm_eval_baking.evals.personas import get_persona
+from lm_eval_baking.artifacts.lora import export_strength
+from lm_eval_baking.compose.config import PursuitSettings
+from lm_eval_baking.compose.evaluators import AdherenceEvaluator, QualityEvaluator, heldout_questions
+from lm_eval_baking.compose.pursuit import pursue, relative_improvement, stop_decision
+from lm_eval_baking.core.questions import load_questions
 
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -48,11 +48,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from tqdm.auto import tqdm
 
 from lm_eval_baking import BakeConfig, PromptBaker
-from lm_eval_baking.baking import attach_lora
-from lm_eval_baking.kl import autocast, teacher_mode
-from lm_eval_baking.models import load_model, resolve_model
-from lm_eval_baking.questions import load_questions, split_questions
-from lm_eval_baking.trajectories import chat_prefix, encode_like_lm_eval, sample_trajectories
+from lm_eval_baking.training.baker import attach_lora
+from lm_eval_baking.core.batching import autocast, teacher_mode
+from lm_eval_baking.core.models import load_model, resolve_model
+from lm_eval_baking.core.questions import load_questions, split_questions
+from lm_eval_baking.core.chat import chat_prefix, encode_like_lm_eval
+from lm_eval_baking.core.sampling import sample_trajectories
 
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
 # The top-k lever: teacher top-k log-probs captured while sampling, then no teacher forward in training.

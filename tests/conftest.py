@@ -34,7 +34,7 @@ def tiny_config(tiny_model_dir, question_file, **overrides):
 
 @pytest.fixture(scope="session")
 def default_model_dir():
-    from lm_eval_baking.models import default_model_dir as prepare
+    from lm_eval_baking.core.models import default_model_dir as prepare
 
     return prepare()
 

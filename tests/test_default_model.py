@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lm_eval_baking import BakeConfig, bake
-from lm_eval_baking.tasks import tasks_path
+from lm_eval_baking.core.harness import tasks_path
 
 from conftest import PIRATE
 
@@ -40,9 +40,9 @@ def test_pirate_bake_removes_most_of_the_prompts_kl(pirate_bake):
 def test_pirate_bake_opens_with_ahoy_like_the_prompted_model(pirate_bake, default_model_dir):
     from peft import PeftModel
 
-    from lm_eval_baking.models import load_model
-    from lm_eval_baking.questions import load_questions, split_questions
-    from lm_eval_baking.trajectories import sample_trajectories
+    from lm_eval_baking.core.models import load_model
+    from lm_eval_baking.core.questions import load_questions, split_questions
+    from lm_eval_baking.core.sampling import sample_trajectories
 
     config = BakeConfig(prompt=PIRATE)
     _, heldout = split_questions(load_questions(), config.heldout_fraction, config.seed)

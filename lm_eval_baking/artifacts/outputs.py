@@ -1,0 +1,50 @@
+"""Which folders a command may replace: only what lm-eval-baking made.
+
+`--overwrite` replaces a bake, a pursuit, a sequence, a report, a forgetting
+report or a demo output, each recognised by the record it holds. A folder
+without such a record is the user's: it is never replaced or deleted, and no
+message suggests --overwrite for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..constants import OWN_RECORDS, PARTIAL_SUFFIX
+from ..errors import BakingError
+from ..utils.text import listed
+
+
+def made_by_us(folder: Path) -> str | None:
+    """What lm-eval-baking artefact `folder` holds ('bake', 'pursuit', ...), or None when it is not ours."""
+    for record, kind in OWN_RECORDS.items():
+        if (folder / record).is_file():
+            return kind
+    return None
+
+
+def check_output(output: str | Path, *, overwrite: bool, what: str, same_run=None) -> None:
+    """Refuse to write `what` to `output` unless it is new, empty, ours and replaceable.
+
+    `same_run(folder)` may say that the folder holds this very run (to be reused
+    or continued), which needs no --overwrite.
+    """
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise BakingError(f"--output {output} is a file; choose a directory path")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    kind = made_by_us(output)
+    if kind is None:
+        shown = sorted(p.name for p in output.iterdir())
+        more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
+        raise BakingError(f"--output {output} is a folder lm-eval-baking did not make (it holds "
+                          f"{listed(shown[:3], 40)}{more}); choose a new or empty folder for the {what}")
+    if overwrite or (same_run is not None and same_run(output)):
+        return
+    raise BakingError(f"--output {output} holds a different {kind} (made with other settings); choose another "
+                      "--output or pass --overwrite to replace it")
+
+
+def is_work_folder(folder: Path) -> bool:
+    return folder.name.startswith(".") and folder.name.endswith(PARTIAL_SUFFIX)

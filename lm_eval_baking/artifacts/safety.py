@@ -1,0 +1,140 @@
+"""Loading adapters other people made: never run their code, and never on the wrong base.
+
+Every place that loads an adapter (pursuit chains, strength exports, the
+lm_eval tasks' `peft=` bake, the forgetting runs) goes through
+`check_adapter` first:
+
+- weights must be `adapter_model.safetensors`, a format that holds only
+  tensors. A pickle-only adapter (`adapter_model.bin`) is refused: unpickling
+  can run any code its author put in the file. `allow_pickle=True`
+  (`--allow-pickle`) opts in for sources the user trusts; even then it is read
+  with torch's restricted `weights_only` unpickler.
+- a bake records the sha256 of its base model's weights in baking.json. When
+  the base it is about to be loaded on is known, the two must match, or the
+  adapter would silently apply its deltas to other weights. The config.json
+  hash is compared first (instant); the weights' hash is cached per file size
+  and mtime (`models.model_fingerprint`), so only the first check of a base
+  reads its weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..constants import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BAKE_RECORD, PICKLE_WEIGHTS
+from ..core import models
+from ..errors import BakingError
+from ..utils.jsonl import read_json_object
+from ..utils.text import first_line, quoted
+
+
+@dataclass(frozen=True)
+class AdapterFiles:
+    """A checked adapter folder."""
+
+    directory: Path
+    config: dict
+    weights: Path
+    pickled: bool
+    """True when the weights are a pickle the user allowed (allow_pickle)."""
+
+
+def check_adapter(directory: str | os.PathLike, *, base_model: str | os.PathLike | None = None,
+                  allow_pickle: bool = False) -> AdapterFiles:
+    """Check that `directory` is a PEFT adapter that is safe to load (on `base_model`, when given)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BakingError(f"{directory} is not a PEFT adapter directory (not a folder); pass a PEFT adapter folder "
+                          f"({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}), e.g. one made by `lm-eval-baking bake`")
+    config = _read_adapter_config(directory)
+    safe, pickled = directory / ADAPTER_WEIGHTS, directory / PICKLE_WEIGHTS
+    if safe.is_file():
+        _check_safetensors(safe)
+        files = AdapterFiles(directory, config, safe, pickled=False)
+    elif pickled.is_file():
+        if not allow_pickle:
+            raise BakingError(
+                f"{directory} has only pickle weights ({PICKLE_WEIGHTS}), and loading a pickle can run any code "
+                f"its author put in it; convert it to {ADAPTER_WEIGHTS}, or pass --allow-pickle "
+                "(allow_pickle=True) if you trust where it came from"
+            )
+        files = AdapterFiles(directory, config, pickled, pickled=True)
+    else:
+        raise BakingError(f"{directory} holds no adapter weights ({ADAPTER_WEIGHTS}); pass a PEFT adapter folder")
+    if base_model is not None:
+        check_base(directory, base_model)
+    return files
+
+
+def read_adapter_weights(files: AdapterFiles) -> dict:
+    """The adapter's tensors by name, from a checked folder."""
+    import torch
+
+    try:
+        if not files.pickled:
+            from safetensors.torch import load_file
+
+            return load_file(str(files.weights))
+        return torch.load(files.weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - safetensors and torch raise their own types for damaged files
+        raise BakingError(f"cannot read {files.weights} ({first_line(e)}); the file is damaged: "
+                          "re-bake or re-download it") from None
+
+
+def check_base(directory: str | os.PathLike, base_model: str | os.PathLike) -> None:
+    """Refuse `directory` on `base_model` when its baking.json names other base weights.
+
+    Adapters without a baking.json (not made here) or whose base cannot be
+    hashed locally (a hub id not downloaded) are left to PEFT's own shape checks.
+    """
+    directory = Path(directory)
+    record = read_json_object(directory / BAKE_RECORD)
+    recorded = record.get("base_model") if record else None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
+        return
+    base_path = models.resolve_model(base_model)
+    try:
+        config_sha = models.config_fingerprint(base_path)
+        if recorded.get("config_sha256") not in (None, config_sha):
+            actual = f"config sha256 {str(config_sha)[:12]}"
+        else:
+            sha = models.model_fingerprint(base_path)
+            actual = None if sha == recorded["sha256"] else f"sha256 {sha[:12]}"
+    except (OSError, ValueError):
+        return  # nothing local to hash: loading will fail or PEFT will check the shapes
+    if actual is not None:
+        name = quoted(recorded.get("name_or_path", "?"))
+        raise BakingError(
+            f"{directory} was baked on a different base model ({name}, sha256 {quoted(recorded['sha256'][:12])}) than "
+            f"{base_path} ({actual}); load it on the base it was baked on, or re-bake the prompt with "
+            f"--model {base_path}"
+        )
+
+
+def _read_adapter_config(directory: Path) -> dict:
+    path = directory / ADAPTER_CONFIG
+    if not path.is_file():
+        raise BakingError(f"{directory} is not a PEFT adapter directory (no {ADAPTER_CONFIG}); "
+                          "pass a folder made by `lm-eval-baking bake`")
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        config = None
+    if not isinstance(config, dict):
+        raise BakingError(f"{path} is damaged (not a JSON object); re-bake or re-download the adapter")
+    return config
+
+
+def _check_safetensors(path: Path) -> None:
+    """Read the header only: a truncated or foreign file fails here with a clear message, not deep in PEFT."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - SafetensorError and OSError variants
+        raise BakingError(f"{path} is not a readable safetensors file ({first_line(e, 120)}); "
+                          "re-bake or re-download the adapter") from None

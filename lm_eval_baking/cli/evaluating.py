@@ -1,0 +1,78 @@
+"""`drift-data` and `forgetting`: data for, and runs of, the validations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..evals.config import ConversationSettings, ForgettingSettings
+from ..evals.drift import DEFAULT_PROBES_AT
+from ..evals.personas import persona_names
+from .options import add_settings, quiet_libraries, settings_from_args
+
+
+def register(commands) -> None:
+    drift = commands.add_parser(
+        "drift-data", help="generate persona-drift conversations for a bake and print the lm_eval commands",
+        description="Persona drift (Li et al. 2024): the prompted base model chats with a simulated user; the "
+                    "conversation and the probe docs are stored with the bake for the baking_persona_drift task.",
+        epilog=f"built-in personas: {', '.join(persona_names())}",
+    )
+    drift.add_argument("bake_dir", type=Path, help="a directory made by `lm-eval-baking bake`")
+    drift.add_argument("--persona", action="append", dest="personas", metavar="NAME",
+                       help="persona to test (repeatable); default: the one whose system prompt is the baked prompt")
+    drift.add_argument("--persona-file", type=Path,
+                       help="JSON/YAML list of personas {name, system_prompt, scorer, probes?, references?}")
+    drift.add_argument("--probes-at", type=int, nargs="+", default=list(DEFAULT_PROBES_AT),
+                       help=f"turns after which the probes are asked (default: {' '.join(map(str, DEFAULT_PROBES_AT))})")
+    add_settings(drift, ConversationSettings, exclude=("user_prompt",), title="conversation settings")
+    drift.add_argument("--quiet", action="store_true", help="no progress bars")
+    drift.set_defaults(run=_run_drift_data)
+
+    forgetting = commands.add_parser("forgetting", help="measure cross-task forgetting of baked adapters")
+    forgetting.add_argument("--adapters", nargs="+", required=True, metavar="DIR", help="PEFT adapter directories")
+    forgetting.add_argument("--output", "-o", type=Path, required=True,
+                            help="folder for forgetting.json and forgetting.png")
+    add_settings(forgetting, ForgettingSettings)
+    forgetting.add_argument("--quiet", action="store_true", help="no progress bar")
+    forgetting.set_defaults(run=_run_forgetting)
+
+
+def _run_drift_data(args) -> None:
+    settings = settings_from_args(ConversationSettings, args)
+    quiet_libraries()
+    from ..evals.drift import lm_eval_commands, prepare_drift_data
+
+    data = prepare_drift_data(
+        args.bake_dir, args.personas, settings.turns, args.probes_at, persona_file=args.persona_file,
+        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed,
+        progress=not args.quiet,
+    )
+    names = [p.name for p in data.personas]
+    reused = [name for name in names if name not in data.generated]
+    print(f"\nPersonas: {', '.join(names)}"
+          + (f" (conversations reused: {', '.join(reused)})" if reused else ""))
+    print(f"Conversations: {data.conversations}\nDrift docs:    {data.docs} ({data.n_docs} docs)")
+    for persona in data.personas:
+        if persona.system_prompt.strip() != data.baked_prompt.strip():
+            print(f"note: persona '{persona.name}' chatted under its own system prompt, not the baked one; "
+                  "the prompted-base command below uses the baked prompt")
+    print("\nScore persona drift with lm-evaluation-harness:")
+    for label, command in lm_eval_commands(data.bake_dir).items():
+        print(f"  # {label}\n  {command}")
+
+
+def _run_forgetting(args) -> int:
+    settings = settings_from_args(ForgettingSettings, args)
+    quiet_libraries()
+    from ..constants import FORGETTING_HEATMAP, FORGETTING_RECORD
+    from ..results.forgetting import format_summary
+    from ..workflows.forgetting import forgetting_matrix
+
+    report = forgetting_matrix(
+        settings.model, args.adapters, settings.tasks, args.output, threshold_pct=settings.threshold_pct,
+        limit=settings.limit, batch_size=settings.batch_size, device=settings.device,
+        apply_chat_template=settings.apply_chat_template, progress=not args.quiet,
+    )
+    print(format_summary(report))
+    print(f"\nWrote {Path(args.output) / FORGETTING_RECORD} and {Path(args.output) / FORGETTING_HEATMAP}")
+    return 0 if report["passed"] else 1

@@ -1,0 +1,77 @@
+"""Options built from config dataclasses, so a default and its help text live in one place.
+
+`add_settings(parser, BakeConfig)` adds one `--flag` per field (`utils.settings.setting`),
+named after the field, with its help and default; `settings_from_args` builds the
+dataclass back from the parsed arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+
+def add_settings(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ...] = (),
+                 title: str | None = None) -> None:
+    """One option per field of the dataclass `cls` (fields marked cli=False and `exclude` are left out)."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in exclude or f.metadata.get("cli", True) is False:
+            continue
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+        help_text = f.metadata.get("help", "")
+        kind, optional = _kind(hints[f.name])
+        options = {"dest": f.name, "default": default, "help": _with_default(help_text, default)}
+        if f.metadata.get("metavar"):
+            options["metavar"] = f.metadata["metavar"]
+        if f.metadata.get("choices"):
+            options["choices"] = list(f.metadata["choices"])
+        flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        elif kind in (list, tuple):
+            item = typing.get_args(hints[f.name])[0] if typing.get_args(hints[f.name]) else str
+            group.add_argument(flag, nargs="+", type=item, **options)
+        else:
+            group.add_argument(flag, type=kind, **options)
+
+
+def settings_from_args(cls, args: argparse.Namespace, **fixed):
+    """The dataclass `cls` from parsed arguments: every field the parser has, plus `fixed` values."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name) and f.name not in fixed}
+    return cls(**values, **fixed)
+
+
+def _kind(hint) -> tuple[type, bool]:
+    """(the type an option's value converts to, whether None is allowed) for a field's annotation."""
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(members) < len(typing.get_args(hint))
+        hint = members[0]
+    origin = typing.get_origin(hint) or hint
+    if origin in (list, tuple):
+        return origin, optional
+    if origin is Path or (isinstance(origin, type) and issubclass(origin, Path)):
+        return Path, optional
+    return origin, optional
+
+
+def _with_default(help_text: str, default) -> str:
+    if default is None or default == [] or default == ():
+        return help_text.replace("%", "%%")
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    return f"{help_text} (default: {shown})".replace("%", "%%")
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our own progress bars and summary, not library chatter (loads transformers)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

@@ -1,0 +1,68 @@
+"""`report` and `check`: the leaderboard and the CI gate. Neither loads torch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..results.gate import NAMED_THRESHOLDS
+
+
+def register(commands) -> None:
+    report = commands.add_parser("report", help="leaderboard (Markdown + HTML) from lm_eval results and bakes")
+    report.add_argument("results", nargs="+", type=Path, metavar="RESULTS",
+                        help="lm_eval --output_path folders, results_*.json files, bake or pursuit folders")
+    report.add_argument("--output", "-o", type=Path, required=True,
+                        help="folder for report.md, report.html, report.json and the plots (replaced as a whole)")
+    report.add_argument("--title", default="lm-eval-baking report", help="the report's title")
+    report.add_argument("--forgetting-threshold", type=float, default=None,
+                        help="drop (%%) the forgetting heatmap marks as failing (default: 3.4)")
+    report.set_defaults(run=_run_report)
+
+    check = commands.add_parser(
+        "check", help="regression gate: exit 1 when a metric misses its threshold",
+        description="Exit 0 when every check passes, 1 when any fails, 2 on bad input.",
+    )
+    check.add_argument("results", nargs="+", type=Path, metavar="RESULTS",
+                       help="lm_eval --output_path folders or results_*.json files")
+    for option, _, _, text in NAMED_THRESHOLDS:
+        check.add_argument(option, type=str, default=None, metavar="X", help=text.replace("%", "%%"))
+    check.add_argument("--min", action="append", default=[], metavar="NAME=VALUE",
+                       help="lower bound for any metric: a column name or TASK:METRIC (repeatable)")
+    check.add_argument("--max", action="append", default=[], metavar="NAME=VALUE",
+                       help="upper bound for any metric (repeatable)")
+    check.add_argument("--baseline", nargs="+", type=Path, metavar="RESULTS",
+                       help="earlier results: no shared headline metric may get worse by more than --tolerance")
+    check.add_argument("--tolerance", default=None,
+                       help="allowed move in the worse direction: absolute (0.02) or relative (5%%); default 0")
+    check.add_argument("--variant", action="append", dest="variants", metavar="LABEL",
+                       help="judge this report variant (repeatable; default: every adapter without a system prompt)")
+    check.set_defaults(run=_run_check)
+
+
+def _run_report(args) -> None:
+    from ..results.render import markdown_table
+    from ..results.report import build_report
+    from ..results.tables import leaderboard
+
+    report = build_report(args.results, args.output, forgetting_threshold_pct=args.forgetting_threshold,
+                          title=args.title)
+    header, cells = leaderboard(report.collection)
+    print(markdown_table([h for h in header[:7]], [line[:7] for line in cells]))
+    if report.collection.skipped:
+        print(f"\nSkipped {len(report.collection.skipped)} input(s); see the report's Skipped section")
+    print(f"\nWrote {report.markdown} and {report.html}")
+
+
+def _run_check(args) -> int:
+    from ..results.gate import check, format_verdicts, named_threshold, parse_bound
+
+    thresholds = [named_threshold(option, getattr(args, option[2:].replace("-", "_")))
+                  for option, *_ in NAMED_THRESHOLDS if getattr(args, option[2:].replace("-", "_")) is not None]
+    thresholds += [parse_bound(text, "min") for text in args.min]
+    thresholds += [parse_bound(text, "max") for text in args.max]
+    verdicts = check(args.results, thresholds, baseline=args.baseline, tolerance=args.tolerance,
+                     variants=args.variants)
+    print(format_verdicts(verdicts))
+    sys.stdout.flush()
+    return 0 if all(v.passed for v in verdicts) else 1

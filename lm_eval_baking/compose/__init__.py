@@ -1,0 +1,1 @@
+"""Bakes built from bakes: evaluators, prompt pursuit, multi-prompt sequences."""

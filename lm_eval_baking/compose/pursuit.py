@@ -1,0 +1,192 @@
+"""Prompt pursuit (arXiv 2409.13697): bake the same prompt again into the baked model.
+
+Round i+1 bakes the prompt u with the base + rounds 1..i merged as teacher
+(prompted) and student (unprompted, new LoRA): θ_(i+1) = B(θ_i, u). After each
+round an evaluator scores the model; pursuit stops when a round scores worse,
+improves by less than `min_improvement`, or at `max_rounds`.
+
+    OUTPUT/round-1/ ... round-N/   one bake each; round-k stacks on rounds 1..k-1
+    OUTPUT/pursued/                rounds 1..best as one adapter on the base (export_chain)
+    OUTPUT/pursuit.json            per-round scores, stop reason, best round, settings
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..artifacts.lora import chain_id, export_chain, load_chain, merge_adapters
+from ..artifacts.outputs import check_output
+from ..constants import PURSUED_DIR, PURSUIT_FORMAT, PURSUIT_RECORD
+from ..core import models
+from ..training.bake import bake
+from ..training.config import BakeConfig
+from ..utils.atomic import write_json
+from ..utils.jsonl import read_json_object
+from .config import PursuitSettings
+from .evaluators import Evaluator, checked_score, evaluator_name, evaluator_spec, reprompted_score, resolve_evaluator
+
+
+@dataclass
+class RoundScore:
+    round: int
+    """0 is the unbaked base (reference only); 1 is the plain bake."""
+    bake: str | None
+    score: float
+    improvement: float | None = None
+    """Relative to the previous round: (score − previous) / |previous| (the plain difference when previous is 0)."""
+    reprompted_score: float | None = None
+    """The same model with the prompt given again (round 0: the prompted base)."""
+    heldout_kl: float | None = None
+    """The round's own held-out KL per token to its teacher (the previous round, prompted)."""
+    kl_ratio: float | None = None
+    """heldout_kl / KL of its teacher without the prompt: how completely this round baked."""
+
+
+STOP_REASONS = {
+    "worse": "the last round scored worse than the one before",
+    "converged": "the last round improved the score by less than --min-improvement",
+    "max_rounds": "reached --max-rounds",
+}
+
+
+@dataclass
+class PursuitResult:
+    output: Path
+    base_model: str
+    rounds: list[RoundScore]
+    """Round 0 (the base) first, then every round baked."""
+    stop_reason: str
+    best_round: int
+    pursued: Path
+    """Rounds 1..best_round as one adapter on the base."""
+    settings: PursuitSettings = field(default_factory=PursuitSettings)
+
+
+def relative_improvement(previous: float, current: float) -> float:
+    return (current - previous) / abs(previous) if previous != 0 else current - previous
+
+
+def stop_decision(round_index: int, improvement: float | None, settings: PursuitSettings) -> str | None:
+    """Why pursuit stops after this round (a STOP_REASONS key), or None to go on."""
+    if improvement is not None and improvement < 0:
+        return "worse"
+    if improvement is not None and improvement < settings.min_improvement:
+        return "converged"
+    if round_index >= settings.max_rounds:
+        return "max_rounds"
+    return None
+
+
+def _same_pursuit(config: BakeConfig):
+    def same(folder: Path) -> bool:
+        return (read_json_object(folder / PURSUIT_RECORD) or {}).get("config") == config.to_dict()
+    return same
+
+
+def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_improvement: float = 0.01,
+           evaluator=None, overwrite: bool = False, resume: bool = False, progress: bool = True) -> PursuitResult:
+    """Prompt pursuit: bake `config.prompt` again and again into the baked model.
+
+    Round 1 is `bake(config)` into `output/round-1`; round i+1 bakes the same
+    prompt with the base + rounds 1..i merged as teacher (prompted) and student
+    (unprompted, new LoRA). After each round the merged model is scored by
+    `evaluator` (see `resolve_evaluator`; higher is better). Pursuit stops when
+    a round scores worse than the one before, improves by less than
+    `min_improvement` (relative), or at `max_rounds`; the best round's chain is
+    exported to `output/pursued/`. Rerunning with the same settings reuses the
+    rounds already on disk, so a failed evaluator costs no re-baking, and with
+    `resume` a round that was interrupted continues from its last checkpoint.
+    """
+    config.validate()
+    settings = PursuitSettings(max_rounds, min_improvement, evaluator_name(evaluator) if callable(evaluator)
+                               else evaluator_spec(evaluator, config.prompt))
+    settings.validate()
+    output = Path(output)
+    check_output(output, overwrite=overwrite, what="pursuit", same_run=_same_pursuit(config))
+    base_model = models.resolve_model(config.model)
+    if not (output / PURSUIT_RECORD).is_file() or overwrite:
+        _write_pursuit_record(output, config, settings, base_model, [], None)  # marks the folder as a pursuit
+
+    rounds: list[RoundScore] = []
+    round_dirs: list[Path] = []
+    teacher = None  # round 1 bakes the base, which bake() loads itself
+    score_fn: Evaluator | None = None
+    stop_reason = None
+    bar = tqdm(range(1, max_rounds + 1), desc="pursuit", unit="round", disable=not progress)
+    for round_index in bar:
+        round_dir = output / f"round-{round_index}"
+        result = bake(config, round_dir, overwrite=overwrite, resume=resume, progress=progress, teacher=teacher,
+                      teacher_id=chain_id(round_dirs))
+        round_dirs.append(round_dir)
+        kept = f"; rounds 1-{round_index} are kept in {output}"
+        if score_fn is None:
+            # Round 1's held-out data are samples of the original prompted base: the fixed
+            # reference every later round is compared against.
+            score_fn = resolve_evaluator(evaluator, config, round_dir)
+            model, tokenizer = models.load_model(base_model, device=config.device)
+            rounds.append(RoundScore(
+                round=0, bake=None, score=checked_score(score_fn, model, tokenizer, 0, kept=kept),
+                reprompted_score=reprompted_score(score_fn, model, tokenizer, config.prompt, 0, kept=kept)))
+            model = merge_adapters(model, [round_dir], base_model=base_model)
+        else:
+            model, _ = load_chain(base_model, round_dirs, device=config.device)
+        score = checked_score(score_fn, model, tokenizer, round_index, kept=kept)
+        improvement = None if round_index == 1 else relative_improvement(rounds[-1].score, score)
+        rounds.append(RoundScore(
+            round=round_index, bake=round_dir.name, score=score, improvement=improvement,
+            reprompted_score=reprompted_score(score_fn, model, tokenizer, config.prompt, round_index, kept=kept),
+            heldout_kl=result.final_kl.per_token, kl_ratio=result.kl_ratio,
+        ))
+        bar.set_postfix(score=f"{score:.4g}")
+        stop_reason = stop_decision(round_index, improvement, settings)
+        _write_pursuit_record(output, config, settings, base_model, rounds, stop_reason)
+        if stop_reason:
+            break
+        teacher = (model, tokenizer)  # bake() wraps it in a fresh LoRA in place
+    bar.close()
+
+    baked = rounds[1:]
+    best = max(baked, key=lambda r: r.score)  # the earliest of equal scores: fewer rounds, same quality
+    pursued = export_chain(base_model, round_dirs[:best.round], output / PURSUED_DIR, overwrite=True)
+    _write_pursuit_record(output, config, settings, base_model, rounds, stop_reason, best.round)
+    return PursuitResult(output=output, base_model=base_model, rounds=rounds, stop_reason=stop_reason,
+                         best_round=best.round, pursued=pursued, settings=settings)
+
+
+def _write_pursuit_record(output: Path, config: BakeConfig, settings: PursuitSettings, base_model: str,
+                          rounds: list[RoundScore], stop_reason: str | None, best_round: int | None = None) -> None:
+    write_json(output / PURSUIT_RECORD, {
+        "format": PURSUIT_FORMAT,
+        "format_version": 1,
+        "status": "done" if best_round is not None else "running",
+        "config": config.to_dict(),
+        "settings": asdict(settings),
+        "base_model": base_model,
+        "score": f"{settings.evaluator} (higher is better); round 0 is the unbaked base",
+        "rounds": [asdict(r) for r in rounds],
+        "stop_reason": stop_reason,
+        "stop_reason_text": STOP_REASONS.get(stop_reason),
+        "best_round": best_round,
+        "pursued": PURSUED_DIR if best_round is not None else None,
+        "note": "round-k is an adapter on the base with rounds 1..k-1 merged; pursued/ is the usable single adapter",
+    })
+
+
+def format_pursuit_table(result: PursuitResult) -> str:
+    lines = [f"score: {result.settings.evaluator} (higher is better)", "",
+             "| round | score | improvement | with prompt again | held-out KL to teacher | KL ratio |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in result.rounds:
+        label = "base" if r.round == 0 else str(r.round) + (" (best)" if r.round == result.best_round else "")
+        lines.append(f"| {label} | {r.score:.4f} | {_fmt(r.improvement, '+.1%')} | {_fmt(r.reprompted_score, '.4f')} "
+                     f"| {_fmt(r.heldout_kl, '.4f')} | {_fmt(r.kl_ratio, '.1%')} |")
+    lines.append(f"\nstopped: {STOP_REASONS[result.stop_reason]}; best round {result.best_round} "
+                 f"exported to {result.pursued}")
+    return "\n".join(lines)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -1,0 +1,178 @@
+"""Prompt sequences: several prompts baked one after another into one model, optionally in cycles.
+
+Stage j bakes its prompt with the base + stages 1..j-1 merged as teacher.
+
+    OUTPUT/references/prompt-k/   held-out answers of the ORIGINAL base prompted with prompt k
+    OUTPUT/stage-1/ ... stage-N/  one bake per stage, each into the model with the earlier stages merged
+    OUTPUT/combined/              all stages as one adapter on the base (export_chain)
+    OUTPUT/sequence.json          each prompt's quality after every stage
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..artifacts.bake_dir import BakeDir, BakeRecord
+from ..artifacts.lora import chain_id, export_chain, load_chain
+from ..artifacts.outputs import check_output
+from ..constants import COMBINED_DIR, REFERENCES_DIR, SEQUENCE_FORMAT, SEQUENCE_RECORD
+from ..core import models
+from ..core.batching import autocast
+from ..core.sampling import Trajectory, sample_trajectories
+from ..core.scoring import score_heldout
+from ..errors import BakingError
+from ..training.bake import bake
+from ..training.config import BakeConfig
+from ..utils.atomic import staged_directory, write_json
+from ..utils.hashing import sha256_text
+from ..utils.jsonl import read_json_object
+from ..utils.text import quoted
+from .evaluators import QualityEvaluator, heldout_questions
+
+
+@dataclass
+class StageRecord:
+    stage: int
+    prompt_index: int
+    """1-based index into the prompt list."""
+    bake: str
+    heldout_kl: float
+    kl_ratio: float
+    quality_after: list[float]
+    """Every prompt's quality (1 − KL/KL_unprompted vs the ORIGINAL base with that prompt) after this stage."""
+
+
+@dataclass
+class SequenceResult:
+    output: Path
+    prompts: list[str]
+    stages: list[StageRecord]
+    combined: Path
+
+    def quality_after_own_stage(self) -> list[float]:
+        """Each prompt's quality right after the last stage that baked it."""
+        last = {s.prompt_index: s for s in self.stages}
+        return [last[k].quality_after[k - 1] for k in range(1, len(self.prompts) + 1)]
+
+    def quality_after_sequence(self) -> list[float]:
+        return list(self.stages[-1].quality_after)
+
+
+def _reference_heldout(model, tokenizer, config: BakeConfig, progress: bool) -> list[Trajectory]:
+    """Held-out answers of `model` prompted with config.prompt, scored like a bake's data/heldout.jsonl."""
+    with autocast(model.device, config.autocast_dtype):
+        heldout = sample_trajectories(
+            model, tokenizer, heldout_questions(config), system_prompt=config.prompt,
+            samples_per_question=config.heldout_samples_per_question, max_new_tokens=config.max_new_tokens,
+            temperature=1.0, batch_size=config.generation_batch_size, seed=config.seed + 1,  # bake()'s held-out seed
+            desc="sampling reference answers", progress=progress,
+        )
+    score_heldout(model, tokenizer, heldout, config.prompt, batch_size=config.batch_size * 2, progress=progress)
+    return heldout
+
+
+def _reference(directory: Path, model, tokenizer, config: BakeConfig, base_sha: str,
+               progress: bool) -> QualityEvaluator:
+    """The original base's answers for one prompt, in a folder lm_eval's `--metadata bake=` can read."""
+    record = BakeDir(directory).raw_record() or {}
+    if record.get("config") == config.to_dict() and (record.get("base_model") or {}).get("sha256") == base_sha:
+        return QualityEvaluator.from_bake(directory, batch_size=config.batch_size * 2)
+    heldout = _reference_heldout(model, tokenizer, config, progress)
+    with staged_directory(directory, replace=True) as staging:
+        BakeDir(staging).write_heldout(t.to_dict() for t in heldout)
+        BakeRecord(
+            kind="reference", config=config.to_dict(), prompt_sha256=sha256_text(config.prompt),
+            base_model={"name_or_path": models.resolve_model(config.model), "sha256": base_sha},
+            data={"heldout": "data/heldout.jsonl"},
+            note="held-out answers of the original base with this prompt; use with --metadata '{\"bake\": DIR}'",
+        ).save_pretrained(staging)
+    return QualityEvaluator.from_bake(directory, batch_size=config.batch_size * 2)
+
+
+def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Path, cycles: int = 1, *,
+                  overwrite: bool = False, resume: bool = False, progress: bool = True) -> SequenceResult:
+    """Bake several prompts one after another into one model, optionally cycling through them.
+
+    Stage j bakes its prompt with the base + stages 1..j-1 merged as teacher.
+    Every stage uses `base_config`'s settings (its prompt is ignored) and seed,
+    so every stage holds out the same questions and none is ever trained on.
+    A stage's own data/heldout.jsonl comes from its teacher; "how well is
+    prompt k kept" needs answers of the ORIGINAL base with prompt k, which are
+    sampled once into references/prompt-k/ and give each prompt's quality
+    1 − KL(model)/KL(unprompted base) after every stage.
+    """
+    if not prompts:
+        raise BakingError("the prompt list is empty; pass at least one --prompt to bake")
+    if not isinstance(cycles, int) or isinstance(cycles, bool) or cycles < 1:
+        raise BakingError(f"--cycles must be an integer ≥ 1 (got {quoted(cycles)})")
+    prompt_configs = []
+    for k, prompt in enumerate(prompts, 1):
+        try:
+            prompt_configs.append(replace(base_config, prompt=prompt))
+        except BakingError as e:
+            raise BakingError(f"prompt {k}: {e}") from None
+    output = Path(output)
+    settings = {"prompts": list(prompts), "cycles": cycles, "bake": {**base_config.to_dict(), "prompt": None}}
+    check_output(output, overwrite=overwrite, what="sequence",
+                 same_run=lambda folder: (read_json_object(folder / SEQUENCE_RECORD) or {}).get("config") == settings)
+    base_model = models.resolve_model(base_config.model)
+    base_sha = models.model_fingerprint(base_model)
+    if not (output / SEQUENCE_RECORD).is_file() or overwrite:
+        _write_sequence_record(output, settings, base_model, len(prompts), status="running")  # marks the folder
+
+    model, tokenizer = models.load_model(base_model, device=base_config.device)
+    references = [_reference(output / REFERENCES_DIR / f"prompt-{k}", model, tokenizer, c, base_sha, progress)
+                  for k, c in enumerate(prompt_configs, 1)]
+    schedule = [(k, prompt_configs[k - 1]) for _ in range(cycles) for k in range(1, len(prompts) + 1)]
+    stages: list[StageRecord] = []
+    stage_dirs: list[Path] = []
+    for stage, (prompt_index, stage_config) in enumerate(tqdm(schedule, desc="sequence", unit="stage",
+                                                              disable=not progress), 1):
+        stage_dir = output / f"stage-{stage}"
+        result = bake(stage_config, stage_dir, overwrite=overwrite, resume=resume, progress=progress,
+                      teacher=(model, tokenizer), teacher_id=chain_id(stage_dirs))
+        stage_dirs.append(stage_dir)
+        model, _ = load_chain(base_model, stage_dirs, device=base_config.device)
+        stages.append(StageRecord(
+            stage=stage, prompt_index=prompt_index, bake=stage_dir.name, heldout_kl=result.final_kl.per_token,
+            kl_ratio=result.kl_ratio, quality_after=[reference(model, tokenizer, stage) for reference in references],
+        ))
+    combined = export_chain(base_model, stage_dirs, output / COMBINED_DIR, overwrite=True)
+    sequence = SequenceResult(output=output, prompts=list(prompts), stages=stages, combined=combined)
+    _write_sequence_record(output, settings, base_model, len(prompts), status="done", sequence=sequence)
+    return sequence
+
+
+def _write_sequence_record(output: Path, settings: dict, base_model: str, n_prompts: int, *, status: str,
+                           sequence: SequenceResult | None = None) -> None:
+    write_json(output / SEQUENCE_RECORD, {
+        "format": SEQUENCE_FORMAT,
+        "format_version": 1,
+        "status": status,
+        "config": settings,
+        "base_model": base_model,
+        "quality": "1 - MC-KL(original base + prompt k || model) / MC-KL(original base + prompt k || base), "
+                   "on references/prompt-k",
+        "references": [f"{REFERENCES_DIR}/prompt-{k}" for k in range(1, n_prompts + 1)],
+        "stages": [asdict(s) for s in sequence.stages] if sequence else [],
+        "quality_after_own_stage": sequence.quality_after_own_stage() if sequence else None,
+        "quality_after_sequence": sequence.quality_after_sequence() if sequence else None,
+        "combined": COMBINED_DIR if sequence else None,
+    })
+
+
+def format_sequence_table(result: SequenceResult) -> str:
+    header = " | ".join(f"prompt {k}" for k in range(1, len(result.prompts) + 1))
+    lines = [*(f"prompt {k}: {p}" for k, p in enumerate(result.prompts, 1)), "",
+             "quality = 1 − KL/KL_unprompted against the original base with each prompt (1 = as prompted)", "",
+             f"| after stage | baked | {header} |", "| ---: | ---: |" + " ---: |" * len(result.prompts)]
+    for s in result.stages:
+        cells = " | ".join(f"{q:.3f}" for q in s.quality_after)
+        lines.append(f"| {s.stage} | prompt {s.prompt_index} | {cells} |")
+    own = " | ".join(f"{q:.3f}" for q in result.quality_after_own_stage())
+    lines.append(f"| own stage | | {own} |")
+    lines.append(f"\ncombined adapter: {result.combined}")
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Every file and folder name this package reads or writes, and the formats of its records.
+
+One place, so a reader and a writer can never disagree on a name.
+"""
+
+# ---------------------------------------------------------------------------- a bake folder
+# adapters/NAME/
+#     adapter_config.json, adapter_model.safetensors   the standard PEFT adapter
+#     baking.json                                      the BakeRecord
+#     README.md                                        a model card
+#     data/train.jsonl, data/heldout.jsonl             trajectories trained and validated on
+#     data/conversations.jsonl, data/drift_docs.jsonl  persona-drift conversations and lm_eval docs
+#     checkpoints/epoch-N/                             the adapter after each epoch
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLE_WEIGHTS = "adapter_model.bin"
+BAKE_RECORD = "baking.json"
+MODEL_CARD = "README.md"
+DATA_DIR = "data"
+TRAIN_DATA = "data/train.jsonl"
+HELDOUT_DATA = "data/heldout.jsonl"
+CONVERSATIONS = "data/conversations.jsonl"
+DRIFT_DOCS = "data/drift_docs.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+
+BAKE_FORMAT = "lm-eval-baking/bake"
+BAKE_FORMAT_VERSION = 1
+
+# ---------------------------------------------------------------------------- work in progress
+# .NAME.partial/ beside a bake's output: state.json, data/, checkpoints/, resume/trainer.pt
+PARTIAL_SUFFIX = ".partial"
+WORK_STATE = "state.json"
+TRAINER_STATE = "resume/trainer.pt"
+WORK_FORMAT = "lm-eval-baking/partial"
+WORK_FORMAT_VERSION = 1
+
+# ---------------------------------------------------------------------------- other artefacts
+PURSUIT_RECORD = "pursuit.json"
+PURSUIT_FORMAT = "lm-eval-baking/pursuit"
+PURSUED_DIR = "pursued"
+SEQUENCE_RECORD = "sequence.json"
+SEQUENCE_FORMAT = "lm-eval-baking/sequence"
+COMBINED_DIR = "combined"
+REFERENCES_DIR = "references"
+FORGETTING_RECORD = "forgetting.json"
+FORGETTING_FORMAT = "lm-eval-baking/forgetting"
+FORGETTING_HEATMAP = "forgetting.png"
+REPORT_FILES = ("report.md", "report.html", "report.json")
+REPORT_FORMAT = "lm-eval-baking/report"
+DEMO_RUN_STAMP = "demo_run.json"
+DEMO_TIMINGS = "timings.json"
+
+# The record files that mark a folder as made by lm-eval-baking (so --overwrite may replace it).
+OWN_RECORDS = {
+    BAKE_RECORD: "bake",
+    PURSUIT_RECORD: "pursuit",
+    SEQUENCE_RECORD: "sequence",
+    FORGETTING_RECORD: "forgetting report",
+    "report.json": "report",
+    DEMO_TIMINGS: "demo output",
+}
+
+# ---------------------------------------------------------------------------- names shared across layers
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+BUILTIN_QUESTIONS = "builtin"
+MCKL_TASK = "baking_mckl"
+DRIFT_TASK = "baking_persona_drift"
+FORGETTING_GROUP = "baking_forgetting"

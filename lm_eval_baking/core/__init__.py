@@ -1,0 +1,1 @@
+"""The lowest layer: tokenization, forward passes, KL maths, sampling, scoring, statistics."""

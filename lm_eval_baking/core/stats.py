@@ -1,0 +1,378 @@
+"""Paired statistics: is the adapter different from the base model, by how much, and does it matter?
+
+Why paired: the base model and the adapter answer the same docs, so doc difficulty cancels when we
+compare doc by doc. Every test here works on per-doc differences ``other[i] - base[i]`` (or whole
+clusters of docs), never on two independent means, which would waste most of the power.
+
+* ``compare_paired`` - the difference of two means with a paired percentile-bootstrap CI (resample
+  docs with replacement, recompute the mean difference, take the central ``confidence`` share of
+  the resampled values), the relative change with a CI from the same resamples, and a two-sided p:
+  McNemar's exact test when both score vectors are 0/1 (only the discordant docs carry evidence;
+  their split is Binomial(b + c, 1/2) under "no change"), else a paired sign-flip permutation test.
+* ``paired_cluster_comparison`` / ``cluster_bootstrap_ci`` / ``trend`` - the same when docs come in
+  correlated groups (the turns of one conversation): resample whole clusters, flip whole clusters.
+* ``ratio_quality_ci`` - the Monte-Carlo KL quality ``1 - sum(model_kl) / sum(base_kl)``.
+* ``judge`` - a three-way verdict against an allowed worsening: PASS only when even the worst end of
+  the CI is within it, FAIL only when even the best end is beyond it, INCONCLUSIVE otherwise, with
+  the number of docs that would resolve it. So it neither fails on noise nor passes on nothing.
+* ``minimum_detectable_difference`` (MDE) - the smallest true mean difference a two-sided paired
+  test at level ``alpha`` finds with probability ``power`` at this n and spread: a difference that
+  is not shown may still exist if it is below the MDE. ``docs_needed`` inverts it.
+
+Multiplicity is the caller's job: Holm-adjust (``holm``) the p-values of a family of "did anything
+change?" questions; for per-task verdicts in a family of m tasks, judge with CIs at
+``bonferroni_confidence(confidence, m)``; judge the pooled group verdict at the plain level.
+
+Every random draw comes from ``numpy.random.default_rng(seed)`` and sums avoid BLAS, so the same
+call gives bitwise identical floats. With fewer than two docs (or clusters) the intervals are
+``(-inf, inf)``: nothing can be called a change or a PASS.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+_INF = float("inf")
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    confidence: float
+
+    def __post_init__(self):
+        if math.isnan(self.low) or math.isnan(self.high) or self.low > self.high:
+            raise ValueError(f"an interval needs low <= high, got ({self.low}, {self.high})")
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    @property
+    def excludes_zero(self) -> bool:
+        return not self.contains(0.0)
+
+
+def _unbounded(confidence: float) -> Interval:
+    return Interval(-_INF, _INF, confidence)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    n: int
+    base_mean: float
+    other_mean: float
+    difference: float
+    difference_ci: Interval
+    relative_change: float | None
+    relative_ci: Interval | None
+    p_value: float
+    test: str
+    discordant: tuple[int, int] | None
+    # For paired_cluster_comparison this is the design-effect sd: sd / sqrt(n) equals the
+    # cluster-robust standard error, so the MDE and docs_to_resolve stay honest for clustered docs.
+    sd_difference: float
+
+    def minimum_detectable_difference(self, alpha: float = 0.05, power: float = 0.8) -> float:
+        return minimum_detectable_difference(self.sd_difference, self.n, alpha, power)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "discordant": None if self.discordant is None else list(self.discordant)}
+
+
+def _scores(values, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-D sequence of numbers") from None
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of numbers, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty: there are no docs to compare")
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise ValueError(f"{name} has {bad.size} NaN/inf value(s), first at index {bad[0]}; drop or fix those docs")
+    return array
+
+
+def _pair(base, other, names=("base", "other")) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _scores(base, names[0]), _scores(other, names[1])
+    if a.size != b.size:
+        raise ValueError(f"{names[0]} and {names[1]} must cover the same docs: got {a.size} and {b.size} values")
+    return a, b
+
+
+def _check(n_boot: int, confidence: float) -> None:
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
+
+
+def _percentile(samples: np.ndarray, confidence: float) -> Interval:
+    # Order statistics rather than interpolation: conservative by at most one resample, and an
+    # undefined resample (NaN, e.g. a zero denominator) counts as extreme on both sides, so a
+    # ratio that is often undefined gets an honestly unbounded interval instead of a biased one.
+    tail, last, undefined = (1.0 - confidence) / 2.0, samples.size - 1, np.isnan(samples)
+    low = np.sort(np.where(undefined, -_INF, samples))[math.floor(tail * last)]
+    high = np.sort(np.where(undefined, _INF, samples))[math.ceil((1.0 - tail) * last)]
+    return Interval(float(low), float(high), confidence)
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _units(clusters, n: int) -> tuple[np.ndarray, int]:
+    """Unit codes by first appearance: every doc its own unit, or the docs of one cluster together."""
+    if clusters is None:
+        return np.arange(n), n
+    labels = list(clusters)
+    if len(labels) != n:
+        raise ValueError(f"clusters must label every doc: got {len(labels)} labels for {n} values")
+    index: dict = {}
+    return np.array([index.setdefault(label, len(index)) for label in labels], dtype=np.int64), len(index)
+
+
+def _resample(codes: np.ndarray, g: int, n_boot: int, seed: int, *arrays: np.ndarray) -> list[np.ndarray]:
+    """Per-resample totals of each array over units drawn with replacement; the last array is the doc count."""
+    # Plain (pairwise) sums, no BLAS: bitwise the same on any machine and thread count.
+    sums = [np.bincount(codes, weights=a, minlength=g) for a in (*arrays, np.ones(codes.size))]
+    idx = np.random.default_rng(seed).integers(0, g, size=(n_boot, g))
+    return [s[idx].sum(axis=1) for s in sums]
+
+
+def cluster_bootstrap_ci(values, clusters, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Interval:
+    """CI of the mean of `values` (docs weighted equally), resampling whole clusters with replacement."""
+    x = _scores(values, "values")
+    _check(n_boot, confidence)
+    codes, g = _units(clusters, x.size)
+    if g < 2:
+        return _unbounded(confidence)
+    total, docs = _resample(codes, g, n_boot, seed, x)
+    return _percentile(total / docs, confidence)
+
+
+def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Interval:
+    """Percentile-bootstrap CI of the mean of `values`, resampling docs with replacement."""
+    return cluster_bootstrap_ci(values, None, n_boot=n_boot, seed=seed, confidence=confidence)
+
+
+def ratio_quality_ci(model_kl, base_kl, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Interval:
+    """CI of the MC-KL quality 1 - sum(model_kl) / sum(base_kl), resampling the (model, base) pairs jointly."""
+    model, base = _pair(model_kl, base_kl, ("model_kl", "base_kl"))
+    _check(n_boot, confidence)
+    if model.size < 2:
+        return _unbounded(confidence)
+    m, b, _ = _resample(*_units(None, model.size), n_boot, seed, model, base)
+    # Single-sample MC-KL terms can be negative; a resample whose base total is not positive has
+    # no meaningful quality, so it is left undefined (and widens the interval) rather than flipped.
+    return _percentile(1.0 - _divide(m, b), confidence)
+
+
+def _sign_flip_p(sums: np.ndarray, n_perm: int, seed: int) -> float:
+    """Two-sided sign-flip p for the total of per-unit (doc or cluster) difference sums."""
+    observed, k = abs(float(sums.sum())), sums.size
+    exact = 2 ** k <= n_perm
+    if exact:  # few units: enumerate every sign pattern
+        signs = 1 - 2 * ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1)
+    else:
+        signs = 1 - 2 * np.random.default_rng([seed, 1]).integers(0, 2, size=(n_perm, k), dtype=np.int8)
+    flipped = np.abs((signs * sums).sum(axis=1))
+    # Sums taken in another order differ by rounding; ties in exact arithmetic must count as ties.
+    hits = int(np.count_nonzero(flipped >= observed - 1e-9 * float(np.abs(sums).sum())))
+    return hits / signs.shape[0] if exact else (hits + 1) / (n_perm + 1)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p: b docs only the base got right, c only the other; 1.0 when b + c == 0."""
+    if int(b) != b or int(c) != c or b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be non-negative integers, got {b!r} and {c!r}")
+    n, k = int(b) + int(c), int(min(b, c))
+    if n == 0 or 2 * k == n:
+        return 1.0
+    # Exact integer tail, divided once: no rounding until the final, correctly rounded division.
+    term = total = 1
+    for i in range(1, k + 1):
+        term = term * (n - i + 1) // i
+        total += term
+    return min(1.0, total / 2 ** (n - 1))
+
+
+def _compare(base, other, clusters, n_boot, seed, confidence) -> PairedComparison:
+    base, other = _pair(base, other)
+    _check(n_boot, confidence)
+    codes, g = _units(clusters, base.size)
+    d, n = other - base, base.size
+    base_mean, other_mean = float(base.mean()), float(other.mean())
+    difference = other_mean - base_mean
+    relative = None if base_mean == 0 else difference / base_mean
+    discordant = None
+    if np.all((base == 0) | (base == 1)) and np.all((other == 0) | (other == 1)):
+        discordant = (int(np.count_nonzero(d < 0)), int(np.count_nonzero(d > 0)))
+    if clusters is not None:
+        p, test = _sign_flip_p(np.bincount(codes, weights=d, minlength=g), n_boot, seed), "cluster-permutation"
+    elif discordant is not None:
+        p, test = mcnemar_exact(*discordant), "mcnemar-exact"
+    else:
+        p, test = _sign_flip_p(d, n_boot, seed), "paired-permutation"
+    if g < 2:
+        diff_ci, sd = _unbounded(confidence), 0.0
+        rel_ci = None if relative is None else diff_ci
+    else:
+        d_tot, b_tot, docs = _resample(codes, g, n_boot, seed, d, base)
+        diff_ci = _percentile(d_tot / docs, confidence)
+        # Scores may be negative: divide by the base mean in its observed sign, and leave resamples
+        # whose base mean is 0 or changes sign undefined.
+        s = 1.0 if base_mean > 0 else -1.0
+        rel_ci = None if relative is None else _percentile(_divide(s * d_tot, s * b_tot), confidence)
+        if g == n:
+            sd = float(np.std(d, ddof=1))
+        else:  # cluster-robust (CR1) variance of the mean, as an sd per doc: sd / sqrt(n) is its SE
+            residual = np.bincount(codes, weights=d, minlength=g) - np.bincount(codes, minlength=g) * d.mean()
+            sd = math.sqrt(g / (g - 1) * float(np.sum(residual ** 2)) / n)
+    return PairedComparison(n, base_mean, other_mean, difference, diff_ci, relative, rel_ci, float(p), test,
+                            discordant, sd)
+
+
+def compare_paired(base, other, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> PairedComparison:
+    """Paired comparison of per-doc scores; the permutation test (non-0/1 scores) uses n_boot sign flips."""
+    return _compare(base, other, None, n_boot, seed, confidence)
+
+
+def paired_cluster_comparison(base, other, clusters, *, n_boot: int = 2000, seed: int = 0,
+                              confidence: float = 0.95) -> PairedComparison:
+    """`compare_paired` for clustered docs: cluster bootstrap CIs and a cluster sign-flip p."""
+    return _compare(base, other, clusters, n_boot, seed, confidence)
+
+
+def trend(x, y, clusters, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> tuple[float, Interval]:
+    """Least-squares slope of y on x (e.g. adherence per turn) with a cluster-bootstrap CI."""
+    x, y = _pair(x, y, ("x", "y"))
+    _check(n_boot, confidence)
+    codes, g = _units(clusters, x.size)
+    xc, yc = x - x.mean(), y - y.mean()  # centred, so the sums of squares below do not cancel
+    sxx = float(np.sum(xc * xc))
+    if sxx == 0:
+        raise ValueError("x is constant: a slope of y on x is undefined")
+    slope = float(np.sum(xc * yc)) / sxx
+    if g < 2:
+        return slope, _unbounded(confidence)
+    sx, sy, sxx_b, sxy, docs = _resample(codes, g, n_boot, seed, xc, yc, xc * xc, xc * yc)
+    var = sxx_b - sx * sx / docs
+    # A resample with no spread in x has no slope: undefined, not zero.
+    boot = _divide(sxy - sx * sy / docs, np.where(var > 1e-12 * sxx, var, 0.0))
+    return slope, _percentile(boot, confidence)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in input order: monotone in p, never below the raw p, capped at 1."""
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or np.any(~((p >= 0) & (p <= 1))):
+        raise ValueError("p-values must be a 1-D sequence of numbers in [0, 1]")
+    order, out = np.argsort(p, kind="stable"), np.empty(p.size)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((p.size - np.arange(p.size)) * p[order]))
+    return [float(v) for v in out]
+
+
+def _z(alpha: float, power: float, sd_difference: float) -> float:
+    if not (0.0 < alpha < 1.0 and 0.0 < power < 1.0 and math.isfinite(sd_difference) and sd_difference >= 0):
+        raise ValueError(f"need 0 < alpha, power < 1 and a finite sd_difference >= 0, got {alpha!r}, {power!r}, "
+                         f"{sd_difference!r}")
+    return NormalDist().inv_cdf(1.0 - alpha / 2.0) + NormalDist().inv_cdf(power)
+
+
+def minimum_detectable_difference(sd_difference: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest |true mean difference| a two-sided paired test at `alpha` detects with `power`; inf if n < 2."""
+    z = _z(alpha, power, sd_difference)
+    return z * sd_difference / math.sqrt(n) if n >= 2 else _INF
+
+
+def docs_needed(sd_difference: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Docs a paired test needs to detect `effect` (the inverse of the MDE); None when effect == 0."""
+    z = _z(alpha, power, sd_difference)
+    if math.isnan(effect):
+        raise ValueError("effect must be a number, got nan")
+    return None if effect == 0 else max(2, math.ceil((z * sd_difference / abs(effect)) ** 2))
+
+
+class Verdict(str, enum.Enum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: Verdict
+    change: float
+    ci: Interval
+    threshold: float
+    relative: bool
+    docs_to_resolve: int | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "verdict": self.verdict.value}
+
+
+def judge(comparison: PairedComparison, threshold: float, *, relative: bool,
+          higher_is_better: bool = True) -> Judgement:
+    """PASS / FAIL / INCONCLUSIVE of a comparison against an allowed worsening `threshold` (> 0)."""
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold is the allowed worsening and must be a finite number > 0, got {threshold!r}")
+    confidence = comparison.difference_ci.confidence
+    fmt = (lambda v: f"{v:+.1%}") if relative else (lambda v: f"{v:+.4g}")
+    if relative and comparison.relative_change is None:
+        return Judgement(Verdict.INCONCLUSIVE, float("nan"), _unbounded(confidence), threshold, True, None,
+                         "base mean is 0, so a relative change is undefined; use an absolute threshold")
+    change, ci = ((comparison.relative_change, comparison.relative_ci) if relative
+                  else (comparison.difference, comparison.difference_ci))
+    if not higher_is_better:  # a rise is the worsening: flip so that negative always means worse
+        change, ci = -change, Interval(-ci.high, -ci.low, ci.confidence)
+    worst, best, limit = ci.low, ci.high, -threshold
+    docs = None
+    if worst >= limit:
+        verdict, reason = Verdict.PASS, f"worst case {fmt(worst)} is within {fmt(limit)}"
+    elif best < limit:
+        verdict, reason = Verdict.FAIL, f"best case {fmt(best)} is beyond {fmt(limit)}"
+    else:
+        verdict = Verdict.INCONCLUSIVE
+        reason = f"worst case {fmt(worst)} is beyond {fmt(limit)}, best case {fmt(best)} within it"
+        half = (ci.high - ci.low) / 2.0
+        if math.isfinite(half) and change != limit:
+            # The half-width shrinks as 1/sqrt(n) (rounding first, so float noise cannot add a doc);
+            # n or fewer is an artefact of a lopsided percentile CI: an INCONCLUSIVE asks for more.
+            docs = max(comparison.n + 1, math.ceil(round(comparison.n * (half / abs(change - limit)) ** 2, 6)))
+            reason += f"; about {docs} docs would resolve it"
+    return Judgement(verdict, float(change), ci, threshold, relative, docs, reason)
+
+
+def bonferroni_confidence(confidence: float, m: int) -> float:
+    """Per-member CI level that keeps a family of m CIs at `confidence` jointly."""
+    if not 0.0 < confidence < 1.0 or int(m) != m or m < 1:
+        raise ValueError(f"need 0 < confidence < 1 and a family size m >= 1, got {confidence!r} and {m!r}")
+    return 1.0 - (1.0 - confidence) / m
+
+
+def false_fail_rate(base, other, threshold: float, *, relative: bool, replicates: int = 20, seed: int = 0,
+                    n_boot: int = 1000, confidence: float = 0.95, higher_is_better: bool = True) -> float:
+    """Share of doc-resampled replicates of (base, other) that ``judge`` FAILs: ~0 for a harmless bake."""
+    base, other = _pair(base, other)
+    if int(replicates) != replicates or replicates < 1:
+        raise ValueError(f"replicates must be a positive integer, got {replicates!r}")
+    rng = np.random.default_rng(seed)
+    fails = 0
+    for r in range(replicates):
+        idx = rng.integers(0, base.size, size=base.size)
+        comparison = compare_paired(base[idx], other[idx], n_boot=n_boot, seed=seed + r + 1, confidence=confidence)
+        verdict = judge(comparison, threshold, relative=relative, higher_is_better=higher_is_better).verdict
+        fails += verdict is Verdict.FAIL
+    return fails / replicates

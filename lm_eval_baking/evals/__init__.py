@@ -1,0 +1,1 @@
+"""Validation through lm_eval: our tasks' data and classes, personas and drift, forgetting, BIG-bench."""

@@ -1,0 +1,273 @@
+"""BIG-bench multiple-choice tasks as offline lm_eval datasets.
+
+BIG-bench's task files ship inside PyPI's `bigbench` source distribution
+(~360 MB). We download that archive once into the cache, pull out only the
+`task.json` files we are asked for, and turn their `target_scores` examples
+into lm_eval multiple-choice docs. After the first run no network is needed.
+
+We get it through pip, so a user's index, mirror and proxy settings apply:
+`pip download --no-deps bigbench==1.0.0`. Recent pip versions download the
+archive but then refuse to keep it, because its metadata declares a `file://`
+dependency. In that case we take the archive's address from pip's own index
+lookup (its verbose log) and fetch that file ourselves. Either way the
+archive's sha256 is checked against the pinned value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+from ..errors import BakingError
+from ..core.models import cache_dir
+
+SDIST_REQUIREMENT = "bigbench==1.0.0"
+SDIST_NAME = "bigbench-1.0.0.tar.gz"
+SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+
+# Caps each task so the whole baking_forgetting group stays a CPU-minutes job;
+# the accuracy stderr is then about 3.5 points per task.
+MAX_DOCS = 200
+SAMPLE_SEED = 1234
+
+# Member paths look like bigbench-1.0.0/bigbench/benchmark_tasks/<name>/task.json,
+# where <name> may be a subtask path such as logical_deduction/three_objects.
+_TASK_MEMBER = re.compile(r"^[^/]+/bigbench/benchmark_tasks/(.+)/task\.json$")
+_INDEX_FILE = "task_names.json"
+
+
+def bigbench_dir() -> Path:
+    """Cache folder for the archive and the extracted task files."""
+    return cache_dir() / "bigbench"
+
+
+def task_file(name: str) -> Path:
+    return bigbench_dir() / "tasks" / name / "task.json"
+
+
+def ensure_bigbench_tasks(names: list[str]) -> Path:
+    """Make sure `<cache>/bigbench/tasks/<name>/task.json` exists for every name.
+
+    Downloads the sdist on first use and extracts only the missing task files,
+    in one streaming pass over the archive. Returns the `tasks` folder.
+    """
+    _check_known(names)
+    missing = [name for name in names if not task_file(name).is_file()]
+    if missing:
+        archive = _ensure_sdist()
+        _extract_tasks(archive, missing)
+    return bigbench_dir() / "tasks"
+
+
+def convert_task(path: str | os.PathLike, *, max_docs: int | None = MAX_DOCS) -> list[dict]:
+    """Turn a BIG-bench task.json into docs {"input", "choices", "label"}.
+
+    The prompt follows BIG-bench's own zero-shot format (task prefix, input
+    prefix, the choices listed, output prefix). Examples without
+    `target_scores`, or without a single best choice, are skipped because
+    single-label accuracy cannot score them. A seeded sample of at most
+    `max_docs` examples is kept, in file order, so the result is the same on
+    every machine.
+    """
+    task = _read_task_json(Path(path))
+    rng = random.Random(SAMPLE_SEED)
+    examples = [ex for ex in task.get("examples", []) if _has_single_best_choice(ex)]
+    if max_docs is not None and len(examples) > max_docs:
+        keep = sorted(rng.sample(range(len(examples)), max_docs))
+        examples = [examples[i] for i in keep]
+    return [_to_doc(task, example, rng) for example in examples]
+
+
+def load_bigbench(task_name: str, max_docs: int = MAX_DOCS, **_lm_eval_metadata) -> dict:
+    """lm_eval `custom_dataset` loader: `{"test": Dataset}` for one BIG-bench task.
+
+    lm_eval calls it with the task's `dataset_kwargs` plus its metadata
+    (config path, model args, version), which we do not need.
+    """
+    import datasets
+
+    ensure_bigbench_tasks([task_name])
+    docs = convert_task(task_file(task_name), max_docs=max_docs)
+    if not docs:
+        raise BakingError(
+            f"BIG-bench task '{task_name}' has no multiple-choice examples (no target_scores); "
+            "pick a multiple-choice task"
+        )
+    return {"test": datasets.Dataset.from_list(docs)}
+
+
+def _has_single_best_choice(example: dict) -> bool:
+    scores = example.get("target_scores")
+    if not isinstance(scores, dict) or len(scores) < 2:
+        return False
+    best = max(scores.values())
+    return sum(1 for score in scores.values() if score == best) == 1
+
+
+def _to_doc(task: dict, example: dict, rng: random.Random) -> dict:
+    scores = example["target_scores"]
+    choices = sorted(scores)
+    # Shuffled like BIG-bench does, so the listed order gives no hint.
+    rng.shuffle(choices)
+    best = max(scores.values())
+    label = next(i for i, choice in enumerate(choices) if scores[choice] == best)
+
+    text = example["input"]
+    if task.get("append_choices_to_input", True):
+        choice_prefix = task.get("choice_prefix", "\n  choice: ")
+        text += choice_prefix + choice_prefix.join(choices)
+    text = (
+        task.get("task_prefix", "")
+        + task.get("example_input_prefix", "\nQ: ")
+        + text
+        + task.get("example_output_prefix", "\nA: ")
+    )
+    # lm_eval adds its own " " between the prompt and each choice.
+    return {"input": text.strip(), "choices": choices, "label": label}
+
+
+def _read_task_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise BakingError(f"{path} not found; run ensure_bigbench_tasks() for that task first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BakingError(f"{path} is not a readable task.json ({e}); delete it and rerun to extract it again") from None
+
+
+def _check_known(names: list[str]) -> None:
+    """Reject unknown names early, once an earlier extraction has listed the archive."""
+    index = bigbench_dir() / _INDEX_FILE
+    if not index.is_file():
+        return
+    try:
+        known = set(json.loads(index.read_text("utf-8")))
+    except (OSError, json.JSONDecodeError):
+        return  # rebuilt by the next extraction pass
+    for name in names:
+        if name not in known:
+            raise _unknown_task(name, known)
+
+
+def _unknown_task(name: str, known) -> BakingError:
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"see {bigbench_dir() / _INDEX_FILE} for the names"
+    return BakingError(f"no BIG-bench task '{name}' in {SDIST_NAME}; {hint}")
+
+
+def _manual_download_hint(archive: Path) -> str:
+    return (f"fetch {SDIST_NAME} by hand (e.g. `pip download --no-deps {SDIST_REQUIREMENT}` with pip < 25), "
+            f"put it at {archive} and rerun")
+
+
+def _ensure_sdist() -> Path:
+    archive = bigbench_dir() / SDIST_NAME
+    if not archive.is_file():
+        _download(archive)
+    return archive
+
+
+def _download(archive: Path) -> None:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bigbench-download-", dir=archive.parent) as scratch:
+        fetched = _pip_download(Path(scratch))
+        if fetched is None:
+            fetched = Path(scratch) / SDIST_NAME
+            _fetch(_sdist_address_from_pip_log(Path(scratch) / "pip.log"), fetched)
+        if _sha256(fetched) != SDIST_SHA256:
+            raise BakingError(f"downloaded {SDIST_NAME} has the wrong sha256; {_manual_download_hint(archive)}")
+        os.replace(fetched, archive)
+
+
+def _pip_download(scratch: Path) -> Path | None:
+    """Ask pip for the sdist; the archive's path, or None when pip fetched it but would not keep it."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--progress-bar", "off",
+               "-vvv", "--log", str(scratch / "pip.log"), "--dest", str(scratch / "dest"), SDIST_REQUIREMENT]
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    archive = scratch / "dest" / SDIST_NAME
+    return archive if archive.is_file() else None
+
+
+def _sdist_address_from_pip_log(log: Path) -> str:
+    """The archive's address as pip's index lookup found it ("Found link URL (from INDEX), version: ...")."""
+    text = log.read_text("utf-8", errors="replace") if log.is_file() else ""
+    match = re.search(r"Found link (\S+/" + re.escape(SDIST_NAME) + r")\S*", text)
+    if not match:
+        raise BakingError(f"pip could not find {SDIST_REQUIREMENT} on the package index; {_manual_download_hint(bigbench_dir() / SDIST_NAME)}")
+    return match.group(1)
+
+
+def _fetch(address: str, destination: Path) -> None:
+    try:
+        with open(destination, "wb") as out, urllib.request.urlopen(address, timeout=60) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                out.write(chunk)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise BakingError(f"cannot download {SDIST_NAME} ({reason}); {_manual_download_hint(bigbench_dir() / SDIST_NAME)}") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_sdist(archive: Path) -> None:
+    if _sha256(archive) != SDIST_SHA256:
+        raise BakingError(
+            f"{archive} is incomplete or corrupt (sha256 mismatch); delete it and rerun to download it again, "
+            f"or {_manual_download_hint(archive)}"
+        )
+
+
+def _extract_tasks(archive: Path, names: list[str]) -> None:
+    """One streaming pass: write each wanted task.json atomically, and list all task names."""
+    _verify_sdist(archive)
+    wanted = set(names)
+    found: set[str] = set()
+    known: list[str] = []
+    try:
+        with tarfile.open(archive, mode="r|gz") as tar:
+            for member in tar:
+                match = _TASK_MEMBER.match(member.name)
+                if not match or not member.isfile():
+                    continue
+                name = match.group(1)
+                known.append(name)
+                if name in wanted:
+                    _write_atomically(task_file(name), tar.extractfile(member).read())
+                    found.add(name)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise BakingError(f"cannot extract task files from {archive} ({e}); delete it and rerun to download it again") from None
+    _write_atomically(bigbench_dir() / _INDEX_FILE, json.dumps(sorted(known), indent=0).encode())
+    for name in names:
+        if name not in found:
+            raise _unknown_task(name, known)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,96 @@
+"""Settings of the validations that generate or select data: persona-drift conversations, forgetting runs.
+
+Each field carries its help text, from which the CLI builds its options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
+from ..errors import BakingError
+from ..utils.settings import setting
+
+
+
+# The simulated user gets a new everyday topic each turn: left to itself, a small
+# model echoes the assistant ("You're welcome!") and the chat collapses into a loop.
+USER_SIMULATOR_PROMPT = (
+    "You are a curious person chatting with an AI assistant. "
+    "Reply with one short sentence that asks the assistant a question about {topic}."
+)
+TOPICS = (
+    "cooking", "gardening", "sport", "books", "money", "the weather", "pets", "travel", "music", "sleep",
+    "friendship", "films", "the sea", "history", "work", "science", "holidays", "the city", "art", "health",
+)
+# The simulated user's first message. A fixed opener (chosen by the seed) rather
+# than a generated one: a small model asked to open a chat often answers instead.
+OPENERS = (
+    "Hi! What should I cook for dinner tonight?",
+    "Hello! Do you have any tips for keeping houseplants alive?",
+    "Hey, how do I start running as a beginner?",
+    "Hi there! What is a good book to read on holiday?",
+    "Hello! How can I save money on groceries?",
+    "Hi! What is a fun thing to do on a rainy day?",
+)
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    """What decides a generated conversation; stored with it so a stale one is never reused."""
+
+    turns: int = setting(30, help=(
+        "Agent turns per conversation, each after one simulated-user turn (the project measures drift over >= 30)."))
+    max_new_tokens: int = setting(40, help=(
+        "Length cap of every turn, agent and user alike: short turns keep CPU generation to minutes."))
+    temperature: float = setting(0.7, help="Sampling temperature of both sides of the conversation (0 = greedy).")
+    seed: int = setting(0, help="Seeds the conversation: its opener, topics and sampling.")
+    user_prompt: str = setting(USER_SIMULATOR_PROMPT, help=(
+        "System prompt of the simulated user; {topic} is replaced by a new everyday topic each turn."))
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if self.turns < 1:
+            raise BakingError("--turns must be at least 1")
+        if self.max_new_tokens < 1:
+            raise BakingError("--max-new-tokens must be at least 1")
+        if self.temperature < 0:
+            raise BakingError("--temperature must be 0 (greedy) or above")
+
+    @property
+    def opener(self) -> str:
+        return OPENERS[self.seed % len(OPENERS)]
+
+    def user_system_prompt(self, turn: int) -> str:
+        return self.user_prompt.format(topic=TOPICS[(self.seed + turn) % len(TOPICS)])
+
+
+@dataclass
+class ForgettingSettings:
+    """How `lm-eval-baking forgetting` scores the base model and the adapters."""
+
+    model: str = setting(DEFAULT_MODEL, help="Base model the adapters were baked on: 'default', a HF id or a directory.")
+    tasks: list[str] = setting(default_factory=lambda: [FORGETTING_GROUP], help=(
+        "lm_eval tasks or groups to score on; groups are expanded into their tasks."))
+    threshold_pct: float = setting(3.4, flag="threshold", help=(
+        "Largest allowed relative drop of a task's score, in percent of the base model's score."))
+    limit: float | None = setting(None, metavar="N", help=(
+        "Docs per task: a count, or a fraction below 1 (for quick checks only: verdicts need every doc)."))
+    batch_size: int = setting(16, help="lm_eval batch size.")
+    device: str = setting("cpu", help="Torch device, e.g. cpu or cuda:0.")
+    apply_chat_template: bool = setting(False, help="Score the prompts inside the model's chat template.")
+
+    def __post_init__(self):
+        if self.limit is not None:
+            if not self.limit > 0:
+                raise BakingError(f"--limit must be positive (got {self.limit})")
+            self.limit = int(self.limit) if self.limit >= 1 else self.limit
+        if not self.threshold_pct > 0:
+            raise BakingError(f"--threshold must be above 0 (got {self.threshold_pct}); it is the largest allowed "
+                              "drop in percent, e.g. 3.4")
+        if self.batch_size < 1:
+            raise BakingError("--batch-size must be at least 1")
+        if not self.tasks:
+            raise BakingError("--tasks needs at least one lm_eval task or group")

@@ -1,0 +1,121 @@
+"""Cross-task forgetting, the measuring half: the base model and each adapter answer the same docs.
+
+`score_models` runs lm_eval in-process on the base model and on the base +
+each adapter, task by task, and keeps every doc's score (lm_eval's per-sample
+output), so the comparison can be paired doc by doc (`results.forgetting`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..artifacts.safety import check_adapter
+from ..core import models
+from ..core.harness import headline_metric
+from ..errors import BakingError
+from ..utils.text import first_line, quoted
+from .lm_eval_glue import expand_tasks, task_manager_for
+
+DEFAULT_TASKS = ["baking_forgetting"]
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass
+class TaskScores:
+    """One model's scores on one task: the headline metric per doc, in doc order."""
+
+    task: str
+    metric: str
+    per_doc: dict[int, float]
+    """doc_id -> the doc's metric value (0/1 for accuracy)."""
+    score: float
+    stderr: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "metric": self.metric, "score": self.score, "stderr": self.stderr,
+                "per_doc": {str(k): v for k, v in sorted(self.per_doc.items())}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TaskScores":
+        return cls(data["task"], data["metric"], {int(k): float(v) for k, v in data["per_doc"].items()},
+                   float(data["score"]), data.get("stderr"))
+
+
+@dataclass
+class ForgettingRun:
+    """What `score_models` measured: scores[None] is the base model, scores[adapter] each adapter."""
+
+    base_model: str
+    adapters: list[str]
+    tasks: list[str]
+    scores: dict[str | None, dict[str, TaskScores]] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+
+def score_models(base_model: str, adapters: list[str], tasks: list[str], *, limit: int | float | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu", dtype: str | None = None,
+                 apply_chat_template: bool = False, progress: bool = True) -> ForgettingRun:
+    """Evaluate the base model and every adapter on every leaf task of `tasks`, keeping per-doc scores.
+
+    `tasks` may name our tasks/groups (e.g. `baking_forgetting`) or any lm_eval
+    task; groups are expanded so every leaf task gets its own column (each leaf
+    runs with its own config). Adapters are checked before any model loads.
+    """
+    from tqdm.auto import tqdm
+
+    base_model = models.resolve_model(base_model)
+    adapters = [str(adapter) for adapter in adapters]
+    for adapter in adapters:
+        check_adapter(adapter, base_model=base_model)
+    task_manager = task_manager_for(tasks)
+    leaf_tasks = expand_tasks(task_manager, tasks)
+    run = ForgettingRun(base_model, adapters, leaf_tasks, settings={
+        "limit": limit, "device": device, "dtype": dtype, "apply_chat_template": apply_chat_template})
+    runs = [None, *adapters]  # None is the base model without an adapter
+    with tqdm(total=len(runs) * len(leaf_tasks), desc="forgetting (model x task)", disable=not progress) as bar:
+        for adapter in runs:
+            lm = _load_lm(base_model, adapter, batch_size, device, dtype)
+            run.scores[adapter] = {}
+            for task in leaf_tasks:
+                bar.set_postfix_str(f"{label(adapter)} / {task}")
+                run.scores[adapter][task] = _evaluate(lm, task, task_manager, limit, apply_chat_template)
+                bar.update()
+            del lm  # free this model before the next one loads
+    return run
+
+
+def _load_lm(base_model: str, adapter: str | None, batch_size: int, device: str, dtype: str | None):
+    from lm_eval.models.huggingface import HFLM
+
+    try:
+        return HFLM(pretrained=base_model, peft=adapter, batch_size=batch_size, device=device,
+                    **({"dtype": dtype} if dtype else {}))
+    except (OSError, ValueError) as e:
+        what = f"adapter {adapter} on {base_model}" if adapter else f"model {base_model}"
+        raise BakingError(f"cannot load {what} ({first_line(e)}); check that the adapter was baked on this "
+                          "base model") from None
+
+
+def _evaluate(lm, task: str, task_manager, limit, apply_chat_template: bool) -> TaskScores:
+    import lm_eval
+
+    output = lm_eval.simple_evaluate(
+        model=lm, tasks=[task], task_manager=task_manager, limit=limit,
+        apply_chat_template=apply_chat_template, log_samples=True,
+    )
+    results = output["results"][task]
+    reported = [key.partition(",")[0] for key, value in results.items()
+                if "," in key and "_stderr" not in key and isinstance(value, (int, float))]
+    metric = headline_metric(reported, output["higher_is_better"].get(task, {}))
+    if metric is None:
+        raise BakingError(f"task {quoted(task)} reports no higher-is-better metric to compare; pick another task")
+    key = next(k for k in results if k.partition(",")[0] == metric)
+    per_doc = {int(sample["doc_id"]): float(sample[metric]) for sample in output["samples"][task]}
+    stderr = results.get(key.replace(",", "_stderr,", 1))
+    return TaskScores(task, metric, per_doc, float(results[key]),
+                      stderr if isinstance(stderr, (int, float)) else None)
+
+
+def label(adapter: str | None) -> str:
+    return "base" if adapter is None else Path(adapter).name or str(adapter)

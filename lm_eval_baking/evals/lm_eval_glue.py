@@ -1,0 +1,120 @@
+"""Running lm_eval from Python: finding tasks, checking task and metric names, evaluating a model in memory.
+
+Also `task_error`, how our tasks report bad input from inside lm_eval: one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from pathlib import Path
+
+from ..core.harness import tasks_path
+from ..errors import BakingError
+from ..utils.text import quoted
+
+# What lm_eval reports for a task that names no metric_list (lm_eval.api.registry's defaults).
+_DEFAULT_METRICS = {
+    "loglikelihood": ("perplexity", "acc"),
+    "loglikelihood_rolling": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+    "multiple_choice": ("acc", "acc_norm"),
+    "generate_until": ("exact_match",),
+}
+
+
+def running_lm_eval_cli() -> bool:
+    """True inside the `lm_eval` command (not when our own code calls lm_eval in-process)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return Path(sys.argv[0]).name in ("lm_eval", "lm-eval") or getattr(spec, "name", "").startswith("lm_eval")
+
+
+def task_error(message: str) -> BakingError:
+    """The error our tasks raise for bad input, as one line wherever it surfaces.
+
+    Inside the `lm_eval` command a raised exception ends in a long traceback with
+    our message on its last line, so there the line is printed and the process
+    exits (status 2) instead. Our own in-process callers get a BakingError,
+    which our CLI prints as one line too. Use as `raise task_error(...)`.
+    """
+    if running_lm_eval_cli():
+        print(f"lm-eval-baking: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    return BakingError(message)
+
+
+def task_manager_for(names: list[str], metadata: dict | None = None):
+    """A TaskManager that knows `names`: ours alone when that suffices.
+
+    Indexing lm_eval's own ~15k task configs takes tens of seconds, so it is
+    only done when a requested name is not one of ours.
+    """
+    from lm_eval.tasks import TaskManager
+
+    ours = TaskManager(include_path=str(tasks_path()), include_defaults=False, metadata=metadata)
+    if set(names) <= set(ours.all_tasks):
+        return ours
+    return TaskManager(include_path=str(tasks_path()), metadata=metadata)
+
+
+def check_tasks(task_manager, names: list[str]) -> None:
+    """An unknown task name is one BakingError with the closest known names."""
+    known = set(task_manager.all_tasks)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see `lm_eval ls tasks`"
+            raise BakingError(f"unknown lm_eval task '{quoted(name)}'; {hint}")
+
+
+def expand_tasks(task_manager, names: list[str]) -> list[str]:
+    """Leaf task names for the requested tasks/groups; unknown names are a BakingError.
+
+    Loading also builds every dataset, so broken data fails here, before any
+    model time is spent.
+    """
+    check_tasks(task_manager, names)
+    return list(task_manager.load(list(names))["tasks"])
+
+
+def task_metrics(task_manager, task: str) -> list[str]:
+    """The metric names a task (or group) reports, read from its YAML without loading its data."""
+    entry = task_manager.task_index.get(task)
+    config = (entry.cfg if entry is not None else None) or {}
+    listed = config.get("metric_list") or config.get("aggregate_metric_list") or []
+    names = [m.get("metric") for m in listed if isinstance(m, dict) and isinstance(m.get("metric"), str)]
+    return names or list(_DEFAULT_METRICS.get(config.get("output_type"), ()))
+
+
+def check_task_metric(task: str, metric: str) -> None:
+    """Refuse an unknown task, or a metric the task does not report, before any model work."""
+    manager = task_manager_for([task])
+    check_tasks(manager, [task])
+    metrics = task_metrics(manager, task)
+    if metrics and metric not in metrics:
+        raise BakingError(f"task {quoted(task)} reports no metric {quoted(metric)}; pick one of {', '.join(metrics)}")
+
+
+def evaluate_in_memory(model, tokenizer, task: str, metric: str, *, metadata: dict | None = None,
+                       system_instruction: str | None = None, batch_size: int = 8,
+                       limit: int | float | None = None) -> tuple[float, bool]:
+    """(value, higher_is_better) of one lm_eval task metric for a model already in memory (HFLM wraps it)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    manager = task_manager_for([task], metadata)
+    check_tasks(manager, [task])
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    output = lm_eval.simple_evaluate(
+        model=lm, tasks=[task], task_manager=manager, apply_chat_template=True,
+        system_instruction=system_instruction, limit=limit, log_samples=False, bootstrap_iters=0,
+    )
+    results = output["results"].get(task, {})
+    values = {key.partition(",")[0]: value for key, value in results.items() if "," in key}
+    if metric not in values:
+        reported = sorted(m for m in values if not m.endswith("_stderr"))
+        raise BakingError(f"task {quoted(task)} reports no metric {quoted(metric)}; pick one of {reported}")
+    higher_is_better = output.get("higher_is_better", {}).get(task, {}).get(metric, True)
+    return float(values[metric]), higher_is_better is not False

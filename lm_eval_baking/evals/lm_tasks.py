@@ -1,0 +1,221 @@
+"""What our lm_eval task YAMLs name with `!function`: datasets, task classes, per-doc scoring, aggregations.
+
+Everything else about a task lives in its YAML (tasks/ at the repository root).
+Every bad input is refused with one line (`lm_eval_glue.task_error`), before
+lm_eval spends model time or prints a number that cannot be right.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lm_eval.api.task import ConfigurableTask
+
+from ..artifacts.bake_dir import HELDOUT_FIELDS, BakeDir
+from ..artifacts.safety import check_adapter
+from ..constants import ADAPTER_CONFIG, BAKE_RECORD, DRIFT_TASK, MCKL_TASK
+from ..core.stats import ratio_quality_ci
+from ..errors import BakingError
+from ..utils.text import quoted
+from .drift import early_minus_late, scorer_from_json, score_doc
+from .lm_eval_glue import task_error
+
+QUALITY_CI_RESAMPLES = 2000
+
+
+def find_bake(metadata: dict, task: str) -> BakeDir:
+    """The bake a task scores against: --metadata bake=DIR, else the peft= adapter.
+
+    lm_eval puts --model_args into the task metadata, so a `peft=` adapter is
+    also checked like everywhere else (`check_peft`), once the task's data is found.
+    """
+    explicit = metadata.get("bake")
+    adapter = metadata.get("peft")
+    candidate = explicit or adapter
+    if not candidate:
+        raise task_error(f"{task} needs a bake directory: pass --model_args pretrained=BASE,peft=BAKE_DIR, or "
+                         "--metadata '{\"bake\": \"BAKE_DIR\"}' when scoring a model without the adapter")
+    if not isinstance(candidate, str):
+        raise task_error(f"the bake must be named by a folder path, not {quoted(candidate)}; "
+                         "e.g. --metadata '{\"bake\": \"adapters/pirate\"}'")
+    folder = BakeDir(candidate)
+    if not folder.is_bake():
+        how = "--metadata bake" if explicit else "the peft= adapter"
+        raise task_error(f"{how} {folder.path} has no {BAKE_RECORD}, so it carries no bake data; make one with "
+                         "`lm-eval-baking bake`, or name the bake it came from with --metadata '{\"bake\": \"DIR\"}'")
+    return folder
+
+
+def check_peft(metadata: dict) -> None:
+    """The one adapter check (safetensors only, baked on `pretrained=`) for a `peft=` lm_eval loaded.
+
+    A `peft=` that is no adapter folder at all is left alone: lm_eval failed to load it long before.
+    """
+    adapter = metadata.get("peft")
+    if not isinstance(adapter, str) or not (Path(adapter) / ADAPTER_CONFIG).is_file():
+        return
+    base = metadata.get("pretrained")
+    try:
+        check_adapter(adapter, base_model=base if isinstance(base, str) else None,
+                      allow_pickle=str(metadata.get("allow_pickle", "")).lower() in ("1", "true", "yes"))
+    except BakingError as e:
+        raise task_error(str(e)) from None
+
+
+def _datasets(docs: list[dict]) -> dict:
+    import datasets
+
+    return {"test": datasets.Dataset.from_list(docs)}
+
+
+# ---------------------------------------------------------------------------- baking_mckl
+
+
+def mckl_dataset(**metadata) -> dict:
+    """custom_dataset of baking_mckl: the bake's held-out trajectories with their teacher log-probs."""
+    folder = find_bake(metadata, MCKL_TASK)
+    try:
+        rows = folder.heldout_rows()
+    except BakingError as e:
+        raise task_error(str(e)) from None
+    check_peft(metadata)
+    return _datasets([{f: row[f] for f in HELDOUT_FIELDS} for row in rows])
+
+
+class MCKLTask(ConfigurableTask):
+    """baking_mckl, refusing a context built differently from the one the stored answers were sampled in.
+
+    The teacher log-probs were computed inside the chat template; scored
+    without it, the model under test reads another context and the "KL" is a
+    number that cannot be right (a quality of −0.8 for a good adapter).
+    """
+
+    def __init__(self, config=None):
+        # `class` is how the YAML names this Python task, not a TaskConfig field.
+        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})
+
+    def fewshot_context(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False,
+                        fewshot_as_multiturn=False, chat_template=None, gen_prefix=None):
+        if num_fewshot:
+            raise task_error(f"{MCKL_TASK} scores the bake's own held-out answers and takes no few-shot examples; "
+                             "drop --num_fewshot")
+        if not (apply_chat_template and chat_template):
+            raise task_error(f"{MCKL_TASK} scores answers that were sampled inside the chat template: run lm_eval "
+                             "with --apply_chat_template (without it the KL and quality are meaningless)")
+        return super().fewshot_context(doc, num_fewshot, system_instruction, apply_chat_template,
+                                       fewshot_as_multiturn, chat_template, gen_prefix)
+
+
+def mckl_process_results(doc: dict, results: list) -> dict:
+    """Per-doc KL of the model under test, and of the unprompted base for the quality score."""
+    (model_logprob, _is_greedy), = results
+    kl_sequence = doc["teacher_logprob"] - model_logprob
+    base_kl_sequence = doc["teacher_logprob"] - doc["base_logprob"]
+    pair = (kl_sequence / doc["n_tokens"], base_kl_sequence / doc["n_tokens"])
+    return {"kl_per_token": pair[0], "kl_per_sequence": kl_sequence,
+            "quality": pair, "quality_ci_low": pair, "quality_ci_high": pair}
+
+
+def quality_score(items: list[tuple[float, float]]) -> float:
+    """1 - KL(model) / KL(unprompted base): the share of the prompt's effect captured."""
+    model_kl = sum(m for m, _ in items)
+    base_kl = sum(b for _, b in items)
+    if base_kl == 0:
+        return float("nan")  # the prompt changed nothing on these answers: no share to capture
+    return 1.0 - model_kl / base_kl
+
+
+def _quality_ci(items):
+    # Paired bootstrap over trajectories: each answer's model and base KL are resampled together.
+    return ratio_quality_ci([m for m, _ in items], [b for _, b in items], n_boot=QUALITY_CI_RESAMPLES)
+
+
+def quality_ci_low(items: list[tuple[float, float]]) -> float:
+    """Lower end of the 95% paired-bootstrap CI of quality (lm_eval gives custom aggregations no stderr)."""
+    return _quality_ci(items).low
+
+
+def quality_ci_high(items: list[tuple[float, float]]) -> float:
+    return _quality_ci(items).high
+
+
+# ---------------------------------------------------------------------------- baking_persona_drift
+
+_DOC_FIELDS = {"persona", "turn", "messages", "probe", "scorer", "references"}
+
+
+def drift_dataset(**metadata) -> dict:
+    """custom_dataset of baking_persona_drift: the drift docs of the bake named by
+    `--metadata '{"bake": DIR}'` or, failing that, by `peft=DIR` in --model_args."""
+    folder = find_bake(metadata, DRIFT_TASK)
+    path = folder.drift_docs_path
+    if not path.is_file():
+        raise task_error(f"{path} not found; make it with `lm-eval-baking drift-data {folder.path}`")
+    try:
+        docs = folder.drift_docs()
+    except BakingError as e:
+        raise task_error(str(e)) from None
+    problems = [(line, problem) for line, doc in enumerate(docs, 1) if (problem := drift_doc_problem(doc))]
+    if not docs or problems:
+        where = f" (row {problems[0][0]} {problems[0][1]})" if problems else ""
+        raise task_error(f"{path} is empty or corrupt{where}; remake it with "
+                         f"`lm-eval-baking drift-data {folder.path}`")
+    check_peft(metadata)
+    return _datasets(docs)
+
+
+def drift_doc_problem(doc) -> str | None:
+    """What makes one drift doc unusable (None when lm_eval can run it): checked here, because a
+    wrong type otherwise fails deep inside pyarrow or halfway through an evaluation."""
+    if not isinstance(doc, dict) or not _DOC_FIELDS <= set(doc):
+        return f"needs the fields {sorted(_DOC_FIELDS)}"
+    text_list = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+    checks = [
+        (isinstance(doc["persona"], str) and isinstance(doc["probe"], str), "needs persona and probe strings"),
+        (isinstance(doc["turn"], int) and not isinstance(doc["turn"], bool) and doc["turn"] >= 0,
+         "needs a whole turn number ≥ 0"),
+        (isinstance(doc["messages"], list) and all(
+            isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ("user", "assistant")
+            and isinstance(m["content"], str) for m in doc["messages"]),
+         "needs messages as a list of {role: user|assistant, content: text}"),
+        (text_list(doc["references"]), "needs references as a list of strings"),
+        (isinstance(doc["scorer"], str), "needs a scorer (JSON text)"),
+    ]
+    for ok, problem in checks:
+        if not ok:
+            return problem
+    try:
+        scorer_from_json(doc["scorer"])
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        return "has a scorer that is not valid JSON"
+    except BakingError as e:
+        return f"has an unusable scorer ({e})"
+    return None
+
+
+class PersonaDriftTask(ConfigurableTask):
+    """baking_persona_drift: a doc carries a whole chat history, so the prompt is rendered here from
+    doc["messages"] + the probe instead of from one question."""
+
+    def __init__(self, config=None):
+        super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})
+
+    def fewshot_context(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False,
+                        fewshot_as_multiturn=False, chat_template=None, gen_prefix=None):
+        if num_fewshot:
+            raise task_error(f"{DRIFT_TASK} replays a conversation and takes no few-shot examples; drop --num_fewshot")
+        if not (apply_chat_template and chat_template):
+            raise task_error(f"{DRIFT_TASK} replays a chat history: run lm_eval with --apply_chat_template")
+        system = [{"role": "system", "content": system_instruction}] if system_instruction else []
+        messages = system + list(doc["messages"]) + [{"role": "user", "content": doc["probe"]}]
+        return chat_template(messages, add_generation_prompt=True)
+
+
+def drift_process_results(doc, results):
+    return score_doc(doc, results[0])
+
+
+def drift_score(items):
+    """Drift (early minus late adherence) is not a mean of per-doc values: a custom aggregation."""
+    return early_minus_late(items)
+

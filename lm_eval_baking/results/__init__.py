@@ -1,0 +1,1 @@
+"""Reports and the CI gate: results files in, tables, plots and verdicts out. No torch."""

@@ -1,0 +1,255 @@
+"""Collecting a report's inputs: lm_eval results files, bake/pursuit records, forgetting reports.
+
+Inputs are found recursively under the paths given:
+
+    results_*.json                       lm_eval `--output_path` results (any number of runs)
+    samples_baking_persona_drift_*.jsonl lm_eval `--log_samples` output (drift by turn)
+    baking.json                          a bake (KL per epoch); pursuit rounds and exports too
+    pursuit.json                         a prompt pursuit (score per round)
+    forgetting.json                      `lm-eval-baking forgetting` output
+
+Anything that cannot be used (unreadable file, another lm_eval version, a task
+without its metric) is listed under "Skipped" with the reason; the report
+itself never fails on one bad file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..constants import BAKE_FORMAT, BAKE_RECORD, FORGETTING_RECORD, PURSUIT_FORMAT, PURSUIT_RECORD
+from ..errors import BakingError
+from ..utils.hashing import sha256_text
+from ..utils.jsonl import read_json_object, read_jsonl
+from .results_files import Skip, is_number, parse_results_file, read_json, task_metrics
+from .rows import (
+    DRIFT_TASK, FORGETTING, FORGETTING_GROUP, FORGETTING_METRIC, HEADLINE_COLUMNS, Collection, Measurement, Row,
+    Skipped, Variant,
+)
+
+
+def input_files(paths) -> list[Path]:
+    """Every file under `paths` (files are taken as they are); a missing path is a BakingError."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)))
+        else:
+            raise BakingError(f"{path} does not exist; pass lm_eval --output_path folders, results_*.json files "
+                              "or bake folders")
+    return files
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    # Staging folders of half-written bakes and reports start with '.'.
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _kind_of_file(path: Path) -> str | None:
+    name = path.name
+    if name.startswith("results_") and name.endswith(".json"):
+        return "results"
+    if name in (BAKE_RECORD, PURSUIT_RECORD, FORGETTING_RECORD):
+        return name.removesuffix(".json")
+    return None
+
+
+def collect(paths) -> Collection:
+    """Read every input under `paths` into variant rows and records; bad files go to `skipped`."""
+    files = [(f, _kind_of_file(f)) for f in input_files(paths)]
+    files = [(f, kind) for f, kind in files if kind]
+    if not files:
+        shown = ", ".join(map(str, paths))
+        raise BakingError(f"no lm_eval results (results_*.json) or bake records under {shown}; run lm_eval with "
+                          "--output_path DIR (or `lm-eval-baking bake`) first and pass that folder")
+    rows: dict[Variant, Row] = {}
+    collection = Collection(rows=[], bakes=[], pursuits=[], forgetting_reports=[], skipped=[], subtasks={})
+    for path, kind in files:
+        try:
+            data = read_json(path)
+            if kind == "results":
+                _add_results(path, data, rows, collection)
+            elif kind == "baking":
+                _check_record(data, BAKE_FORMAT, path)
+                collection.bakes.append((str(path.parent), data))
+            elif kind == "pursuit":
+                _check_record(data, PURSUIT_FORMAT, path)
+                collection.pursuits.append((str(path.parent), data))
+            else:
+                if not {"per_task", "adapters", "tasks", "base_model"} <= set(data):
+                    raise Skip("not a `lm-eval-baking forgetting` report (no per_task/adapters)")
+                collection.forgetting_reports.append((str(path.parent), data))
+        except Skip as skip:
+            collection.skipped.append(Skipped(str(path), str(skip)))
+    _add_forgetting_reports(rows, collection)
+    _add_forgetting_drops(rows)
+    collection.rows = _label_rows(rows)
+    if not collection.rows and not collection.bakes and not collection.pursuits:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in collection.skipped[:3])
+        raise BakingError(f"nothing usable in {', '.join(map(str, paths))} ({reasons}); pass lm_eval 0.4 results")
+    return collection
+
+
+def _check_record(data: dict, expected_format: str, path: Path) -> None:
+    if data.get("format") != expected_format:
+        raise Skip(f"not a {expected_format} record (format {data.get('format')!r})")
+
+
+def _add_results(path: Path, data: dict, rows: dict[Variant, Row], collection: Collection) -> None:
+    run = parse_results_file(data)
+    variant = run.variant
+    date = run.date if run.date is not None else path.stat().st_mtime
+    measured = {task: metrics for task, values in run.results.items()
+                if (metrics := task_metrics(values, run.higher_is_better.get(task, {}), str(path)))}
+    # Checked before the row exists, so a skipped file leaves no empty row behind.
+    if not measured:
+        raise Skip("holds no numeric metric values")
+    row = rows.setdefault(variant, Row(variant))
+    row.sources.append(str(path))
+    for group, members in run.group_subtasks.items():
+        if members:
+            collection.subtasks[group] = members
+    for task, metrics in measured.items():
+        if task in row.dates and row.dates[task] > date:
+            collection.skipped.append(Skipped(str(path), f"{task} for '{_plain(variant)}': a newer run is used",
+                                              whole_file=False))
+            continue
+        if task in row.dates:
+            collection.skipped.append(Skipped(str(path), f"{task} for '{_plain(variant)}': replaces an older run",
+                                              whole_file=False))
+        row.metrics = {k: v for k, v in row.metrics.items() if k[0] != task}
+        row.metrics.update({(task, metric): m for metric, m in metrics.items()})
+        row.dates[task] = date
+        if task == DRIFT_TASK:
+            row.drift_curve = _drift_curve(path, collection) or row.drift_curve
+    for column in HEADLINE_COLUMNS:
+        if column.task in run.results and (column.task, column.metric) not in row.metrics:
+            collection.skipped.append(Skipped(str(path), f"{column.task} reports no {column.metric} "
+                                              f"(or it is not a number); its '{column.title}' cell stays empty",
+                                              whole_file=False))
+
+
+def adherence_curve(samples_file: str | Path) -> dict[int, float]:
+    """Mean adherence per probed turn from an lm_eval `--log_samples` file of baking_persona_drift."""
+    by_turn: dict[int, list[float]] = {}
+    for row in read_jsonl(samples_file):
+        by_turn.setdefault(row["doc"]["turn"], []).append(row["adherence"])
+    return {turn: sum(v) / len(v) for turn, v in sorted(by_turn.items())}
+
+
+def _drift_curve(results_path: Path, collection: Collection) -> dict[int, float] | None:
+    """Adherence by turn from the `--log_samples` file written with this results file, if any."""
+    stamp = results_path.stem.removeprefix("results_")
+    samples = results_path.with_name(f"samples_{DRIFT_TASK}_{stamp}.jsonl")
+    if not samples.is_file():
+        return None
+    try:
+        return adherence_curve(samples)
+    except (BakingError, KeyError, TypeError, OSError) as e:
+        collection.skipped.append(Skipped(str(samples), f"no drift-by-turn curve ({e})", whole_file=False))
+        return None
+
+
+def _add_forgetting_reports(rows: dict[Variant, Row], collection: Collection) -> None:
+    """Rows for adapters scored only by `lm-eval-baking forgetting`: mean accuracy over its tasks."""
+    for source, report in collection.forgetting_reports:
+        try:
+            tasks = report["tasks"]
+            base_scores = [report["per_task"][t]["base"]["score"] for t in tasks]
+            base = rows.setdefault(Variant(str(report["base_model"])), Row(Variant(str(report["base_model"]))))
+            _set_if_missing(base, (FORGETTING_GROUP, FORGETTING_METRIC), _mean(base_scores), source)
+            for adapter in report["adapters"]:
+                scores = [report["per_task"][t]["adapters"][adapter]["score"] for t in tasks]
+                row = rows.setdefault(Variant(base.variant.model, str(adapter)), Row(Variant(base.variant.model, str(adapter))))
+                _set_if_missing(row, (FORGETTING_GROUP, FORGETTING_METRIC), _mean(scores), source)
+        except (KeyError, TypeError, ZeroDivisionError) as e:
+            collection.skipped.append(Skipped(source + "/forgetting.json", f"incomplete forgetting report (no {e})"))
+
+
+def _set_if_missing(row: Row, key: tuple[str, str], value: float, source: str) -> None:
+    # An lm_eval run of the group carries a stderr and is preferred to the forgetting report's mean.
+    if key not in row.metrics:
+        row.metrics[key] = Measurement(value, None, True, source)
+        row.sources.append(source)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def _add_forgetting_drops(rows: dict[Variant, Row]) -> None:
+    """forgetting = relative drop (%) of the forgetting accuracy versus the plain base model."""
+    key = (FORGETTING_GROUP, FORGETTING_METRIC)
+    for row in rows.values():
+        base = rows.get(Variant(row.variant.model))
+        if row.variant.is_plain_base or base is None or key not in row.metrics or key not in base.metrics:
+            continue
+        base_acc = base.metrics[key].value
+        if base_acc:
+            drop = 100.0 * (base_acc - row.metrics[key].value) / base_acc
+            row.metrics[(FORGETTING, "drop_pct")] = Measurement(drop, None, False, row.metrics[key].source)
+
+
+# ---------------------------------------------------------------------------- variant labels
+
+
+def _plain(variant: Variant) -> str:
+    label = "base" if variant.adapter is None else display_path(variant.adapter)
+    return label + (" + prompt" if variant.system_instruction else "")
+
+
+def display_path(path: str) -> str:
+    """A path as short as it is unambiguous here: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def variant_kind(variant: Variant) -> str:
+    """base / prompted base / baked / pursued / strength S / pursuit round N, plus re-prompting."""
+    if variant.adapter is None:
+        return "prompted base" if variant.system_instruction else "base"
+    adapter = Path(variant.adapter)
+    record = read_json_object(adapter / BAKE_RECORD)
+    if record is None:
+        kind = "adapter"
+    elif record.get("kind") in ("chain_export", "pursuit_export"):
+        export = record.get("pursuit_export")
+        rounds = export.get("rounds") if isinstance(export, dict) else None
+        kind = f"pursued ({_count(rounds, 'round')})" if isinstance(rounds, list) else "pursued"
+    elif record.get("kind") == "strength_export":
+        half_baking = record.get("half_baking")
+        strength = half_baking.get("strength") if isinstance(half_baking, dict) else None
+        kind = f"strength {format(strength, 'g') if is_number(strength) else '–'}"
+    elif adapter.name.startswith("round-") and (adapter.parent / PURSUIT_RECORD).is_file():
+        kind = f"pursuit {adapter.name.replace('-', ' ')}"
+    else:
+        kind = "baked"
+    return f"re-prompted {kind}" if variant.system_instruction else kind
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'s' * (len(items) != 1)}"
+
+
+def _label_rows(rows: dict[Variant, Row]) -> list[Row]:
+    several_models = len({v.model for v in rows}) > 1
+    ordered = sorted(rows.values(), key=lambda r: (r.variant.model, r.variant.adapter is not None,
+                                                   r.variant.adapter or "", bool(r.variant.system_instruction),
+                                                   r.variant.system_instruction or ""))
+    for row in ordered:
+        row.kind = variant_kind(row.variant)
+        row.label = (f"{Path(row.variant.model).name}: " if several_models else "") + _plain(row.variant)
+    seen: dict[str, int] = {}
+    for row in ordered:  # two system instructions on one adapter: tell them apart
+        seen[row.label] = seen.get(row.label, 0) + 1
+    for row in ordered:
+        if seen[row.label] > 1 and row.variant.system_instruction:
+            row.label += f" #{sha256_text(row.variant.system_instruction)[:6]}"
+    return ordered
+
+

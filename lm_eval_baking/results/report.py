@@ -1,0 +1,108 @@
+"""build_report: lm_eval results and bake records -> report.md + report.html + report.json + plots.
+
+The folder is built beside `--output` and renamed into place, so readers see
+the old report or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..constants import REPORT_FILES, REPORT_FORMAT
+from ..errors import BakingError
+from ..utils.atomic import make_readable, staged_directory, write_json
+from .collect import collect
+from .forgetting import DEFAULT_THRESHOLD_PCT
+from .plots import plot_drift, plot_forgetting, plot_kl_per_epoch, plot_pursuit
+from .render import LEGEND, render_html, render_markdown
+from .rows import Collection
+from .tables import all_metrics, bakes_table, leaderboard, pursuit_tables, variants_table
+
+
+@dataclass
+class Report:
+    output: Path
+    collection: Collection
+
+    @property
+    def html(self) -> Path:
+        return self.output / "report.html"
+
+    @property
+    def markdown(self) -> Path:
+        return self.output / "report.md"
+
+
+def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: float | None = None,
+                 title: str = "lm-eval-baking report") -> Report:
+    """Read `paths` and write report.md, report.html (self-contained), report.json and the plots to `output`.
+
+    The folder is built beside `output` and renamed into place, so readers see
+    the old report or the new one, never half of one.
+    """
+    output = Path(output)
+    _check_output(output, paths)
+    collection = collect(paths)
+    threshold = DEFAULT_THRESHOLD_PCT if forgetting_threshold_pct is None else forgetting_threshold_pct
+    plots = [
+        ("KL per epoch", "kl_per_epoch.png", plot_kl_per_epoch(collection.bakes)),
+        ("Pursuit rounds", "pursuit_rounds.png", plot_pursuit(collection.pursuits)),
+        ("Drift by turn", "drift_by_turn.png", plot_drift(collection.rows)),
+    ]
+    plots += [(f"Forgetting: {name}", f"forgetting_{i}.png", png)
+              for i, (name, png) in enumerate(plot_forgetting(collection, threshold), 1)]
+    plots = [(name, file, png) for name, file, png in plots if png]
+    tables = [  # (heading, note, header, cells)
+        ("Leaderboard", LEGEND, *leaderboard(collection)),
+        ("Variants", "", *variants_table(collection)),
+        ("Bakes", "Held-out KL per answer token from each bake's own teacher (baking.json).",
+         *bakes_table(collection)),
+        *[(f"Pursuit: {name}", note, h, c) for name, note, h, c in pursuit_tables(collection)],
+        ("All metrics", "Every metric lm_eval reported, with its stderr.", *all_metrics(collection)),
+    ]
+    tables = [t for t in tables if t[3]]
+    with staged_directory(output, replace=True) as staging:
+        for _, file, png in plots:
+            (staging / file).write_bytes(png)
+        (staging / "report.md").write_text(render_markdown(title, tables, plots, collection), encoding="utf-8")
+        (staging / "report.html").write_text(render_html(title, tables, plots, collection), encoding="utf-8")
+        write_json(staging / "report.json", report_data(collection))
+        make_readable(staging)
+    return Report(output, collection)
+
+
+def _check_output(output: Path, paths) -> None:
+    """The report replaces `output` as a whole: refuse a folder that holds anything but an old report."""
+    if output.is_file():
+        raise BakingError(f"--output {output} is a file; pass a folder for the report")
+    resolved = output.resolve()
+    for path in map(Path, paths):
+        if path.exists() and (path.resolve() == resolved or resolved in path.resolve().parents):
+            raise BakingError(f"--output {output} holds the input {path}; write the report to a folder of its own, "
+                              f"e.g. {output / 'report'}")
+    if output.is_dir():
+        foreign = [p.name for p in output.iterdir() if not (p.name in REPORT_FILES or p.suffix == ".png")]
+        if foreign:
+            raise BakingError(f"--output {output} holds other files ({', '.join(sorted(foreign)[:3])}); the report "
+                              "replaces the whole folder, so pass an empty or new folder")
+
+
+def report_data(collection: Collection) -> dict:
+    """Everything in the tables, machine-readable."""
+    return {
+        "format": REPORT_FORMAT,
+        "format_version": 1,
+        "variants": [{
+            "label": r.label, "kind": r.kind, "model": r.variant.model, "adapter": r.variant.adapter,
+            "system_instruction": r.variant.system_instruction, "sources": r.sources,
+            "metrics": {f"{task}:{metric}": {"value": m.value, "stderr": m.stderr,
+                                             "higher_is_better": m.higher_is_better}
+                        for (task, metric), m in sorted(r.metrics.items())},
+            "drift_curve": r.drift_curve,
+        } for r in collection.rows],
+        "skipped": [{"path": s.path, "reason": s.reason} for s in collection.skipped],
+    }
+
+

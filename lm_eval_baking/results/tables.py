@@ -1,0 +1,115 @@
+"""The report's tables: the leaderboard (one row per variant) and the detail tables, as header + cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.harness import headline_metric
+from .collect import display_path
+from .results_files import is_number
+from .rows import FORGETTING, HEADLINE_COLUMNS, Collection, Measurement, Skipped
+
+
+def other_columns(collection: Collection) -> list[tuple[str, str]]:
+    """(task, metric) headline cells for every task that is neither ours nor a member of a shown group."""
+    ours = {c.task for c in HEADLINE_COLUMNS} | {FORGETTING}
+    members = {t for group, tasks in collection.subtasks.items() for t in tasks}
+    by_task: dict[str, dict[str, Measurement]] = {}
+    for row in collection.rows:
+        for (task, metric), m in row.metrics.items():
+            if task not in ours and task not in members:
+                by_task.setdefault(task, {}).setdefault(metric, m)
+    columns = []
+    for task, metrics in sorted(by_task.items()):
+        chosen = headline_metric(list(metrics), {m: measure.higher_is_better for m, measure in metrics.items()})
+        columns.append((task, chosen or next(iter(metrics))))
+    return columns
+
+
+def format_value(m: Measurement | None, spec: str = ".4f", suffix: str = "") -> str:
+    if m is None:
+        return "–"
+    text = format(m.value, spec) + suffix
+    return text + (f" ± {format(m.stderr, spec)}" if m.stderr is not None else "")
+
+
+def leaderboard(collection: Collection) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the leaderboard: one row per variant."""
+    extra = other_columns(collection)
+    header = ["variant", "kind"] + [c.title for c in HEADLINE_COLUMNS] + ["forgetting drop vs base"]
+    header += [f"{task} {metric}" for task, metric in extra]
+    cells = []
+    for row in collection.rows:
+        line = [row.label, row.kind]
+        line += [format_value(row.metrics.get((c.task, c.metric)), ".3f" if c.name != "kl" else ".4f")
+                 for c in HEADLINE_COLUMNS]
+        line.append(format_value(row.get(FORGETTING), ".1f", "%"))
+        line += [format_value(row.metrics.get(key)) for key in extra]
+        cells.append(line)
+    return header, cells
+
+
+def all_metrics(collection: Collection) -> tuple[list[str], list[list[str]]]:
+    header = ["variant", "task", "metric", "value", "stderr", "better"]
+    cells = []
+    for row in collection.rows:
+        for (task, metric), m in sorted(row.metrics.items()):
+            better = {True: "higher", False: "lower", None: ""}[m.higher_is_better]
+            cells.append([row.label, task, metric, f"{m.value:.4f}", "" if m.stderr is None else f"{m.stderr:.4f}",
+                          better])
+    return header, cells
+
+
+def variants_table(collection: Collection) -> tuple[list[str], list[list[str]]]:
+    header = ["variant", "model", "adapter (peft=)", "system instruction", "results files"]
+    cells = [[r.label, r.variant.model, r.variant.adapter or "", r.variant.system_instruction or "",
+              str(len([s for s in r.sources if Path(s).name.startswith("results_")]))] for r in collection.rows]
+    return header, cells
+
+
+def bakes_table(collection: Collection) -> tuple[list[str], list[list[str]]]:
+    header = ["bake", "prompt", "unprompted KL", "final KL", "ratio", "epochs", "wall time"]
+    cells = []
+    for directory, record in collection.bakes:
+        kl = record.get("kl")
+        if not isinstance(kl, dict):
+            continue  # pursuit/strength exports carry no KL of their own
+        try:
+            base, final = kl["unprompted_base"], kl["per_epoch"][-1]["heldout_kl"]
+            seconds = sum((record.get("performance") or {}).get("seconds", {}).values())
+            cells.append([display_path(directory), _short(record["config"]["prompt"]),
+                          f"{base['per_token']:.4f} ± {base['per_token_stderr']:.4f}",
+                          f"{final['per_token']:.4f} ± {final['per_token_stderr']:.4f}",
+                          f"{kl['ratio_to_unprompted']:.1%}", str(len(kl["per_epoch"])), f"{seconds:.0f} s"])
+        except (KeyError, TypeError, IndexError):
+            collection.skipped.append(Skipped(directory + "/baking.json", "bake record without KL per epoch"))
+    return header, cells
+
+
+def pursuit_tables(collection: Collection) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    tables = []
+    for directory, record in collection.pursuits:
+        header = ["round", "score", "improvement", "with prompt again", "held-out KL to teacher", "KL ratio"]
+        cells = []
+        for r in record.get("rounds") or []:
+            label = "base" if r.get("round") == 0 else str(r.get("round"))
+            if r.get("round") == record.get("best_round"):
+                label += " (best)"
+            cells.append([label, _fmt(r.get("score"), ".4f"), _fmt(r.get("improvement"), "+.1%"),
+                          _fmt(r.get("reprompted_score"), ".4f"), _fmt(r.get("heldout_kl"), ".4f"),
+                          _fmt(r.get("kl_ratio"), ".1%")])
+        note = (f"score: {(record.get('settings') or {}).get('evaluator', '?')} (higher is better); "
+                f"stopped: {record.get('stop_reason_text') or record.get('status', '?')}")
+        tables.append((display_path(directory), note, header, cells))
+    return tables
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if not is_number(value) else format(value, spec)
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+

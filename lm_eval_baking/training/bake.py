@@ -1,0 +1,360 @@
+"""bake(): one prompt into one adapter folder, resumable, atomic, and recorded.
+
+    sample answers of the prompted model -> score the held-out ones -> train the
+    LoRA (PromptBaker) -> held-out KL after every epoch -> write the bake folder
+
+Work in progress lives in `.NAME.partial` beside the output (workdir.py) and
+survives a kill; only a finished bake is renamed into place.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..artifacts.bake_dir import BakeDir, BakeRecord
+from ..artifacts.outputs import check_output
+from ..constants import CHECKPOINTS_DIR, DATA_DIR
+from ..core import models, parallel
+from ..core.batching import autocast
+from ..core.chat import chat_prefix, encode_like_lm_eval
+from ..core.harness import LmEvalRun
+from ..core.kl import KLEstimate
+from ..core.questions import load_questions, split_questions
+from ..core.sampling import sample_trajectories
+from ..core.scoring import score_heldout
+from ..errors import BakingError
+from ..utils.atomic import staged_directory
+
+from .baker import PromptBaker, attach_lora
+from .config import BakeConfig, ResumeSettings
+from .record import Stopwatch, bake_record, environment, questions_sha256
+from .workdir import (
+    OutputWriteError, StopRequest, WorkDir, load_trainable_state, rng_state, set_rng_state,
+    trainable_state,
+)
+
+@dataclass
+class BakeResult:
+    output: Path
+    base_model: str
+    reference_kl: KLEstimate
+    """Held-out KL(prompted base ‖ unprompted base): what baking has to remove."""
+    final_kl: KLEstimate
+    """Held-out KL(prompted base ‖ baked model)."""
+    epoch_kl: list[KLEstimate]
+    reused: bool = False
+    resumed_from: dict | None = None
+    """{"epoch": E, "step": S} when this run continued an interrupted bake after step S of epoch E."""
+
+    @property
+    def kl_ratio(self) -> float:
+        return self.final_kl.per_token / self.reference_kl.per_token
+
+    status: str = "ok"
+    """ok | warning | failed (see `judge_kl_ratio`)."""
+    warnings: tuple[str, ...] = ()
+
+    def lm_eval_command(self) -> str:
+        return LmEvalRun(base=self.base_model, adapter=str(self.output), tasks=["baking_mckl"]).shell()
+
+
+def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked", *, overwrite: bool = False,
+         resume: bool = False, progress: bool = True, teacher=None, teacher_id: str | None = None,
+         trust_remote_code: bool = False, resume_settings: ResumeSettings | None = None,
+         **settings) -> BakeResult:
+    """Bake `config.prompt` into a LoRA adapter written to `output` (atomically).
+
+    `bake(prompt="You are a pirate.", output="adapters/pirate")` works too:
+    keyword settings build the BakeConfig.
+
+    Work in progress lives in `.NAME.partial` beside `output` (see workdir.py)
+    and survives a kill. `resume=True` continues it (and simply starts when
+    there is none); without it, a leftover folder is an error that says to pass
+    --resume or --overwrite (which discards it).
+
+    `teacher` is an optional (model, tokenizer) pair to bake into instead of
+    loading `config.model`: prompt pursuit passes the base with earlier rounds
+    merged in. It must be a plain (non-PEFT) model; it is modified in place.
+    The adapter still names `config.model` as its base. `teacher_id` names the
+    teacher's weights, so a resume cannot mix two teachers' work.
+
+    Under `accelerate launch` (several processes) the bake runs data parallel
+    (see `core/parallel.py`); only the main process writes `output` and the work folder.
+    """
+    config = config or BakeConfig(**settings)
+    config.validate()
+    resume_settings = resume_settings or ResumeSettings()
+    resume_settings.validate()
+    output = Path(output)
+    workers = parallel.current(config.device)
+    work = WorkDir(output, writer=workers.is_main)
+    existing = _existing_bake(output, config, overwrite)
+    if existing is not None:
+        if workers.is_main:
+            _forget_finished_work(work, config)
+        return existing
+    if work.exists() and not resume and not overwrite:
+        work.lock()  # a bake still running there is "busy", not "interrupted"
+        work.release()
+        raise BakingError(f"an interrupted bake of {output} is in {work.path}; pass --resume to continue it, "
+                          "or --overwrite to start over")
+    progress = progress and workers.is_main
+
+    watch = Stopwatch()
+    with watch.phase("load"):
+        questions = load_questions(config.questions)
+        train_questions, heldout_questions = split_questions(questions, config.heldout_fraction, config.seed)
+        model_path = models.resolve_model(config.model)
+        _check_against_model(config, model_path, trust_remote_code)  # before the (slow) weights load
+        model, tokenizer = teacher or models.load_model(model_path, device=workers.device or config.device,
+                                                        trust_remote_code=trust_remote_code)
+        _check_prompt_fits(model, tokenizer, config)
+        # What a resumed run must match. The base's hash is cached (models.model_fingerprint), so only
+        # the first bake on a base pays for reading its weights.
+        identity = {"config": config.to_dict(), "questions_sha256": questions_sha256(config),
+                    "base_model_sha256": models.model_fingerprint(model_path), "teacher": teacher_id}
+
+    adopted = work.exists() and resume
+    if workers.is_main:
+        try:
+            if work.exists() and not resume:
+                work.discard()  # --overwrite without --resume: start over
+            if adopted:
+                work.adopt(identity)
+            else:
+                work.create(identity)
+        except OSError as e:
+            work.release()
+            raise _write_error(e, work) from None
+        _remove_stale_staging(output)
+    workers.barrier()  # the other processes read the folder the main process has just settled
+    try:
+        result = _bake_into(work, config, output, model, tokenizer, model_path, watch, workers,
+                            overwrite=overwrite, progress=progress, settings=resume_settings, adopted=adopted,
+                            questions=(train_questions, heldout_questions))
+    except OutputWriteError:
+        work.release()
+        raise
+    except BakingError:
+        work.discard()  # e.g. the loss diverged: these settings can never finish, so nothing is worth resuming
+        raise
+    except (OSError, _safetensors_error()) as e:
+        work.release()
+        raise _write_error(e, work) from None
+    except KeyboardInterrupt:
+        work.release()
+        if work.writer and work.exists() and not (work.path / "data" / "train.jsonl").is_file():
+            work.discard()  # nothing worth keeping yet
+            raise KeyboardInterrupt(f"nothing was written at {output}") from None
+        raise KeyboardInterrupt(f"nothing was written at {output}; the work so far is kept in {work.path}: "
+                                "rerun the same command with --resume to continue") from None
+    except BaseException:
+        work.release()
+        raise
+    workers.barrier()  # every process returns once the output is in place
+    return result
+
+
+def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer, model_path: str,
+               watch: "Stopwatch", workers, *, overwrite: bool, progress: bool, settings: ResumeSettings,
+               adopted: bool, questions) -> BakeResult:
+    """The bake proper, reading back from `work` whatever an earlier run finished and saving as it goes."""
+    state = work.state()
+    checkpoint = work.trainer()
+    watch.add((checkpoint or state).get("seconds", {}))
+    train_questions, heldout_questions = questions
+
+    train = work.trajectories("train")
+    if train is None:
+        with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
+            train = sample_trajectories(
+                model, tokenizer, train_questions, system_prompt=config.prompt,
+                samples_per_question=config.samples_per_question, max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature, batch_size=config.generation_batch_size, seed=config.seed,
+                desc="sampling training answers", progress=progress, workers=workers,
+                capture_top_k=config.top_k if config.cache_teacher else None,
+            )
+        work.save_trajectories("train", train)
+        work.update_state(seconds=watch.seconds)
+    heldout = work.trajectories("heldout")
+    if heldout is None:
+        # Held-out answers estimate KL, so they must be true samples of the prompted model: T=1.
+        with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
+            heldout = sample_trajectories(
+                model, tokenizer, heldout_questions, system_prompt=config.prompt,
+                samples_per_question=config.heldout_samples_per_question, max_new_tokens=config.max_new_tokens,
+                temperature=1.0, batch_size=config.generation_batch_size, seed=config.seed + 1,
+                desc="sampling held-out answers", progress=progress, workers=workers,
+            )
+        with watch.phase("scoring"):
+            score_heldout(model, tokenizer, heldout, config.prompt, batch_size=config.batch_size * 2,
+                          progress=progress, workers=workers)
+        work.save_trajectories("heldout", heldout)
+        work.update_state(seconds=watch.seconds)
+
+    model = attach_lora(model, config)  # seeded: the same fresh adapter in every run, before any restore
+    baker = PromptBaker(model, tokenizer, config, progress=progress, workers=workers)
+    if state.get("reference_kl"):
+        reference_kl = KLEstimate(**state["reference_kl"])
+    else:
+        with watch.phase("evaluation"):
+            reference_kl = baker.heldout_kl(heldout, student_is_base=True)
+        work.update_state(reference_kl=asdict(reference_kl), seconds=watch.seconds)
+
+    epochs: list[dict] = []
+    first_epoch, first_step, first_losses = 1, 0, []
+    if checkpoint is not None:
+        load_trainable_state(model, checkpoint["lora"])
+        baker.optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+        epochs = list(checkpoint["epochs"])
+        first_epoch, first_step, first_losses = checkpoint["epoch"], checkpoint["step"], checkpoint["losses"]
+    resumed_from = {"epoch": first_epoch, "step": first_step} if adopted else None
+    if adopted:
+        work.note_resume(resumed_from)
+        if progress:
+            tqdm.write(f"resuming the bake in {work.path} at epoch {first_epoch}, step {first_step}")
+
+    def save_trainer(epoch: int, step: int, losses: list[float]) -> None:
+        work.save_trainer({
+            "epoch": epoch, "step": step, "losses": list(losses), "epochs": epochs,
+            "lora": trainable_state(model), "optimizer": baker.optimizer.state_dict(), "rng": rng_state(),
+            "seconds": dict(watch.seconds),
+        })
+
+    stop = StopRequest()
+    last_save = time.monotonic()
+    stop_message = f"training state saved in {work.path}"
+    with stop.installed():
+        for epoch in range(first_epoch, config.epochs + 1):
+            def after_step(step: int, losses: list[float], epoch: int = epoch) -> None:
+                nonlocal last_save
+                if stop.requested or time.monotonic() - last_save >= settings.checkpoint_seconds:
+                    save_trainer(epoch, step, losses)
+                    last_save = time.monotonic()
+                if stop.requested:
+                    raise KeyboardInterrupt(stop_message)
+
+            resumed = epoch == first_epoch
+            with watch.phase("training"):
+                loss = baker.train_epoch(train, epoch, start=first_step if resumed else 0,
+                                         losses=first_losses if resumed else None, after_step=after_step)
+            with watch.phase("evaluation"):
+                kl = baker.heldout_kl(heldout)
+            epochs.append({"epoch": epoch, "train_loss": loss, "heldout_kl": asdict(kl)})
+            work.save_epoch_adapter(model, epoch)
+            save_trainer(epoch + 1, 0, [])
+            last_save = time.monotonic()
+            if progress:
+                tqdm.write(f"epoch {epoch}: train KL {loss:.4f}, held-out KL/token {kl.per_token:.4f} "
+                           f"(unprompted base {reference_kl.per_token:.4f})")
+            if stop.requested:
+                raise KeyboardInterrupt(stop_message)
+
+    answer_tokens = {"generated": sum(len(t.answer_ids) for t in train + heldout),
+                     "trained": sum(len(t.answer_ids) for t in train) * config.epochs}
+    record = bake_record(config, model_path, questions_count=(len(train_questions), len(heldout_questions)),
+                          reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens),
+                          environment=environment(model.device), resumes=work.state().get("resumes", []))
+    if work.writer:
+        with watch.phase("saving"), staged_directory(output, replace=True) as staging:
+            # Copy, not move: a kill before the rename below must leave the work folder whole.
+            skip_hidden = shutil.ignore_patterns(".*")  # a half-written epoch checkpoint's staging folder
+            shutil.copytree(work.path / CHECKPOINTS_DIR, staging / CHECKPOINTS_DIR, ignore=skip_hidden)
+            shutil.copytree(work.path / DATA_DIR, staging / DATA_DIR, ignore=skip_hidden)
+            model.save_pretrained(staging)
+            record.save_pretrained(staging)
+            BakeDir(staging).write_model_card(record)
+        work.discard()  # the output is in place; a kill before this line leaves a folder the next run removes
+    return _result(output, record, resumed_from=resumed_from)
+
+
+def _result(output: Path, record: BakeRecord, *, reused: bool = False, resumed_from: dict | None = None) -> BakeResult:
+    kl = record.kl
+    epochs = [KLEstimate(**e["heldout_kl"]) for e in kl["per_epoch"]]
+    return BakeResult(output=output, base_model=record.base_path, reference_kl=KLEstimate(**kl["unprompted_base"]),
+                      final_kl=epochs[-1], epoch_kl=epochs, reused=reused, resumed_from=resumed_from,
+                      status=record.status, warnings=tuple(record.warnings))
+
+
+def _forget_finished_work(work: WorkDir, config: BakeConfig) -> None:
+    """Remove the work folder of a run killed after its output was already in place (same settings)."""
+    if not work.exists():
+        return
+    try:
+        if work.state().get("identity", {}).get("config") == config.to_dict():
+            work.discard()
+    except BakingError:
+        pass  # busy or not ours to judge: leave it
+    work.release()
+
+
+def _remove_stale_staging(output: Path) -> None:
+    """Staging folders of an earlier run of this output that was killed while writing the final copy.
+
+    Called with the work folder locked, so no other bake of `output` is using them.
+    """
+    output = output.absolute()
+    for stale in output.parent.glob(f".{output.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _safetensors_error() -> type:
+    from safetensors import SafetensorError
+
+    return SafetensorError
+
+
+def _write_error(error: Exception, work: WorkDir) -> OutputWriteError:
+    """A write that failed (disk full, read-only...) as one line; the work folder stays for --resume."""
+    where = getattr(error, "filename", None) or work.output
+    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    kept = f"the work done so far is kept in {work.path}; " if work.exists() else ""
+    return OutputWriteError(f"cannot write {where} ({reason}); {kept}free some disk space or pick a writable "
+                            "--output, then rerun the same command with --resume")
+
+
+def _existing_bake(output: Path, config: BakeConfig, overwrite: bool) -> BakeResult | None:
+    """Reuse an identical finished bake; refuse to replace what is not ours, or another bake without --overwrite."""
+
+    def same_bake(folder: Path) -> bool:
+        record = BakeDir(folder).raw_record() or {}
+        return _with_defaults(record.get("config")) == config.to_dict()
+
+    check_output(output, overwrite=overwrite, what="bake", same_run=same_bake)
+    if overwrite or not BakeDir(output).is_bake() or not same_bake(output):
+        return None
+    return _result(output, BakeDir(output).record(), reused=True)
+
+
+def _with_defaults(recorded) -> dict | None:
+    """A recorded config with settings added since it was written set to their defaults (None if unreadable)."""
+    try:
+        return BakeConfig.from_dict(recorded).to_dict()
+    except (BakingError, TypeError):
+        return None
+
+
+def _check_against_model(config: BakeConfig, model_path: str, trust_remote_code: bool) -> None:
+    """Settings that only the model's config can judge, checked before its weights are loaded."""
+    vocabulary = getattr(models.model_config(model_path, trust_remote_code=trust_remote_code), "vocab_size", None)
+    if config.top_k is not None and isinstance(vocabulary, int) and config.top_k > vocabulary:
+        raise BakingError(f"--top-k {config.top_k} is larger than the model's vocabulary of {vocabulary} tokens; "
+                          f"pass a smaller --top-k (e.g. 64), or omit it for the full vocabulary")
+
+
+def _check_prompt_fits(model, tokenizer, config: BakeConfig) -> None:
+    limit = models.model_context_length(model)
+    longest = len(encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, "x" * 200, config.prompt)))
+    if longest + config.max_new_tokens > limit:
+        raise BakingError(
+            f"the prompt takes {longest} tokens with its chat template, and with --max-new-tokens "
+            f"{config.max_new_tokens} that exceeds the model's context of {limit}; shorten the prompt"
+        )
+
+

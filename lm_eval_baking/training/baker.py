@@ -1,0 +1,216 @@
+"""PromptBaker: trains a LoRA adapter so the unprompted model matches the prompted one.
+
+    θ_u = argmin KL( P_θ(· | u, x) ‖ P_θu(· | x) )   over answers y ~ P_θ(· | u, x)
+
+One model sits in memory. The teacher is that model with the adapter switched
+off and the prompt u in its context; the student is the same model with the
+adapter on and no prompt. Both read the same question x and the same sampled
+answer tokens y; only answer positions count in the loss (`prompt_baking_loss`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core.batching import answer_logits, answer_states, autocast, decoder_and_head, paired_batch, teacher_mode
+from ..core.chat import chat_prefix, encode_like_lm_eval
+from ..core.kl import KLEstimate, chunked_kl_sum, forward_kl, teacher_topk, token_level_kl, topk_kl
+from ..core.parallel import SINGLE, Workers
+from ..core.sampling import Trajectory
+from ..errors import BakingError
+from .config import BakeConfig
+
+
+def prompt_baking_loss(teacher, student_logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
+    """Σ over answer positions of KL(teacher ‖ student): the prompt-baking objective (forward KL, teacher first).
+
+    `teacher` is [N, V] logits of the prompted model, or a (top-k log-probs,
+    token ids) pair of [N, k] tensors captured earlier (`cache_teacher`); then
+    the student is compared on those k tokens plus one bucket for the rest.
+    """
+    if isinstance(teacher, tuple):
+        return topk_kl(*teacher, torch.log_softmax(student_logits.float(), dim=-1)).sum()
+    return forward_kl(teacher, student_logits, top_k).sum()
+
+
+class PromptBaker:
+    """Trains a LoRA adapter so the unprompted model matches the prompted one.
+
+    `model` is a PEFT model: with its adapter disabled it is the teacher's
+    weights. (Prompt pursuit hands in a model whose earlier rounds are merged
+    into the base weights, so the same class bakes every round.) `workers`
+    says which share of each batch this process trains on under
+    `accelerate launch`.
+    """
+
+    def __init__(self, model, tokenizer, config: BakeConfig, *, progress: bool = True,
+                 workers: Workers = SINGLE):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.progress = progress
+        self.workers = workers
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=0.0)
+        self._prefix_cache: dict[tuple[str, bool], list[int]] = {}
+        # (question, answer ids) -> teacher top-k (log-probs, token ids) at its answer positions; see cache_teacher.
+        self._teacher_cache: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prefix(self, question: str, with_prompt: bool) -> list[int]:
+        key = (question, with_prompt)
+        if key not in self._prefix_cache:
+            prompt = self.config.prompt if with_prompt else None
+            self._prefix_cache[key] = encode_like_lm_eval(self.tokenizer, chat_prefix(self.tokenizer, question, prompt))
+        return self._prefix_cache[key]
+
+    def _paired(self, trajectories: list[Trajectory]):
+        return paired_batch(
+            [self.prefix(t.question, True) for t in trajectories],
+            [self.prefix(t.question, False) for t in trajectories],
+            [t.answer_ids for t in trajectories],
+            self.tokenizer.pad_token_id,
+        )
+
+    def compute_loss(self, trajectories: list[Trajectory], n_tokens: int | None = None) -> torch.Tensor:
+        """Forward KL(teacher ‖ student) summed over answer tokens, divided by `n_tokens` (default: their count).
+
+        A data-parallel process passes the token count of the whole global
+        batch, so the processes' gradients add up to the gradient one process
+        would compute on that batch.
+        """
+        batch = self._paired(trajectories)
+        n_tokens = n_tokens or batch.n_answer_tokens
+        split = decoder_and_head(self.model)
+        with autocast(self.model.device, self.config.autocast_dtype):
+            teacher = self.teacher(trajectories, batch)
+            if self.config.kl_chunk_size and split is not None:
+                states = answer_states(self.model, batch.student_ids, batch.student_mask, batch.student_positions)
+                total = chunked_kl_sum(split[1], states, teacher, self.config.kl_chunk_size, self.config.top_k)
+            else:
+                student = answer_logits(self.model, batch.student_ids, batch.student_mask, batch.student_positions)
+                total = prompt_baking_loss(teacher, student, self.config.top_k)
+        return total / n_tokens
+
+    def teacher(self, trajectories: list[Trajectory], batch) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The teacher at the batch's answer positions: adapter off, prompt in context, no gradient.
+
+        [N, V] logits, or with cache_teacher the (top-k log-probs, token ids)
+        pair, computed only for trajectories not seen in an earlier step.
+        """
+        if not self.config.cache_teacher:
+            with torch.no_grad(), teacher_mode(self.model):
+                return answer_logits(self.model, batch.teacher_ids, batch.teacher_mask, batch.teacher_positions)
+        keys = [(t.question, tuple(t.answer_ids)) for t in trajectories]
+        for key, t in zip(keys, trajectories):
+            # Top-k captured while sampling from the prompted base (sample_trajectories(capture_top_k=...)).
+            if key not in self._teacher_cache and t.teacher_top_k is not None \
+                    and t.teacher_top_k[0].shape[-1] == self.config.top_k:
+                self._teacher_cache[key] = tuple(part.to(self.model.device) for part in t.teacher_top_k)
+        missing = list({k: t for k, t in zip(keys, trajectories) if k not in self._teacher_cache}.items())
+        if missing:
+            todo = self._paired([t for _, t in missing])
+            with torch.no_grad(), teacher_mode(self.model):
+                logits = answer_logits(self.model, todo.teacher_ids, todo.teacher_mask, todo.teacher_positions)
+            values, index = teacher_topk(logits, self.config.top_k)
+            lengths = [len(t.answer_ids) for _, t in missing]
+            for (key, _), v, i in zip(missing, values.split(lengths), index.split(lengths)):
+                self._teacher_cache[key] = (v, i)
+        return (torch.cat([self._teacher_cache[k][0] for k in keys]),
+                torch.cat([self._teacher_cache[k][1] for k in keys]))
+
+    def batches(self, trajectories: list[Trajectory], epoch: int) -> list[list[Trajectory]]:
+        """The epoch's global batches: a seeded shuffle, optionally grouped by length (length_bucketing)."""
+        order = list(trajectories)
+        rng = random.Random(self.config.seed * 1000 + epoch)
+        rng.shuffle(order)
+        if self.config.length_bucketing:
+            # A stable sort of the shuffled order: equal lengths stay in random order.
+            order.sort(key=lambda t: len(self.prefix(t.question, False)) + len(t.answer_ids))
+        size = self.config.batch_size
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
+        if self.config.length_bucketing:
+            rng.shuffle(batches)  # so the steps don't run from short to long
+        return batches
+
+    def train_epoch(self, trajectories: list[Trajectory], epoch: int, *, start: int = 0,
+                    losses: list[float] | None = None,
+                    after_step: Callable[[int, list[float]], None] | None = None) -> float:
+        """One pass over `trajectories` in a seeded random order; returns the mean loss.
+
+        Every process forms the same global batches and trains on its share of
+        each; the LoRA gradients are then summed over the processes, so every
+        process takes the same optimiser step.
+
+        A resumed bake passes `start` (steps of this epoch already taken; the
+        order is seeded, so the remaining batches are the same) and their
+        `losses`. `after_step(step, losses)` runs after every optimiser step:
+        that is where checkpoints are written.
+        """
+        self.model.train()
+        losses = list(losses or [])
+        batches = self.batches(trajectories, epoch)
+        show = self.progress and self.workers.is_main
+        bar = tqdm(batches[start:], desc=f"epoch {epoch}/{self.config.epochs}", unit="step", disable=not show,
+                   initial=start, total=len(batches))
+        for step, batch in enumerate(bar, start + 1):
+            mine = self.workers.shard(batch)
+            if mine:
+                loss = self.compute_loss(mine, n_tokens=sum(len(t.answer_ids) for t in batch))
+                loss.backward()
+            else:  # a last batch smaller than the number of processes: nothing to add
+                loss = torch.zeros(())
+            loss = self._sum_over_workers(loss)
+            if not math.isfinite(loss):
+                raise BakingError(
+                    f"the loss became {loss} at epoch {epoch} step {step}; lower --learning-rate "
+                    f"(now {self.config.learning_rate}) or use --precision fp32"
+                )
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss)
+            bar.set_postfix(kl=f"{loss:.4f}")
+            if after_step is not None:
+                after_step(step, losses)
+        bar.close()
+        self.model.eval()
+        return sum(losses) / len(losses)
+
+    def _sum_over_workers(self, loss: torch.Tensor) -> float:
+        """Sum the LoRA gradients and the loss over the processes (one all-reduce); returns the batch loss."""
+        if not self.workers.distributed:
+            return loss.item()
+        for p in self.trainable:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        total = loss.detach().float().reshape(1).to(self.trainable[0].device)
+        self.workers.sum_([p.grad for p in self.trainable] + [total])
+        return total.item()
+
+    def heldout_kl(self, heldout: list[Trajectory], *, student_is_base: bool = False) -> KLEstimate:
+        return token_level_kl(
+            self.model, self.tokenizer, heldout, self.config.prompt,
+            student_is_base=student_is_base, top_k=None, batch_size=self.config.batch_size * 2,
+            autocast_dtype=None, progress=self.progress,  # fp32: these are the reported numbers
+            desc="held-out KL (base)" if student_is_base else "held-out KL", workers=self.workers,
+        )
+
+
+def attach_lora(model, config: BakeConfig):
+    """Wrap `model` in a fresh, seeded LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in config.target_modules if m not in present]
+    if missing:
+        raise BakingError(f"target modules {missing} not in this model; pick from e.g. {sorted(present)[:12]}")
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)

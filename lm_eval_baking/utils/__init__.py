@@ -1,0 +1,1 @@
+"""Helpers with no knowledge of models: atomic writes, JSONL, hashing, one-line text."""

@@ -1,0 +1,45 @@
+"""`lm-eval-baking forgetting`: score the base model and each adapter on every task, judge, write the report.
+
+    OUTPUT/forgetting.json   every score, each adapter's change per task and its verdict
+    OUTPUT/forgetting.png    a heatmap of the change, adapters x tasks
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..constants import FORGETTING_HEATMAP, FORGETTING_RECORD
+from ..errors import BakingError
+from ..evals.forgetting import DEFAULT_BATCH_SIZE, score_models
+from ..results.forgetting import DEFAULT_THRESHOLD_PCT, build_report
+from ..results.plots import forgetting_heatmap
+from ..utils.atomic import write_bytes, write_json
+
+
+def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], output_dir: str | os.PathLike,
+                      threshold_pct: float = DEFAULT_THRESHOLD_PCT, limit: int | float | None = None,
+                      batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu", apply_chat_template: bool = False,
+                      progress: bool = True) -> dict:
+    """Evaluate base and adapters on every task; write and return the report."""
+    output_dir = _writable_dir(output_dir)  # fail now, not after an hour of evaluation
+    run = score_models(base_model, adapters, tasks, limit=limit, batch_size=batch_size, device=device,
+                       apply_chat_template=apply_chat_template, progress=progress)
+    scores = {adapter: {task: {"metric": s.metric, "score": s.score, "stderr": s.stderr}
+                        for task, s in by_task.items()} for adapter, by_task in run.scores.items()}
+    report = build_report(run.base_model, run.adapters, run.tasks, scores, threshold_pct)
+    report.update(limit=limit, device=device, apply_chat_template=apply_chat_template)
+    write_json(output_dir / FORGETTING_RECORD, report)
+    write_bytes(output_dir / FORGETTING_HEATMAP, forgetting_heatmap(report))
+    return report
+
+
+def _writable_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BakingError(f"cannot create {path} ({e.strerror}); choose a writable --output") from None
+    if not os.access(path, os.W_OK):
+        raise BakingError(f"{path} is not writable; choose a writable --output")
+    return path

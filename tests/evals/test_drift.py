@@ -1,0 +1,269 @@
+"""Persona drift: scorers, user personas, conversations, drift docs and the baking_persona_drift task."""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_eval_baking import BakeConfig, BakingError, bake
+from lm_eval_baking.cli import evaluating
+from lm_eval_baking.constants import CONVERSATIONS as CONVERSATIONS_FILE, DRIFT_DOCS as DOCS_FILE
+from lm_eval_baking.evals.config import ConversationSettings
+from lm_eval_baking.evals.drift import (
+    TASK_NAME, first_turn_adherence, generate_conversations, lm_eval_commands, prepare_drift_data, swap_roles,
+)
+from lm_eval_baking.evals.lm_tasks import drift_dataset as load_drift_dataset
+from lm_eval_baking.results.collect import adherence_curve
+from lm_eval_baking.evals.personas import (
+    BUILTIN_PERSONAS, DEFAULT_PROBES, get_persona, load_persona_file, persona_for_prompt,
+)
+from lm_eval_baking.core.harness import tasks_path
+from lm_eval_baking.evals.similarity import reference_similarity
+
+from conftest import PIRATE
+
+# Tiny turns keep 25 turns inside the tiny model's 512-token context and the test fast.
+TINY_TURNS = dict(turns=25, probes_at=(1, 3, 25), max_new_tokens=2)
+
+GOOD_AND_BAD = {
+    "pirate": ("**Ahoy!** The sea be calm, matey.", "Hello! The sea is calm."),
+    "french": ("La lune est très belle et je suis content.", "The moon is a rock that orbits the Earth."),
+    "spanish": ("La luna es muy bonita y el cielo está claro.", "The moon is a rock that orbits the Earth."),
+    "cat_lover": ("Tuna, like my cat.", "Pizza with extra cheese."),
+    "grumpy": ("Tea is awful and I hate this terrible weather.", "What a lovely, wonderful day!"),
+    "all_caps": ("BOIL THE WATER FIRST.", "Boil the water first."),
+    "curious": ("I like pasta. Do you?", "I like pasta."),
+    "cheers": ("Steep it for three minutes. Cheers!", "Steep it for three minutes."),
+    "laconic": ("Steep a tea bag in hot water.", "To make tea you first boil water, then you pour it over "
+                "the leaves and let it steep for three or four minutes before you drink it."),
+    "impersonal": ("The moon orbits the Earth.", "I'm sure my moon facts help."),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_PERSONAS))
+def test_builtin_scorers_tell_good_from_bad(name):
+    good, bad = GOOD_AND_BAD[name]
+    persona = BUILTIN_PERSONAS[name]
+    assert persona.score(good) >= 0.9
+    assert persona.score(bad) <= 0.2
+    assert persona.score("") == 0.0  # an empty answer follows no persona
+
+
+def test_every_builtin_persona_is_covered_and_the_pirate_prompt_is_exact():
+    assert set(GOOD_AND_BAD) == set(BUILTIN_PERSONAS)
+    assert len(BUILTIN_PERSONAS) >= 8
+    assert persona_for_prompt(PIRATE).name == "pirate"
+
+
+def test_unknown_persona_lists_the_valid_names():
+    with pytest.raises(BakingError, match="unknown persona 'ninja'.*pirate"):
+        get_persona("ninja")
+
+
+def test_embedding_similarity_prefers_the_persona_style():
+    references = BUILTIN_PERSONAS["pirate"].reference_texts
+    assert reference_similarity("Ahoy matey! The sea be rough today.", references) > \
+        reference_similarity("Photosynthesis converts light into chemical energy.", references)
+    assert reference_similarity("   ", references) == 0.0
+
+
+def test_user_persona_file_yaml_and_json(tmp_path):
+    yaml_file = tmp_path / "personas.yaml"
+    yaml_file.write_text(
+        "- name: sailor\n"
+        "  system_prompt: Mention the sea in every answer.\n"
+        "  scorer: {kind: keywords, words: [sea, ocean]}\n"
+        "- name: aye\n"
+        "  system_prompt: Start with Aye.\n"
+        "  scorer: {kind: regex, pattern: '(?i)^\\s*aye\\b'}\n"
+        "  probes: ['How are you?']\n"
+        "  references: ['Aye, all is well.']\n"
+    )
+    personas = load_persona_file(yaml_file)
+    assert personas["sailor"].score("The ocean is wide.") == 1.0
+    assert personas["sailor"].score("The desert is wide.") == 0.0
+    assert personas["sailor"].probes == DEFAULT_PROBES
+    assert personas["sailor"].reference_texts == ("Mention the sea in every answer.",)
+    assert personas["aye"].score("aye, captain") == 1.0 and personas["aye"].score("Hello") == 0.0
+    json_file = tmp_path / "personas.json"
+    json_file.write_text(json.dumps([personas["aye"].to_dict()]))
+    assert load_persona_file(json_file)["aye"] == personas["aye"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"name": "x"}', "non-empty list"),
+    ('[{"name": "x", "system_prompt": "p"}]', r"needs \['scorer'\]"),
+    ('[{"name": "x", "system_prompt": "p", "scorer": {"kind": "telepathy"}}]', "one of"),
+    ('[{"name": "x", "system_prompt": "p", "scorer": {"kind": "regex", "pattern": "("}}]', "regex .* is invalid"),
+    ('[{"name": "x", "system_prompt": "p", "scorer": {"kind": "keywords", "word": ["a"]}}]', r"takes parameters \['words'\]"),
+    ('[{"name": "x", "system_prompt": "p", "scorer": {"kind": "language", "language": "xx"}}]', "language 'xx' is unknown"),
+    ('[{"name": "x", "system_prompt": "p", "scorer": {"kind": "all_caps"}, "mood": 1}]', "unknown persona fields"),
+    ('[{"name": "x", "system_prompt": "p", "scorer": {"kind": "all_caps"}},'
+     ' {"name": "x", "system_prompt": "q", "scorer": {"kind": "all_caps"}}]', "more than once"),
+])
+def test_bad_persona_files_are_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "personas.json"
+    path.write_text(content)
+    with pytest.raises(BakingError, match=message) as error:
+        load_persona_file(path)
+    assert str(path) in str(error.value)
+
+
+def test_swap_roles_gives_the_simulated_user_its_own_view():
+    history = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert swap_roles(history) == [{"role": "assistant", "content": "q"}, {"role": "user", "content": "a"}]
+
+
+def test_conversations_alternate_without_system_prompt_and_are_seeded(tiny_model_dir):
+    from lm_eval_baking.core.models import load_model
+
+    model, tokenizer = load_model(tiny_model_dir)
+    settings = ConversationSettings(turns=3, max_new_tokens=3, seed=1)
+    first = generate_conversations(model, tokenizer, [PIRATE, "Always respond in French."], settings, progress=False)
+    again = generate_conversations(model, tokenizer, [PIRATE, "Always respond in French."], settings, progress=False)
+    assert first == again
+    for messages in first:
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 3
+        assert messages[0]["content"] == settings.opener
+
+
+def test_first_turn_adherence_reports_prompted_and_unprompted_rates(tiny_model_dir):
+    from lm_eval_baking.core.models import load_model
+
+    model, tokenizer = load_model(tiny_model_dir)
+    (row,) = first_turn_adherence(model, tokenizer, [BUILTIN_PERSONAS["pirate"]], samples=1, max_new_tokens=3,
+                                  progress=False)
+    assert row["persona"] == "pirate" and row["n"] == 2 * len(DEFAULT_PROBES)
+    assert all(0 <= row[k] <= 1 for k in ("prompted", "prompted_greedy", "prompted_sampled", "unprompted"))
+
+
+@pytest.fixture(scope="module")
+def pirate_bake(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("drift")
+    questions = root / "questions.txt"
+    questions.write_text("\n".join(["Why is the sky blue?", "How do I make tea?", "What is a cat?", "Where is Rome?"]))
+    config = BakeConfig(prompt=PIRATE, model=str(tiny_model_dir), questions=str(questions), heldout_fraction=0.5,
+                        max_new_tokens=4, epochs=1, batch_size=2, lora_rank=2, lora_alpha=4, precision="fp32")
+    output = bake(config, root / "bake", progress=False).output
+    prepare_drift_data(output, **TINY_TURNS, progress=False)
+    return output
+
+
+def test_drift_data_holds_the_conversation_and_one_doc_per_turn_and_probe(pirate_bake):
+    (row,) = [json.loads(line) for line in (pirate_bake / CONVERSATIONS_FILE).read_text().splitlines()]
+    assert row["persona"] == "pirate" and row["system_prompt"] == PIRATE
+    assert len(row["messages"]) == 50 and row["settings"]["turns"] == 25
+    docs = [json.loads(line) for line in (pirate_bake / DOCS_FILE).read_text().splitlines()]
+    assert len(docs) == 3 * len(DEFAULT_PROBES)
+    for doc in docs:
+        assert doc["messages"] == row["messages"][:2 * doc["turn"]]
+        assert all(m["role"] != "system" for m in doc["messages"])
+    assert {d["probe"] for d in docs} == set(DEFAULT_PROBES)
+
+
+def test_drift_data_reuses_a_matching_conversation(pirate_bake):
+    conversation = (pirate_bake / CONVERSATIONS_FILE).read_text()
+    data = prepare_drift_data(pirate_bake, turns=25, probes_at=(0, 25), max_new_tokens=2, progress=False)
+    assert data.generated == [] and data.n_docs == 2 * len(DEFAULT_PROBES)
+    assert (pirate_bake / CONVERSATIONS_FILE).read_text() == conversation
+    prepare_drift_data(pirate_bake, **TINY_TURNS, progress=False)  # restore the docs other tests use
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(personas=["ninja"]), "unknown persona 'ninja'"),
+    (dict(turns=3, probes_at=(1, 5)), "between 0 and --turns 3"),
+    (dict(turns=400, probes_at=(1,), max_new_tokens=40), "context"),
+])
+def test_drift_data_bad_inputs(pirate_bake, kwargs, message):
+    with pytest.raises(BakingError, match=message):
+        prepare_drift_data(pirate_bake, progress=False, **kwargs)
+
+
+def test_bake_of_an_unknown_prompt_needs_a_persona(pirate_bake, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    record = json.loads((pirate_bake / "baking.json").read_text())
+    record["config"]["prompt"] = "Be a helpful assistant."
+    (other / "baking.json").write_text(json.dumps(record))
+    with pytest.raises(BakingError, match="--persona NAME .*pirate"):
+        prepare_drift_data(other, **TINY_TURNS, progress=False)
+
+
+def test_corrupt_conversations_are_one_clear_error(pirate_bake, tmp_path):
+    copy = tmp_path / "bake"
+    (copy / "data").mkdir(parents=True)
+    (copy / "baking.json").write_text((pirate_bake / "baking.json").read_text())
+    (copy / CONVERSATIONS_FILE).write_text('{"persona": "pirate"}\n')
+    with pytest.raises(BakingError, match=re.escape(f"{copy / CONVERSATIONS_FILE} is corrupt")):
+        prepare_drift_data(copy, **TINY_TURNS, progress=False)
+
+
+def test_loader_errors_name_the_file_and_the_fix(pirate_bake, tmp_path):
+    with pytest.raises(BakingError, match="peft=BAKE_DIR"):
+        load_drift_dataset(pretrained="base")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    with pytest.raises(BakingError, match=re.escape(f"{adapter} has no baking.json")):
+        load_drift_dataset(peft=str(adapter))
+    (adapter / "baking.json").write_text((pirate_bake / "baking.json").read_text())
+    with pytest.raises(BakingError, match=re.escape(f"lm-eval-baking drift-data {adapter}")):
+        load_drift_dataset(peft=str(adapter))
+    (adapter / DOCS_FILE).parent.mkdir()
+    (adapter / DOCS_FILE).write_text('{"persona": "pirate"\n')
+    with pytest.raises(BakingError, match="drift_docs.jsonl:1: not valid JSON"):
+        load_drift_dataset(bake=str(adapter))
+    (adapter / DOCS_FILE).write_text('{"persona": "pirate"}\n')
+    with pytest.raises(BakingError, match=r"corrupt \(row 1 needs the fields .*\); remake it with `lm-eval-baking drift-data"):
+        load_drift_dataset(bake=str(adapter))
+    assert len(load_drift_dataset(bake=str(pirate_bake), peft=str(adapter))["test"]) == 3 * len(DEFAULT_PROBES)
+
+
+def test_drift_data_command_prints_both_lm_eval_commands(pirate_bake, capsys):
+    parser = argparse.ArgumentParser()
+    evaluating.register(parser.add_subparsers())
+    args = parser.parse_args(["drift-data", str(pirate_bake), "--turns", "25", "--probes-at", "1", "3", "25",
+                              "--max-new-tokens", "2", "--quiet"])
+    args.run(args)
+    out = capsys.readouterr().out
+    assert "Personas: pirate (conversations reused: pirate)" in out
+    assert f"peft={pirate_bake}" in out and "--system_instruction" in out and '"bake"' in out
+
+
+def test_lm_eval_cli_scores_the_bake_from_the_printed_command(pirate_bake, tmp_path):
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run(lm_eval_commands(pirate_bake)["baked adapter"], shell=True, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (results_file,) = tmp_path.rglob("results_*.json")
+    results = json.loads(results_file.read_text())["results"][TASK_NAME]
+    assert 0 <= results["adherence,none"] <= 1 and results["adherence_stderr,none"] >= 0
+    assert results["drift,none"] == pytest.approx(results["adherence_early,none"] - results["adherence_late,none"])
+    assert -1 <= results["similarity,none"] <= 1
+    (samples_file,) = tmp_path.rglob(f"samples_{TASK_NAME}_*.jsonl")
+    assert set(adherence_curve(samples_file)) == {1, 3, 25}
+
+
+def test_lm_eval_prompted_base_sees_system_prompt_history_and_probe(pirate_bake, tiny_model_dir):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    output = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={tiny_model_dir}", tasks=[TASK_NAME], device="cpu", batch_size=18,
+        task_manager=TaskManager(include_path=str(tasks_path()), include_defaults=False,
+                                 metadata={"bake": str(pirate_bake)}),
+        apply_chat_template=True, system_instruction=PIRATE, log_samples=True,
+    )
+    samples = output["samples"][TASK_NAME]
+    late = next(s for s in samples if s["doc"]["turn"] == 25)
+    prompt = late["arguments"][0][0]
+    assert prompt.index(PIRATE) < prompt.index(late["doc"]["messages"][0]["content"]) < prompt.rindex(late["doc"]["probe"])
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert {"adherence", "adherence_late", "similarity", "drift"} <= set(late)
+    assert "adherence_early" not in late  # each doc reports only its own turn bucket

@@ -1,0 +1,208 @@
+"""BIG-bench data, the baking_forgetting tasks and the forgetting matrix.
+
+The lm_eval runs use the tiny random model, so their scores mean nothing; they
+check that the real harness loads our data and that the report has the right
+shape. The first run downloads BIG-bench's sdist (~360 MB) into the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lm_eval_baking.evals import bigbench
+from lm_eval_baking.errors import BakingError
+from lm_eval_baking.cli import evaluating
+from lm_eval_baking.evals.lm_eval_glue import expand_tasks, task_manager_for
+from lm_eval_baking.results.forgetting import build_report
+from lm_eval_baking.workflows.forgetting import forgetting_matrix
+from lm_eval_baking.core.harness import tasks_path
+
+# Short prompts, so the lm_eval runs below stay fast; a subtask, so the '/' in its name is exercised.
+BIGBENCH_TASK = "arithmetic/1_digit_addition"
+LM_EVAL_TASK = "baking_forgetting_arithmetic_1_digit_addition"
+GROUP_DIR = tasks_path() / "baking_forgetting"
+
+
+@pytest.fixture(scope="session")
+def bigbench_tasks():
+    """The real BIG-bench files the group needs, downloaded and extracted once."""
+    return bigbench.ensure_bigbench_tasks(_group_bigbench_names())
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, tiny_model_dir):
+    """A random (not zero-initialised) LoRA, so the adapted model differs from the base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    path = tmp_path_factory.mktemp("adapters") / "random-lora"
+    get_peft_model(model, config).save_pretrained(path)
+    return path
+
+
+def _group_bigbench_names() -> list[str]:
+    """The BIG-bench task behind each task YAML (the group YAML has none)."""
+    configs = [yaml.safe_load(path.read_text()) for path in sorted(GROUP_DIR.glob("*.yaml"))]
+    return [config["dataset_kwargs"]["task_name"] for config in configs if "dataset_kwargs" in config]
+
+
+def _write_task(path: Path, examples: list[dict], **settings) -> Path:
+    path.write_text(json.dumps({"name": "synthetic", "examples": examples, **settings}))
+    return path
+
+
+# (a) converter -----------------------------------------------------------
+
+def test_convert_task_formats_like_bigbench_and_keeps_the_right_label(tmp_path):
+    examples = [
+        {"input": "2 + 2 =", "target_scores": {"3": 0, "4": 1, "5": 0}},
+        {"input": "free text only", "target": "no choices"},
+        {"input": "tie", "target_scores": {"a": 1, "b": 1}},
+        {"input": "Sky colour?", "target_scores": {"green": 0.0, "blue": 1.0}},
+    ]
+    path = _write_task(tmp_path / "task.json", examples, task_prefix="Answer.\n", example_output_prefix="\nAnswer: ")
+
+    docs = bigbench.convert_task(path)
+
+    assert len(docs) == 2, "examples without target_scores or without one best choice are skipped"
+    first = docs[0]
+    assert sorted(first["choices"]) == ["3", "4", "5"]
+    assert first["choices"][first["label"]] == "4"
+    assert first["input"].startswith("Answer.\n\nQ: 2 + 2 =\n  choice: ")
+    assert first["input"].endswith("\nAnswer:"), "trailing space is left to lm_eval's target delimiter"
+    assert docs[1]["choices"][docs[1]["label"]] == "blue"
+    assert bigbench.convert_task(path) == docs, "deterministic"
+
+
+def test_convert_task_caps_docs_with_a_seeded_sample_in_file_order(tmp_path):
+    examples = [{"input": f"q{i}", "target_scores": {"yes": int(i % 2), "no": int(not i % 2)}} for i in range(50)]
+    path = _write_task(tmp_path / "task.json", examples, append_choices_to_input=False)
+
+    docs = bigbench.convert_task(path, max_docs=10)
+
+    numbers = [int(doc["input"].removeprefix("Q: q").removesuffix("\nA:")) for doc in docs]
+    assert len(numbers) == 10 and numbers == sorted(numbers)
+    assert docs == bigbench.convert_task(path, max_docs=10)
+    assert "choice:" not in docs[0]["input"]
+
+
+# (b) the task group in the real lm_eval ---------------------------------
+
+def test_every_task_yaml_registers_with_lm_eval():
+    # A YAML that fails to parse is skipped silently by lm_eval: catch it here.
+    manager = task_manager_for(["baking_forgetting"])
+    names = {f"baking_forgetting_{name.replace('/', '_')}" for name in _group_bigbench_names()}
+    assert len(names) >= 6
+    assert names <= set(manager.all_tasks)
+    assert "baking_forgetting" in manager.all_groups
+
+
+def test_lm_eval_runs_a_bigbench_task_on_the_tiny_model(bigbench_tasks, tiny_model_dir):
+    import lm_eval
+
+    output = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": str(tiny_model_dir)}, tasks=[LM_EVAL_TASK],
+        task_manager=task_manager_for([LM_EVAL_TASK]), limit=4, device="cpu", batch_size=4, log_samples=False,
+    )
+    result = output["results"][LM_EVAL_TASK]
+    assert 0.0 <= result["acc,none"] <= 1.0
+    assert output["n-samples"][LM_EVAL_TASK]["effective"] == 4
+
+
+def test_group_expands_to_its_bigbench_tasks(bigbench_tasks):
+    leaves = expand_tasks(task_manager_for(["baking_forgetting"]), ["baking_forgetting"])
+    assert LM_EVAL_TASK in leaves and "baking_forgetting" not in leaves
+
+
+# (c) the forgetting matrix ----------------------------------------------
+
+def test_forgetting_command_writes_json_and_heatmap(bigbench_tasks, tiny_model_dir, tiny_adapter, tmp_path, capsys):
+    import argparse
+
+    import matplotlib.image
+
+    parser = argparse.ArgumentParser()
+    evaluating.register(parser.add_subparsers())
+    out = tmp_path / "report"
+    args = parser.parse_args([
+        "forgetting", "--model", str(tiny_model_dir), "--adapters", str(tiny_adapter), "--tasks", LM_EVAL_TASK,
+        "--output", str(out), "--limit", "4", "--batch-size", "4", "--quiet",
+        "--threshold", "1000",  # a drop can't exceed 100%, so this run must pass
+    ])
+
+    assert args.run(args) == 0
+    report = json.loads((out / "forgetting.json").read_text())
+    assert report["tasks"] == [LM_EVAL_TASK] and report["adapters"] == [str(tiny_adapter)]
+    cell = report["per_task"][LM_EVAL_TASK]
+    assert cell["metric"] == "acc"
+    assert set(cell["adapters"]) == {str(tiny_adapter)}
+    assert set(cell["adapters"][str(tiny_adapter)]) >= {"score", "absolute_change", "relative_change_pct", "passed"}
+    assert report["per_adapter"][str(tiny_adapter)]["passed"] is True
+    assert matplotlib.image.imread(out / "forgetting.png").ndim == 3
+    assert "PASS" in capsys.readouterr().out
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temp files left behind"
+
+
+def test_a_relative_drop_above_the_threshold_fails():
+    scores = {
+        None: {"t1": {"metric": "acc", "score": 0.50, "stderr": 0.03}, "t2": {"metric": "acc", "score": 0.0, "stderr": 0.0}},
+        "ad": {"t1": {"metric": "acc", "score": 0.48, "stderr": 0.03}, "t2": {"metric": "acc", "score": 0.1, "stderr": 0.02}},
+    }
+    strict = build_report("base", ["ad"], ["t1", "t2"], scores, threshold_pct=3.4)
+    lenient = build_report("base", ["ad"], ["t1", "t2"], scores, threshold_pct=5.0)
+
+    assert strict["per_task"]["t1"]["adapters"]["ad"]["relative_change_pct"] == pytest.approx(-4.0)
+    assert strict["per_task"]["t2"]["adapters"]["ad"]["relative_change_pct"] is None, "no relative change from 0"
+    assert strict["per_adapter"]["ad"] == {"max_relative_drop_pct": pytest.approx(4.0), "worst_task": "t1", "passed": False}
+    assert strict["passed"] is False and lenient["passed"] is True
+
+
+# (d) bad input ------------------------------------------------------------
+
+def test_unknown_bigbench_task_is_a_clear_error(bigbench_tasks):
+    with pytest.raises(BakingError, match="no BIG-bench task 'implicature' .*did you mean implicatures"):
+        bigbench.ensure_bigbench_tasks(["implicature"])
+
+
+def test_corrupt_archive_in_the_cache_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_EVAL_BAKING_CACHE", str(tmp_path))
+    archive = tmp_path / "bigbench" / bigbench.SDIST_NAME
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"\x1f\x8b truncated download")
+
+    with pytest.raises(BakingError, match="incomplete or corrupt .*delete it"):
+        bigbench.ensure_bigbench_tasks([BIGBENCH_TASK])
+
+
+def test_corrupt_task_file_in_the_cache_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_EVAL_BAKING_CACHE", str(tmp_path))
+    broken = bigbench.task_file(BIGBENCH_TASK)
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"examples": [')
+
+    with pytest.raises(BakingError, match="not a readable task.json"):
+        bigbench.load_bigbench(BIGBENCH_TASK)
+
+
+def test_unknown_lm_eval_task_and_non_adapter_are_clear_errors(tmp_path, tiny_model_dir):
+    with pytest.raises(BakingError, match="not a PEFT adapter directory"):
+        forgetting_matrix(str(tiny_model_dir), [str(tmp_path)], [LM_EVAL_TASK], tmp_path / "out")
+    with pytest.raises(BakingError, match="unknown lm_eval task 'baking_forgetting_date_understandin'"):
+        expand_tasks(task_manager_for([LM_EVAL_TASK]), ["baking_forgetting_date_understandin"])
+
+
+def test_a_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_EVAL_BAKING_CACHE", str(tmp_path))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds no package index, as on a machine without network
+
+    with pytest.raises(BakingError, match="pip could not find bigbench==1.0.0 .*put it at"):
+        bigbench.ensure_bigbench_tasks([BIGBENCH_TASK])
+    assert not list((tmp_path / "bigbench").glob("*.tar.gz")), "no partial archive left behind"

@@ -1,0 +1,169 @@
+"""The package's architecture, checked: layers import only downwards, no cycles, light commands without torch,
+every CLI option explained."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lm_eval_baking"
+# What each layer may import (besides itself). utils, errors and constants are the floor.
+FLOOR = {"utils", "errors", "constants"}
+ALLOWED = {
+    "utils": FLOOR,
+    "errors": FLOOR,
+    "constants": FLOOR,
+    "core": FLOOR,
+    "artifacts": FLOOR | {"core"},
+    "training": FLOOR | {"core", "artifacts"},
+    "evals": FLOOR | {"core", "artifacts"},
+    "results": FLOOR | {"core", "artifacts"},
+    "compose": FLOOR | {"core", "artifacts", "training", "evals"},
+    "workflows": FLOOR | {"core", "artifacts", "training", "evals", "results", "compose"},
+    "cli": FLOOR | {"core", "artifacts", "training", "evals", "results", "compose", "workflows"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken, line) for every import in the file, at any depth (function-level too)."""
+    tree = ast.parse(path.read_text("utf-8"))
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, [], node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+            names = [a.name for a in node.names]
+            found.append((base, names, node.lineno))
+            # `from . import x` imports the submodule x.
+            found += [(f"{base}.{n}", [], node.lineno) for n in names
+                      if (PACKAGE.parent / Path(*f"{base}.{n}".split("."))).with_suffix(".py").is_file()
+                      or (PACKAGE.parent / Path(*f"{base}.{n}".split("."))).is_dir()]
+    return [(m, names, line) for m, names, line in found if m == "lm_eval_baking" or m.startswith("lm_eval_baking.")]
+
+
+def layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def sources() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "paired_comparison" not in p.parts)
+
+
+def test_layers_import_only_downwards():
+    upward = []
+    for path in sources():
+        importer = module_name(path)
+        if importer == "lm_eval_baking":
+            continue  # the package's face re-exports lazily from every layer
+        for target, _, line in imports_of(path):
+            allowed = ALLOWED[layer(importer)] | {layer(importer)}
+            if layer(target) not in allowed:
+                upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({layer(importer)}) imports {target}")
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)
+
+
+def test_no_import_cycles():
+    graph: dict[str, set[str]] = {}
+    for path in sources():
+        importer = module_name(path)
+        if importer == "lm_eval_baking":
+            continue
+        graph[importer] = {t for t, _, _ in imports_of(path) if t != importer and t != "lm_eval_baking"}
+    # Importing a module imports its packages' __init__ too, which only hold docstrings: no edges through them.
+    visiting, done, cycles = set(), set(), []
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in done:
+            return
+        if node in visiting:
+            cycles.append(" -> ".join(trail[trail.index(node):] + [node]))
+            return
+        visiting.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, trail + [node])
+        visiting.discard(node)
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_no_module_reaches_into_another_modules_internals():
+    private = [f"{path.relative_to(PACKAGE.parent)}:{line} takes {name} from {target}"
+               for path in sources() for target, names, line in imports_of(path)
+               for name in names if name.startswith("_") and not name.startswith("__")]
+    assert not private, "\n".join(private)
+
+
+def test_subpackage_faces_hold_no_code():
+    for init in PACKAGE.glob("*/__init__.py"):
+        if init.parent.name == "cli":
+            continue  # the command's entry point
+        body = [n for n in ast.parse(init.read_text("utf-8")).body if not isinstance(n, ast.Expr)]
+        assert not body, f"{init} should only hold its docstring (importing it must stay free)"
+
+
+def test_no_module_is_over_400_lines():
+    long = [f"{p.relative_to(PACKAGE.parent)}: {n}" for p in sources()
+            if (n := len(p.read_text("utf-8").splitlines())) > 400]
+    assert not long, "\n".join(long)
+
+
+def test_argparse_lives_in_the_cli_only():
+    outside = [str(p.relative_to(PACKAGE.parent)) for p in sources()
+               if "cli" not in p.relative_to(PACKAGE).parts and "argparse" in p.read_text("utf-8")]
+    assert not outside
+
+
+@pytest.mark.parametrize("command", [
+    ["tasks-path"],
+    ["report", "{results}", "--output", "{tmp}/report"],
+    ["check", "{results}", "--min-quality", "0.5"],
+    ["bake", "--help"],
+])
+def test_light_commands_run_without_torch(command, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results_x.json").write_text(
+        '{"results": {"baking_mckl": {"quality,none": 0.9, "kl_per_token,none": 0.05}}, "lm_eval_version": "0.4.13", '
+        '"config": {"model_args": "pretrained=base,peft=adapters/x"}}')
+    argv = [part.format(results=results, tmp=tmp_path) for part in command]
+    script = ("import sys\nfrom lm_eval_baking.cli import main\n"
+              "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\nprint('exit', code)\n")
+    run = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "exit 0" in run.stdout
+
+
+def test_every_cli_option_says_what_it_does():
+    from lm_eval_baking.cli import build_parser
+
+    parser = build_parser()
+    unexplained = []
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subcommands.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            text = (action.help or "").strip()
+            if len(text.split("(default")[0].strip()) < 8:
+                unexplained.append(f"{name} {'/'.join(action.option_strings) or action.dest}: {text!r}")
+    assert not unexplained, "\n".join(unexplained)
