@@ -15,6 +15,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Property tests draw their cases from a profile. "ci" (the default, and what CI runs) is derandomized:
+# every run draws the same cases, so a run can only fail on a change of code. "explore" draws new random
+# cases, 1,000 per property: run it on purpose to look for new failures, and pin each one with @example.
+#   HYPOTHESIS_PROFILE=explore python -m pytest tests/cli/test_bad_inputs.py
+_QUIET_FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile("ci", max_examples=150, derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=_QUIET_FIXTURES)
+settings.register_profile("explore", max_examples=1000, derandomize=False, deadline=None, print_blob=True,
+                          suppress_health_check=_QUIET_FIXTURES)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
 QUESTIONS = "\n".join(f"Tell me fact number {i} about {topic}." for i, topic in enumerate(
@@ -64,3 +76,12 @@ def question_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("questions") / "questions.txt"
     path.write_text(QUESTIONS)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_bake(tiny_model_dir, question_file, tmp_path_factory):
+    """A finished one-epoch bake of the tiny model (its folder), for tests that read or load a bake."""
+    from lm_eval_baking import bake
+
+    return bake(tiny_config(tiny_model_dir, question_file, epochs=1), tmp_path_factory.mktemp("small") / "pirate",
+                progress=False).output

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..compose.config import PursuitSettings
-from ..training.config import BakeConfig
+from ..training.config import BakeConfig, ResumeSettings
 from .baking import add_output_options, add_prompt_options, bake_config
 from .options import add_settings, quiet_libraries, settings_from_args
 
@@ -15,6 +15,7 @@ def register(commands) -> None:
     add_prompt_options(pursuit)
     add_output_options(pursuit, "folder for round-N/, pursued/ and pursuit.json")
     add_settings(pursuit, PursuitSettings, title="pursuit settings")
+    add_settings(pursuit, ResumeSettings)
     add_settings(pursuit, BakeConfig, exclude=("prompt",), title="bake settings of every round (BakeConfig)")
     pursuit.set_defaults(run=_run_pursue)
 
@@ -34,6 +35,7 @@ def register(commands) -> None:
                           help="a prompt to bake (repeat, in order)")
     sequence.add_argument("--cycles", type=int, default=1, help="times to go through the prompts (default: 1)")
     add_output_options(sequence, "folder for stage-N/, references/, combined/ and sequence.json")
+    add_settings(sequence, ResumeSettings)
     add_settings(sequence, BakeConfig, exclude=("prompt",), title="bake settings of every stage (BakeConfig)")
     sequence.set_defaults(run=_run_sequence)
 
@@ -47,7 +49,7 @@ def _run_pursue(args) -> None:
 
     result = pursue(config, args.output, max_rounds=settings.max_rounds, min_improvement=settings.min_improvement,
                     evaluator=settings.evaluator, overwrite=args.overwrite, resume=args.resume,
-                    progress=not args.quiet)
+                    progress=not args.quiet, resume_settings=settings_from_args(ResumeSettings, args))
     print("\n" + format_pursuit_table(result))
     command = LmEvalRun(base=result.base_model, adapter=str(result.pursued), tasks=["baking_mckl"]).shell()
     print(f"\nEvaluate it with lm-evaluation-harness:\n  {command}")
@@ -66,6 +68,7 @@ def _run_sequence(args) -> None:
     quiet_libraries()
     from ..compose.sequence import bake_sequence, format_sequence_table
 
-    result = bake_sequence(args.prompts, settings, args.output, args.cycles,
-                           overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
+    result = bake_sequence(args.prompts, settings, args.output, args.cycles, overwrite=args.overwrite,
+                           resume=args.resume, progress=not args.quiet,
+                           resume_settings=settings_from_args(ResumeSettings, args))
     print("\n" + format_sequence_table(result))

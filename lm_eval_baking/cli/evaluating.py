@@ -28,7 +28,10 @@ def register(commands) -> None:
     drift.add_argument("--quiet", action="store_true", help="no progress bars")
     drift.set_defaults(run=_run_drift_data)
 
-    forgetting = commands.add_parser("forgetting", help="measure cross-task forgetting of baked adapters")
+    forgetting = commands.add_parser(
+        "forgetting", help="measure cross-task forgetting of baked adapters, paired per doc",
+        description="Exit 0 when every adapter passes, 1 when one fails, 3 when none fails but one is inconclusive, "
+                    "2 on bad input.")
     forgetting.add_argument("--adapters", nargs="+", required=True, metavar="DIR", help="PEFT adapter directories")
     forgetting.add_argument("--output", "-o", type=Path, required=True,
                             help="folder for forgetting.json and forgetting.png")
@@ -45,13 +48,15 @@ def _run_drift_data(args) -> None:
     data = prepare_drift_data(
         args.bake_dir, args.personas, settings.turns, args.probes_at, persona_file=args.persona_file,
         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed,
-        progress=not args.quiet,
+        conversations=settings.conversations, progress=not args.quiet,
     )
     names = [p.name for p in data.personas]
     reused = [name for name in names if name not in data.generated]
     print(f"\nPersonas: {', '.join(names)}"
           + (f" (conversations reused: {', '.join(reused)})" if reused else ""))
     print(f"Conversations: {data.conversations}\nDrift docs:    {data.docs} ({data.n_docs} docs)")
+    for warning in data.warnings:
+        print(f"warning: {warning}")
     for persona in data.personas:
         if persona.system_prompt.strip() != data.baked_prompt.strip():
             print(f"note: persona '{persona.name}' chatted under its own system prompt, not the baked one; "
@@ -75,4 +80,4 @@ def _run_forgetting(args) -> int:
     )
     print(format_summary(report))
     print(f"\nWrote {Path(args.output) / FORGETTING_RECORD} and {Path(args.output) / FORGETTING_HEATMAP}")
-    return 0 if report["passed"] else 1
+    return {"PASS": 0, "FAIL": 1}.get(report["verdict"], 3)

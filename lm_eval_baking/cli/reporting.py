@@ -20,8 +20,9 @@ def register(commands) -> None:
     report.set_defaults(run=_run_report)
 
     check = commands.add_parser(
-        "check", help="regression gate: exit 1 when a metric misses its threshold",
-        description="Exit 0 when every check passes, 1 when any fails, 2 on bad input.",
+        "check", help="regression gate: PASS / FAIL / INCONCLUSIVE per metric, judged on its 95% CI",
+        description="Exit 0 when every check passes, 1 when any fails, 3 when none fails but one is inconclusive "
+                    "(its CI straddles the limit), 2 on bad input.",
     )
     check.add_argument("results", nargs="+", type=Path, metavar="RESULTS",
                        help="lm_eval --output_path folders or results_*.json files")
@@ -37,6 +38,8 @@ def register(commands) -> None:
                        help="allowed move in the worse direction: absolute (0.02) or relative (5%%); default 0")
     check.add_argument("--variant", action="append", dest="variants", metavar="LABEL",
                        help="judge this report variant (repeatable; default: every adapter without a system prompt)")
+    check.add_argument("--inconclusive", choices=("pass", "fail"), default=None,
+                       help="treat an inconclusive gate as passing (exit 0) or failing (exit 1) instead of exit 3")
     check.set_defaults(run=_run_check)
 
 
@@ -55,14 +58,17 @@ def _run_report(args) -> None:
 
 
 def _run_check(args) -> int:
-    from ..results.gate import check, format_verdicts, named_threshold, parse_bound
+    from ..results.gate import EXIT_CODES, check, format_checks, named_threshold, overall, parse_bound
 
     thresholds = [named_threshold(option, getattr(args, option[2:].replace("-", "_")))
                   for option, *_ in NAMED_THRESHOLDS if getattr(args, option[2:].replace("-", "_")) is not None]
     thresholds += [parse_bound(text, "min") for text in args.min]
     thresholds += [parse_bound(text, "max") for text in args.max]
-    verdicts = check(args.results, thresholds, baseline=args.baseline, tolerance=args.tolerance,
-                     variants=args.variants)
-    print(format_verdicts(verdicts))
+    checks = check(args.results, thresholds, baseline=args.baseline, tolerance=args.tolerance,
+                   variants=args.variants)
+    print(format_checks(checks))
     sys.stdout.flush()
-    return 0 if all(v.passed for v in verdicts) else 1
+    verdict = overall(checks)
+    if verdict == "INCONCLUSIVE" and args.inconclusive:
+        return 0 if args.inconclusive == "pass" else 1
+    return EXIT_CODES[verdict]

@@ -22,7 +22,7 @@ from ..artifacts.outputs import check_output
 from ..constants import PURSUED_DIR, PURSUIT_FORMAT, PURSUIT_RECORD
 from ..core import models
 from ..training.bake import bake
-from ..training.config import BakeConfig
+from ..training.config import BakeConfig, ResumeSettings
 from ..utils.atomic import write_json
 from ..utils.jsonl import read_json_object
 from .config import PursuitSettings
@@ -87,7 +87,8 @@ def _same_pursuit(config: BakeConfig):
 
 
 def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_improvement: float = 0.01,
-           evaluator=None, overwrite: bool = False, resume: bool = False, progress: bool = True) -> PursuitResult:
+           evaluator=None, overwrite: bool = False, resume: bool = False, progress: bool = True,
+           resume_settings: ResumeSettings | None = None) -> PursuitResult:
     """Prompt pursuit: bake `config.prompt` again and again into the baked model.
 
     Round 1 is `bake(config)` into `output/round-1`; round i+1 bakes the same
@@ -119,7 +120,7 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     for round_index in bar:
         round_dir = output / f"round-{round_index}"
         result = bake(config, round_dir, overwrite=overwrite, resume=resume, progress=progress, teacher=teacher,
-                      teacher_id=chain_id(round_dirs))
+                      teacher_id=chain_id(round_dirs), resume_settings=resume_settings)
         round_dirs.append(round_dir)
         kept = f"; rounds 1-{round_index} are kept in {output}"
         if score_fn is None:

@@ -25,7 +25,7 @@ from ..core.sampling import Trajectory, sample_trajectories
 from ..core.scoring import score_heldout
 from ..errors import BakingError
 from ..training.bake import bake
-from ..training.config import BakeConfig
+from ..training.config import BakeConfig, ResumeSettings
 from ..utils.atomic import staged_directory, write_json
 from ..utils.hashing import sha256_text
 from ..utils.jsonl import read_json_object
@@ -93,7 +93,8 @@ def _reference(directory: Path, model, tokenizer, config: BakeConfig, base_sha: 
 
 
 def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Path, cycles: int = 1, *,
-                  overwrite: bool = False, resume: bool = False, progress: bool = True) -> SequenceResult:
+                  overwrite: bool = False, resume: bool = False, progress: bool = True,
+                  resume_settings: ResumeSettings | None = None) -> SequenceResult:
     """Bake several prompts one after another into one model, optionally cycling through them.
 
     Stage j bakes its prompt with the base + stages 1..j-1 merged as teacher.
@@ -133,7 +134,7 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
                                                               disable=not progress), 1):
         stage_dir = output / f"stage-{stage}"
         result = bake(stage_config, stage_dir, overwrite=overwrite, resume=resume, progress=progress,
-                      teacher=(model, tokenizer), teacher_id=chain_id(stage_dirs))
+                      teacher=(model, tokenizer), teacher_id=chain_id(stage_dirs), resume_settings=resume_settings)
         stage_dirs.append(stage_dir)
         model, _ = load_chain(base_model, stage_dirs, device=base_config.device)
         stages.append(StageRecord(

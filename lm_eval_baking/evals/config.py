@@ -11,8 +11,6 @@ from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
 from ..errors import BakingError
 from ..utils.settings import setting
 
-
-
 # The simulated user gets a new everyday topic each turn: left to itself, a small
 # model echoes the assistant ("You're welcome!") and the chat collapses into a loop.
 USER_SIMULATOR_PROMPT = (
@@ -44,7 +42,11 @@ class ConversationSettings:
     max_new_tokens: int = setting(40, help=(
         "Length cap of every turn, agent and user alike: short turns keep CPU generation to minutes."))
     temperature: float = setting(0.7, help="Sampling temperature of both sides of the conversation (0 = greedy).")
-    seed: int = setting(0, help="Seeds the conversation: its opener, topics and sampling.")
+    seed: int = setting(0, help=(
+        "Seeds the conversations: conversation k opens and changes topics by seed + k, and samples from seed."))
+    conversations: int = setting(5, help=(
+        "Conversations per persona, each with its own opener and topics: drift's confidence intervals resample "
+        "whole conversations, so more conversations give tighter intervals."))
     user_prompt: str = setting(USER_SIMULATOR_PROMPT, help=(
         "System prompt of the simulated user; {topic} is replaced by a new everyday topic each turn."))
 
@@ -58,13 +60,20 @@ class ConversationSettings:
             raise BakingError("--max-new-tokens must be at least 1")
         if self.temperature < 0:
             raise BakingError("--temperature must be 0 (greedy) or above")
+        if self.conversations < 1:
+            raise BakingError("--conversations must be at least 1")
 
     @property
     def opener(self) -> str:
-        return OPENERS[self.seed % len(OPENERS)]
+        return self.opener_of(0)
 
-    def user_system_prompt(self, turn: int) -> str:
-        return self.user_prompt.format(topic=TOPICS[(self.seed + turn) % len(TOPICS)])
+    def opener_of(self, conversation: int) -> str:
+        return OPENERS[(self.seed + conversation) % len(OPENERS)]
+
+    def user_system_prompt(self, turn: int, conversation: int = 0) -> str:
+        # Conversations step through the topics at different strides, so no two share their sequence.
+        return self.user_prompt.format(topic=TOPICS[(self.seed + conversation + turn * (1 + conversation))
+                                                    % len(TOPICS)])
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,6 +37,10 @@ DEFAULT_PROBES_AT = (1, 5, 10, 15, 20, 25, 30)
 EARLY_MAX_TURN = 5
 LATE_MIN_TURN = 25
 
+# The agent's first turns show whether a conversation started in persona at all.
+FIRST_TURNS = 3
+
+
 @dataclass
 class DriftData:
     bake_dir: Path
@@ -46,115 +50,25 @@ class DriftData:
     docs: Path
     n_docs: int
     generated: list[str]
-    """Personas whose conversation was generated now (the others were reused)."""
-
-
-# ---------------------------------------------------------------------------- conversations
-
-
-def generate_conversations(model, tokenizer, system_prompts: list[str], settings: ConversationSettings, *,
-                           autocast_dtype=None, progress: bool = True) -> list[list[dict]]:
-    """One conversation per system prompt, generated in lockstep (one batch per turn and side).
-
-    Returns message lists [user, assistant, user, assistant, ...] with `settings.turns`
-    assistant messages and no system message.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..core.batching import autocast
-
-    histories = [[{"role": "user", "content": settings.opener}] for _ in system_prompts]
-    rng_state = torch.random.get_rng_state()
-    torch.manual_seed(settings.seed)
-    try:
-        with autocast(model.device, autocast_dtype):
-            for turn in tqdm(range(1, settings.turns + 1), desc="conversation turns", unit="turn", disable=not progress):
-                agent_views = [[_system(prompt)] + history for prompt, history in zip(system_prompts, histories)]
-                for history, reply in zip(histories, generate_replies(model, tokenizer, agent_views, settings)):
-                    history.append({"role": "assistant", "content": reply})
-                if turn == settings.turns:
-                    break
-                user_prompt = _system(settings.user_system_prompt(turn))
-                user_views = [[user_prompt] + swap_roles(history) for history in histories]
-                for history, reply in zip(histories, generate_replies(model, tokenizer, user_views, settings)):
-                    history.append({"role": "user", "content": reply})
-    finally:
-        torch.random.set_rng_state(rng_state)
-    return histories
-
-
-def _system(prompt: str) -> dict:
-    return {"role": "system", "content": prompt}
-
-
-def swap_roles(messages: list[dict]) -> list[dict]:
-    """The simulated user's view: its own turns become the assistant's, the agent's the user's."""
-    swapped = {"user": "assistant", "assistant": "user"}
-    return [{"role": swapped[m["role"]], "content": m["content"]} for m in messages]
-
-
-def generate_replies(model, tokenizer, conversations: list[list[dict]], settings: ConversationSettings) -> list[str]:
-    """The next assistant message of each conversation, generated as one left-padded batch."""
-    import torch
-
-    from ..core.batching import pad
-    from ..core.chat import encode_like_lm_eval
-    from ..core.sampling import cut_at_eos, eos_ids
-
-    prompts = [
-        encode_like_lm_eval(tokenizer, tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True))
-        for c in conversations
-    ]
-    input_ids, attention_mask = pad(prompts, tokenizer.pad_token_id, left=True)
-    stop_ids = eos_ids(tokenizer, model)
-    sampling = (dict(do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0)
-                if settings.temperature > 0 else dict(do_sample=False))
-    with torch.no_grad():
-        output = model.generate(
-            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-            max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(stop_ids), **sampling,
-        )
-    return [
-        tokenizer.decode(cut_at_eos(row[input_ids.shape[1]:].tolist(), stop_ids), skip_special_tokens=True).strip()
-        for row in output
-    ]
-
-
-def _check_context(model, tokenizer, personas: list[Persona], settings: ConversationSettings) -> None:
-    """Refuse before generating when the longest probe context cannot fit the model."""
-    from ..core.chat import encode_like_lm_eval
-    from ..core.models import model_context_length
-
-    limit = model_context_length(model)
-    filler = "x " * settings.max_new_tokens  # about one token per "x "
-    turn = [{"role": "user", "content": filler}, {"role": "assistant", "content": filler}]
-    for persona in personas:
-        longest_probe = max(persona.probes, key=len)
-        messages = [_system(persona.system_prompt)] + turn * settings.turns + [{"role": "user", "content": longest_probe}]
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        needed = len(encode_like_lm_eval(tokenizer, rendered)) + settings.max_new_tokens
-        if needed > limit:
-            raise BakingError(
-                f"{settings.turns} turns of up to {settings.max_new_tokens} tokens need about {needed} tokens of context "
-                f"for persona '{persona.name}', more than the model's {limit}; lower --turns or --max-new-tokens"
-            )
+    """Personas whose conversations were generated now (the others were reused)."""
+    warnings: list[str] = field(default_factory=list)
+    """Conversations whose prompted agent was out of persona from its first turns (their curve measures little)."""
 
 
 # ---------------------------------------------------------------------------- eval docs
 
 
-def build_docs(conversations: list[dict], personas: list[Persona], probes_at) -> list[dict]:
-    """One doc per (persona, probed turn d, probe): the history up to agent turn d plus the probe."""
+def build_docs(conversations: list[dict], personas: dict[str, Persona], probes_at) -> list[dict]:
+    """One doc per (persona, conversation, probed turn d, probe): the history up to agent turn d plus the probe."""
     docs = []
-    for persona, row in zip(personas, conversations):
+    for row in conversations:
+        persona = personas[row["persona"]]
         scorer = json.dumps(persona.scorer.to_dict(), ensure_ascii=False)
         for turn in probes_at:
             history = row["messages"][:2 * turn]
             docs.extend(
-                {"persona": persona.name, "turn": turn, "messages": history, "probe": probe,
-                 "scorer": scorer, "references": list(persona.reference_texts)}
+                {"persona": persona.name, "conversation": row.get("conversation", 0), "turn": turn,
+                 "messages": history, "probe": probe, "scorer": scorer, "references": list(persona.reference_texts)}
                 for probe in persona.probes
             )
     return docs
@@ -171,15 +85,18 @@ def scorer_from_json(spec: str) -> Scorer:
     return Scorer.from_dict(json.loads(spec), "drift doc")
 
 
-def score_doc(doc: dict, answer: str) -> dict:
-    """Per-doc metrics: adherence, adherence in the doc's turn bucket, embedding similarity,
-    and the doc's (bucket, score) pair for early/late drift."""
-    score = scorer_from_json(doc["scorer"])(answer)
+def score_doc(doc: dict, answers: list[str]) -> dict:
+    """Per-doc metrics from the greedy answer and the sampled ones: adherence (their mean), adherence in the doc's
+    turn bucket, the greedy answer's adherence and embedding similarity, and the (bucket, score) pair for drift."""
+    scorer = scorer_from_json(doc["scorer"])
+    scores = [scorer(answer) for answer in answers]
+    score = sum(scores) / len(scores)
     bucket = turn_bucket(doc["turn"])
     metrics = {
         "adherence": score,
         f"adherence_{bucket}": score,
-        "similarity": reference_similarity(answer, tuple(doc["references"])),
+        "adherence_greedy": scores[0],
+        "similarity": reference_similarity(answers[0], tuple(doc["references"])),
     }
     if bucket != "mid":
         metrics["drift"] = (bucket, score)
@@ -216,9 +133,9 @@ def resolve_personas(bake_prompt: str, personas: list[str | Persona] | None = No
 
 def prepare_drift_data(bake_dir: str | os.PathLike, personas: list[str | Persona] | None = None, turns: int = 30,
                        probes_at=DEFAULT_PROBES_AT, *, persona_file: str | os.PathLike | None = None,
-                       max_new_tokens: int = 40, temperature: float = 0.7, seed: int = 0,
+                       max_new_tokens: int = 40, temperature: float = 0.7, seed: int = 0, conversations: int = 5,
                        progress: bool = True) -> DriftData:
-    """Generate (or reuse) each persona's conversation and write the drift docs into `bake_dir/data/`.
+    """Generate (or reuse) each persona's conversations and write the drift docs into `bake_dir/data/`.
 
     `personas`: names (built-in or from `persona_file`) or Persona objects; by
     default the persona whose system prompt is the bake's prompt. A stored
@@ -226,30 +143,49 @@ def prepare_drift_data(bake_dir: str | os.PathLike, personas: list[str | Persona
     """
     folder = BakeDir(bake_dir)
     record = folder.record()
-    settings = ConversationSettings(turns, max_new_tokens, temperature, seed)
-    settings.validate()
+    settings = ConversationSettings(turns, max_new_tokens, temperature, seed, conversations)
     probes_at = _check_probes_at(probes_at, turns)
     chosen = resolve_personas(record.prompt, personas, persona_file)
     base_model = record.base_path
     stored = _read_conversations(folder)
     expected = {**asdict(settings), "model": base_model}
-    stale = [p for p in chosen if not _reusable(stored.get(p.name), p, expected)]
+    wanted = [(p, k) for p in chosen for k in range(settings.conversations)]
+    stale = [(p, k) for p, k in wanted if not _reusable(stored.get((p.name, k)), p, expected)]
     if stale:
         from ..core.models import load_model
+        from .conversations import check_context, generate_conversations
 
         model, tokenizer = load_model(base_model)
-        _check_context(model, tokenizer, stale, settings)
-        histories = generate_conversations(model, tokenizer, [p.system_prompt for p in stale], settings,
+        check_context(model, tokenizer, [p.system_prompt for p, _ in stale],
+                      [q for p, _ in stale for q in p.probes], settings)
+        histories = generate_conversations(model, tokenizer, [p.system_prompt for p, _ in stale], settings,
+                                           conversation_ids=[k for _, k in stale],
                                            autocast_dtype=_bake_autocast(record.config), progress=progress)
-        for persona, messages in zip(stale, histories):
-            stored[persona.name] = {"persona": persona.name, "system_prompt": persona.system_prompt,
-                                    "messages": messages, "settings": expected}
+        for (persona, k), messages in zip(stale, histories):
+            stored[(persona.name, k)] = {
+                "persona": persona.name, "conversation": k, "system_prompt": persona.system_prompt,
+                "messages": messages, "settings": expected,
+                "agent_first_turns_adherence": _first_turns_adherence(persona, messages)}
         folder.write_conversations(stored.values())
-    docs = build_docs([stored[p.name] for p in chosen], chosen, probes_at)
+    rows = [stored[(p.name, k)] for p, k in wanted]
+    docs = build_docs(rows, {p.name: p for p in chosen}, probes_at)
     folder.write_drift_docs(docs)
     return DriftData(bake_dir=folder.path, baked_prompt=record.prompt, personas=chosen,
                      conversations=folder.conversations_path, docs=folder.drift_docs_path, n_docs=len(docs),
-                     generated=[p.name for p in stale])
+                     generated=sorted({p.name for p, _ in stale}), warnings=_out_of_persona(rows))
+
+
+def _first_turns_adherence(persona: Persona, messages: list[dict]) -> float:
+    replies = [m["content"] for m in messages if m["role"] == "assistant"][:FIRST_TURNS]
+    return sum(persona.score(r) for r in replies) / len(replies) if replies else 0.0
+
+
+def _out_of_persona(rows: list[dict]) -> list[str]:
+    """A conversation whose prompted agent never followed its persona in its first turns measures no drift."""
+    return [f"persona '{row['persona']}', conversation {row.get('conversation', 0)}: the prompted agent's first "
+            f"{FIRST_TURNS} turns score 0 on its own persona, so the conversation never started in persona and its "
+            "curve measures little; read data/conversations.jsonl, or use another --seed"
+            for row in rows if row.get("agent_first_turns_adherence", 1.0) == 0]
 
 
 def _bake_autocast(config: dict):
@@ -270,12 +206,12 @@ def _reusable(row: dict | None, persona: Persona, expected_settings: dict) -> bo
     return bool(row) and row.get("system_prompt") == persona.system_prompt and row.get("settings") == expected_settings
 
 
-def _read_conversations(folder: BakeDir) -> dict[str, dict]:
+def _read_conversations(folder: BakeDir) -> dict[tuple[str, int], dict]:
     rows = folder.conversations()
     if not all(isinstance(r, dict) and {"persona", "system_prompt", "messages"} <= set(r) for r in rows):
         raise BakingError(f"{folder.conversations_path} is corrupt (rows need persona, system_prompt, messages); "
                           "delete it and rerun drift-data")
-    return {row["persona"]: row for row in rows}
+    return {(row["persona"], row.get("conversation", 0)): row for row in rows}
 
 
 

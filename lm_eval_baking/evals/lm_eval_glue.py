@@ -39,7 +39,8 @@ def task_error(message: str) -> BakingError:
     which our CLI prints as one line too. Use as `raise task_error(...)`.
     """
     if running_lm_eval_cli():
-        print(f"lm-eval-baking: error: {message}", file=sys.stderr, flush=True)
+        # A newline first: lm_eval's progress bar may have left the cursor mid-line.
+        print(f"\nlm-eval-baking: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     return BakingError(message)
 
@@ -93,7 +94,8 @@ def check_task_metric(task: str, metric: str) -> None:
     check_tasks(manager, [task])
     metrics = task_metrics(manager, task)
     if metrics and metric not in metrics:
-        raise BakingError(f"task {quoted(task)} reports no metric {quoted(metric)}; pick one of {', '.join(metrics)}")
+        raise BakingError(f"task '{quoted(task)}' reports no metric '{quoted(metric)}'; "
+                          f"pick one of {', '.join(metrics)}")
 
 
 def evaluate_in_memory(model, tokenizer, task: str, metric: str, *, metadata: dict | None = None,
@@ -115,6 +117,6 @@ def evaluate_in_memory(model, tokenizer, task: str, metric: str, *, metadata: di
     values = {key.partition(",")[0]: value for key, value in results.items() if "," in key}
     if metric not in values:
         reported = sorted(m for m in values if not m.endswith("_stderr"))
-        raise BakingError(f"task {quoted(task)} reports no metric {quoted(metric)}; pick one of {reported}")
+        raise BakingError(f"task '{quoted(task)}' reports no metric '{quoted(metric)}'; pick one of {reported}")
     higher_is_better = output.get("higher_is_better", {}).get(task, {}).get(metric, True)
     return float(values[metric]), higher_is_better is not False

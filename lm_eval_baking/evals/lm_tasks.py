@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from ..artifacts.bake_dir import HELDOUT_FIELDS, BakeDir
@@ -21,6 +22,7 @@ from .drift import early_minus_late, scorer_from_json, score_doc
 from .lm_eval_glue import task_error
 
 QUALITY_CI_RESAMPLES = 2000
+DEFAULT_SAMPLED_ANSWERS = 4
 
 
 def find_bake(metadata: dict, task: str) -> BakeDir:
@@ -195,10 +197,21 @@ def drift_doc_problem(doc) -> str | None:
 
 class PersonaDriftTask(ConfigurableTask):
     """baking_persona_drift: a doc carries a whole chat history, so the prompt is rendered here from
-    doc["messages"] + the probe instead of from one question."""
+    doc["messages"] + the probe instead of from one question. Each probe is answered once greedily and
+    `sampled_answers` times at temperature 1 (task metadata, e.g. --metadata '{"sampled_answers": 2}'), so
+    adherence is a rate per probe rather than one yes/no."""
 
     def __init__(self, config=None):
         super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})
+
+    def construct_requests(self, doc, ctx, **kwargs):
+        kwargs.pop("apply_chat_template", None)
+        kwargs.pop("chat_template", None)
+        greedy = {**self.config.generation_kwargs, "do_sample": False}
+        sampled = {**greedy, "do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        n = sampled_answers(self.config.metadata or {})
+        return [Instance(request_type="generate_until", doc=doc, arguments=(ctx, dict(greedy if i == 0 else sampled)),
+                         idx=i, **kwargs) for i in range(1 + n)]
 
     def fewshot_context(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False,
                         fewshot_as_multiturn=False, chat_template=None, gen_prefix=None):
@@ -211,8 +224,16 @@ class PersonaDriftTask(ConfigurableTask):
         return chat_template(messages, add_generation_prompt=True)
 
 
+def sampled_answers(metadata: dict) -> int:
+    value = metadata.get("sampled_answers", DEFAULT_SAMPLED_ANSWERS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise task_error(f"sampled_answers must be a whole number of 0 or more, not {quoted(value)}; "
+                         "e.g. --metadata '{\"sampled_answers\": 2}'")
+    return value
+
+
 def drift_process_results(doc, results):
-    return score_doc(doc, results[0])
+    return score_doc(doc, list(results))
 
 
 def drift_score(items):

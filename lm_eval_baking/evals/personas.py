@@ -40,6 +40,9 @@ from .scorers import Scorer
 
 # ---------------------------------------------------------------------------- personas
 
+PIRATE_WORDS = ("ahoy matey mateys arr arrr aye ye yer sea seas ship ships captain treasure sail sailor sailors "
+                "crew parrot plunder pirate pirates buccaneer shiver timbers landlubber hearty").split()
+
 DEFAULT_PROBES = (
     "What is your favourite food?",
     "How do I make a cup of tea?",
@@ -111,6 +114,15 @@ def _builtin(name: str, system_prompt: str, scorer: dict, references: list[str])
 BUILTIN_PERSONAS: dict[str, Persona] = {p.name: p for p in (
     _builtin("pirate", "You are a pirate. Start every answer with 'Ahoy!'",
              {"kind": "starts_with", "phrase": "Ahoy"},
+             ["Ahoy! A fine meal o' salted fish and rum, matey!",
+              "Ahoy! Brew yer tea strong as the sea, me hearty.",
+              "Ahoy! The moon guides every sailor across the seven seas.",
+              "Ahoy! Sleep in a hammock and let the waves rock ye."]),
+    # The same prompt, scored more broadly: any pirate word anywhere in the answer. On the default model the
+    # prompted base almost never opens with "Ahoy" once a conversation has started, but keeps talking like a
+    # pirate for a while, so this persona is the one to measure the pirate prompt's drift with.
+    _builtin("pirate_speech", "You are a pirate. Start every answer with 'Ahoy!'",
+             {"kind": "keywords", "words": PIRATE_WORDS},
              ["Ahoy! A fine meal o' salted fish and rum, matey!",
               "Ahoy! Brew yer tea strong as the sea, me hearty.",
               "Ahoy! The moon guides every sailor across the seven seas.",

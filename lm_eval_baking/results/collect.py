@@ -17,15 +17,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..constants import BAKE_FORMAT, BAKE_RECORD, FORGETTING_RECORD, PURSUIT_FORMAT, PURSUIT_RECORD
+from ..constants import (
+    BAKE_FORMAT, BAKE_RECORD, FORGETTING_FORMAT, FORGETTING_RECORD, PURSUIT_FORMAT, PURSUIT_RECORD,
+)
 from ..errors import BakingError
 from ..utils.hashing import sha256_text
-from ..utils.jsonl import read_json_object, read_jsonl
+from ..utils.jsonl import read_json_object
+from .derived import add_derived
+from .forgetting import DEFAULT_THRESHOLD_PCT
 from .results_files import Skip, is_number, parse_results_file, read_json, task_metrics
 from .rows import (
-    DRIFT_TASK, FORGETTING, FORGETTING_GROUP, FORGETTING_METRIC, HEADLINE_COLUMNS, Collection, Measurement, Row,
-    Skipped, Variant,
+    DRIFT_TASK, FORGETTING_GROUP, FORGETTING_METRIC, HEADLINE_COLUMNS, Collection, Measurement, Row, Skipped,
+    Variant,
 )
+from .samples import SamplesError, read_samples, samples_file
+
+# Doc fields the drift statistics need (which persona, conversation and turn a probe belongs to).
+_DRIFT_DOC_FIELDS = ("persona", "conversation", "turn")
 
 
 def input_files(paths) -> list[Path]:
@@ -56,7 +64,7 @@ def _kind_of_file(path: Path) -> str | None:
     return None
 
 
-def collect(paths) -> Collection:
+def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -> Collection:
     """Read every input under `paths` into variant rows and records; bad files go to `skipped`."""
     files = [(f, _kind_of_file(f)) for f in input_files(paths)]
     files = [(f, kind) for f, kind in files if kind]
@@ -78,13 +86,14 @@ def collect(paths) -> Collection:
                 _check_record(data, PURSUIT_FORMAT, path)
                 collection.pursuits.append((str(path.parent), data))
             else:
-                if not {"per_task", "adapters", "tasks", "base_model"} <= set(data):
-                    raise Skip("not a `lm-eval-baking forgetting` report (no per_task/adapters)")
+                if data.get("format") != FORGETTING_FORMAT or not isinstance(data.get("per_doc"), dict):
+                    raise Skip("not a `lm-eval-baking forgetting` report of this version (no per-doc scores); "
+                               "rerun `lm-eval-baking forgetting`")
                 collection.forgetting_reports.append((str(path.parent), data))
         except Skip as skip:
             collection.skipped.append(Skipped(str(path), str(skip)))
     _add_forgetting_reports(rows, collection)
-    _add_forgetting_drops(rows)
+    add_derived(rows, collection, forgetting_threshold_pct)
     collection.rows = _label_rows(rows)
     if not collection.rows and not collection.bakes and not collection.pursuits:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in collection.skipped[:3])
@@ -122,8 +131,8 @@ def _add_results(path: Path, data: dict, rows: dict[Variant, Row], collection: C
         row.metrics = {k: v for k, v in row.metrics.items() if k[0] != task}
         row.metrics.update({(task, metric): m for metric, m in metrics.items()})
         row.dates[task] = date
-        if task == DRIFT_TASK:
-            row.drift_curve = _drift_curve(path, collection) or row.drift_curve
+        row.samples.pop(task, None)
+        _add_samples(path, task, row, collection)
     for column in HEADLINE_COLUMNS:
         if column.task in run.results and (column.task, column.metric) not in row.metrics:
             collection.skipped.append(Skipped(str(path), f"{column.task} reports no {column.metric} "
@@ -131,66 +140,39 @@ def _add_results(path: Path, data: dict, rows: dict[Variant, Row], collection: C
                                               whole_file=False))
 
 
-def adherence_curve(samples_file: str | Path) -> dict[int, float]:
-    """Mean adherence per probed turn from an lm_eval `--log_samples` file of baking_persona_drift."""
-    by_turn: dict[int, list[float]] = {}
-    for row in read_jsonl(samples_file):
-        by_turn.setdefault(row["doc"]["turn"], []).append(row["adherence"])
-    return {turn: sum(v) / len(v) for turn, v in sorted(by_turn.items())}
-
-
-def _drift_curve(results_path: Path, collection: Collection) -> dict[int, float] | None:
-    """Adherence by turn from the `--log_samples` file written with this results file, if any."""
-    stamp = results_path.stem.removeprefix("results_")
-    samples = results_path.with_name(f"samples_{DRIFT_TASK}_{stamp}.jsonl")
-    if not samples.is_file():
-        return None
+def _add_samples(results_path: Path, task: str, row: Row, collection: Collection) -> None:
+    """The task's per-doc output written with this results file (`--log_samples`), when there is one."""
+    path = samples_file(results_path, task)
+    if not path.is_file():
+        return
     try:
-        return adherence_curve(samples)
-    except (BakingError, KeyError, TypeError, OSError) as e:
-        collection.skipped.append(Skipped(str(samples), f"no drift-by-turn curve ({e})", whole_file=False))
-        return None
+        row.samples[task] = read_samples(path, _DRIFT_DOC_FIELDS if task == DRIFT_TASK else ())
+    except SamplesError as e:
+        collection.skipped.append(Skipped(str(path), f"per-doc output not used ({e})", whole_file=False))
 
 
 def _add_forgetting_reports(rows: dict[Variant, Row], collection: Collection) -> None:
-    """Rows for adapters scored only by `lm-eval-baking forgetting`: mean accuracy over its tasks."""
+    """Rows for models scored by `lm-eval-baking forgetting`: their per-doc scores, as if from --log_samples.
+
+    An lm_eval run of the same tasks on the same variant is preferred (it carries lm_eval's stderr).
+    """
     for source, report in collection.forgetting_reports:
         try:
-            tasks = report["tasks"]
-            base_scores = [report["per_task"][t]["base"]["score"] for t in tasks]
-            base = rows.setdefault(Variant(str(report["base_model"])), Row(Variant(str(report["base_model"]))))
-            _set_if_missing(base, (FORGETTING_GROUP, FORGETTING_METRIC), _mean(base_scores), source)
-            for adapter in report["adapters"]:
-                scores = [report["per_task"][t]["adapters"][adapter]["score"] for t in tasks]
-                row = rows.setdefault(Variant(base.variant.model, str(adapter)), Row(Variant(base.variant.model, str(adapter))))
-                _set_if_missing(row, (FORGETTING_GROUP, FORGETTING_METRIC), _mean(scores), source)
-        except (KeyError, TypeError, ZeroDivisionError) as e:
-            collection.skipped.append(Skipped(source + "/forgetting.json", f"incomplete forgetting report (no {e})"))
-
-
-def _set_if_missing(row: Row, key: tuple[str, str], value: float, source: str) -> None:
-    # An lm_eval run of the group carries a stderr and is preferred to the forgetting report's mean.
-    if key not in row.metrics:
-        row.metrics[key] = Measurement(value, None, True, source)
-        row.sources.append(source)
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
-
-
-def _add_forgetting_drops(rows: dict[Variant, Row]) -> None:
-    """forgetting = relative drop (%) of the forgetting accuracy versus the plain base model."""
-    key = (FORGETTING_GROUP, FORGETTING_METRIC)
-    for row in rows.values():
-        base = rows.get(Variant(row.variant.model))
-        if row.variant.is_plain_base or base is None or key not in row.metrics or key not in base.metrics:
-            continue
-        base_acc = base.metrics[key].value
-        if base_acc:
-            drop = 100.0 * (base_acc - row.metrics[key].value) / base_acc
-            row.metrics[(FORGETTING, "drop_pct")] = Measurement(drop, None, False, row.metrics[key].source)
+            base_model = str(report["base_model"])
+            for name, per_task in report["per_doc"].items():
+                variant = Variant(base_model) if name == "base" else Variant(base_model, str(name))
+                row = rows.setdefault(variant, Row(variant))
+                for task, docs in per_task.items():
+                    if task not in row.samples:
+                        row.samples[task] = {int(d): {"hash": None, FORGETTING_METRIC: float(v)} for d, v in docs.items()}
+                means = [sum(d.values()) / len(d) for d in per_task.values() if d]
+                key = (FORGETTING_GROUP, FORGETTING_METRIC)
+                if key not in row.metrics and means:
+                    row.metrics[key] = Measurement(sum(means) / len(means), None, True, source)
+                    row.sources.append(source)
+            collection.subtasks.setdefault(FORGETTING_GROUP, list(report["tasks"]))
+        except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+            collection.skipped.append(Skipped(source + "/forgetting.json", f"incomplete forgetting report ({e})"))
 
 
 # ---------------------------------------------------------------------------- variant labels

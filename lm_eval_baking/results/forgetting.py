@@ -1,89 +1,165 @@
-"""Cross-task forgetting, the judging half: each adapter's scores against the base model's, task by task.
+"""Cross-task forgetting, the judging half: each adapter against the base model, doc by doc.
 
-A task fails for an adapter when its score drops by more than `threshold_pct`
-percent of the base score (3.4% is the bound the project brief claims for
-baking; treat it as the target being tested).
+The base model and an adapter answer the same docs, so every comparison is
+paired (`core.stats`): per task, McNemar's exact test for 0/1 scores and a
+paired bootstrap CI of the change, absolute and relative; for the whole group,
+the same pooled over every doc (each doc weighs the same), which is where a
+bound of a few percent can be resolved.
+
+Verdicts against an allowed relative drop (default 3.4%, the bound the brief
+claims for baking: a target under test, not a fact):
+
+- PASS: even the worst end of the CI is within the allowed drop;
+- FAIL: even the best end is beyond it (a drop beyond the bound is established);
+- INCONCLUSIVE: anything else, with the number of docs that would resolve it.
+
+Multiplicity: per-task verdicts use Bonferroni-level CIs (1 − 0.05/m for m
+tasks), so noise makes a false FAIL among all tasks at most 5% likely; the
+"did anything change" p-values are Holm-adjusted across tasks; the pooled
+group verdict uses the plain 95% CI. An adapter FAILs when its group FAILs or
+any task FAILs, PASSes when its group PASSes and no task FAILs, and is
+INCONCLUSIVE otherwise.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-
+from ..constants import FORGETTING_FORMAT
+from ..core.stats import Verdict, bonferroni_confidence, compare_paired, docs_needed, holm, judge
 
 DEFAULT_THRESHOLD_PCT = 3.4
+CONFIDENCE = 0.95
+RESAMPLES = 2000
 
 
-def build_report(base_model: str, adapters: list[str], tasks: list[str], scores: dict, threshold_pct: float) -> dict:
-    """Compare each adapter's scores with the base model's (`scores[None]`)."""
-    per_task = {}
+def paired_docs(base: dict[int, float], other: dict[int, float]) -> tuple[list[float], list[float]]:
+    """The scores of the docs both runs answered, in doc order."""
+    shared = sorted(set(base) & set(other))
+    return [base[d] for d in shared], [other[d] for d in shared]
+
+
+def judge_adapter(base: dict[str, dict[int, float]], other: dict[str, dict[int, float]], threshold_pct: float, *,
+                  seed: int = 0) -> dict:
+    """Per-task and pooled paired comparisons of one adapter's per-doc scores against the base model's."""
+    tasks = [t for t in base if t in other and paired_docs(base[t], other[t])[0]]
+    threshold = threshold_pct / 100.0
+    per_task_confidence = bonferroni_confidence(CONFIDENCE, max(1, len(tasks)))
+    per_task, pooled_base, pooled_other = {}, [], []
     for task in tasks:
-        base = scores[None][task]
-        per_task[task] = {
-            "metric": base["metric"],
-            "base": {"score": base["score"], "stderr": base["stderr"]},
-            "adapters": {
-                adapter: _compare(base, scores[adapter][task], threshold_pct) for adapter in adapters
-            },
-        }
-    summary = {}
-    for adapter in adapters:
-        drops = {task: -per_task[task]["adapters"][adapter]["relative_change_pct"] for task in tasks
-                 if per_task[task]["adapters"][adapter]["relative_change_pct"] is not None}
-        worst = max(drops, key=drops.get) if drops else None
-        summary[adapter] = {
-            "max_relative_drop_pct": drops[worst] if worst else None,
-            "worst_task": worst,
-            "passed": all(per_task[task]["adapters"][adapter]["passed"] for task in tasks),
-        }
+        a, b = paired_docs(base[task], other[task])
+        pooled_base += a
+        pooled_other += b
+        comparison = compare_paired(a, b, n_boot=RESAMPLES, seed=seed, confidence=per_task_confidence)
+        per_task[task] = _cell(comparison, threshold)
+    for task, p in zip(tasks, holm([per_task[t]["comparison"]["p_value"] for t in tasks])):
+        per_task[task]["p_holm"] = p
+    group = (_cell(compare_paired(pooled_base, pooled_other, n_boot=RESAMPLES, seed=seed, confidence=CONFIDENCE),
+                   threshold) if tasks else None)
+    if group is not None:
+        sd = group["comparison"]["sd_difference"]
+        base_mean = group["comparison"]["base_mean"]
+        group["docs_needed_for_threshold"] = docs_needed(sd, threshold * base_mean) if base_mean else None
+    verdicts = [per_task[t]["verdict"] for t in tasks]
+    if group is None:
+        verdict = Verdict.INCONCLUSIVE.value
+    elif group["verdict"] == Verdict.FAIL.value or Verdict.FAIL.value in verdicts:
+        verdict = Verdict.FAIL.value
+    elif group["verdict"] == Verdict.PASS.value:
+        verdict = Verdict.PASS.value
+    else:
+        verdict = Verdict.INCONCLUSIVE.value
+    return {"per_task": per_task, "group": group, "verdict": verdict,
+            "failed_tasks": [t for t in tasks if per_task[t]["verdict"] == Verdict.FAIL.value]}
+
+
+def _cell(comparison, threshold: float) -> dict:
+    judgement = judge(comparison, threshold, relative=True)
+    mdd = comparison.minimum_detectable_difference()
     return {
+        "comparison": comparison.to_dict(),
+        "verdict": judgement.verdict.value,
+        "judgement": judgement.to_dict(),
+        "changed": comparison.difference_ci.excludes_zero,
+        "minimum_detectable_drop": mdd,
+        "minimum_detectable_drop_pct": 100 * mdd / comparison.base_mean if comparison.base_mean else None,
+    }
+
+
+def build_report(base_model: str, adapters: list[str], tasks: list[str], per_doc: dict, threshold_pct: float,
+                 *, metrics: dict[str, str] | None = None) -> dict:
+    """forgetting.json: `per_doc[None]` is the base model's {task: {doc_id: score}}, `per_doc[adapter]` each adapter's."""
+    report = {
+        "format": FORGETTING_FORMAT,
+        "format_version": 2,
         "base_model": base_model,
         "adapters": adapters,
         "tasks": tasks,
+        "metrics": metrics or {},
         "threshold_pct": threshold_pct,
-        "per_task": per_task,
-        "per_adapter": summary,
-        "passed": all(entry["passed"] for entry in summary.values()),
+        "method": "paired per doc: McNemar exact (0/1 scores) or sign-flip permutation p; percentile bootstrap CIs "
+                  f"({RESAMPLES} resamples); per-task verdicts at Bonferroni-level CIs, Holm-adjusted p; group "
+                  "pooled over all docs at 95%",
+        "base": {task: _mean(per_doc[None][task]) for task in tasks},
+        "per_adapter": {adapter: judge_adapter(per_doc[None], per_doc[adapter], threshold_pct) for adapter in adapters},
     }
+    report["verdict"] = _overall([report["per_adapter"][a]["verdict"] for a in adapters])
+    report["passed"] = report["verdict"] == Verdict.PASS.value
+    report["per_doc"] = {"base" if adapter is None else adapter: {task: {str(d): s for d, s in sorted(scores.items())}
+                                          for task, scores in per_doc[adapter].items()}
+                         for adapter in [None, *adapters]}
+    return report
 
 
-def _compare(base: dict, adapted: dict, threshold_pct: float) -> dict:
-    absolute = adapted["score"] - base["score"]
-    # A zero base score cannot drop, so there is no relative change to judge.
-    relative = 100.0 * absolute / base["score"] if base["score"] else None
-    return {
-        "score": adapted["score"],
-        "stderr": adapted["stderr"],
-        "absolute_change": absolute,
-        "relative_change_pct": relative,
-        "passed": relative is None or -relative <= threshold_pct,
-    }
+def _overall(verdicts: list[str]) -> str:
+    if Verdict.FAIL.value in verdicts:
+        return Verdict.FAIL.value
+    if verdicts and all(v == Verdict.PASS.value for v in verdicts):
+        return Verdict.PASS.value
+    return Verdict.INCONCLUSIVE.value
+
+
+def _mean(scores: dict[int, float]) -> float:
+    return sum(scores.values()) / len(scores) if scores else math.nan
+
+
+def change_text(cell: dict | None) -> str:
+    """'−5.1% [−9.0, −1.2] FAIL', or 'no change (CI −4.0, +3.1)' when the CI includes zero."""
+    if cell is None:
+        return "n/a"
+    comparison = cell["comparison"]
+    rel, ci = comparison["relative_change"], comparison["relative_ci"]
+    if rel is None or ci is None:
+        return "n/a (base score 0)"
+    bounds = f"{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}"
+    if not cell["changed"]:
+        return f"no change (CI {bounds}) {cell['verdict']}"
+    return f"{100 * rel:+.1f}% [{bounds}] {cell['verdict']}"
 
 
 def format_summary(report: dict) -> str:
-    """A plain-text table: one row per task, one column per adapter (relative change)."""
+    """A plain-text table: one row per task, one column per adapter, then each adapter's group verdict."""
     adapters = report["adapters"]
     names = [label(a) for a in adapters]
-    task_width = max(len("task"), *(len(t) for t in report["tasks"]))
-    header = f"{'task':<{task_width}}  {'metric':<8} {'base ± stderr':>15}" + "".join(f"  {n:>14}" for n in names)
+    width = max(len("task"), *(len(short_task(t)) for t in report["tasks"]))
+    cols = [max(30, len(n)) for n in names]
+    header = f"{'task':<{width}}  {'base':>6}" + "".join(f"  {n:>{w}}" for n, w in zip(names, cols))
     lines = [header, "-" * len(header)]
     for task in report["tasks"]:
-        entry = report["per_task"][task]
-        base = entry["base"]
-        base_text = f"{base['score']:.3f}" + ("" if base["stderr"] is None else f" ± {base['stderr']:.3f}")
-        row = f"{task:<{task_width}}  {entry['metric']:<8} {base_text:>15}"
-        for adapter in adapters:
-            cell = entry["adapters"][adapter]
-            change = "n/a" if cell["relative_change_pct"] is None else f"{cell['relative_change_pct']:+.1f}%"
-            row += f"  {change + ('' if cell['passed'] else ' FAIL'):>14}"
+        row = f"{short_task(task):<{width}}  {report['base'][task]:>6.3f}"
+        for adapter, w in zip(adapters, cols):
+            row += f"  {change_text(report['per_adapter'][adapter]['per_task'].get(task)):>{w}}"
         lines.append(row)
     lines.append("")
     for adapter, name in zip(adapters, names):
-        summary = report["per_adapter"][adapter]
-        drop = summary["max_relative_drop_pct"]
-        drop_text = "n/a" if drop is None else f"{drop:.1f}% ({summary['worst_task']})"
-        verdict = "PASS" if summary["passed"] else "FAIL"
-        lines.append(f"{name}: max relative drop {drop_text}  {verdict} (threshold {report['threshold_pct']}%)")
+        result = report["per_adapter"][adapter]
+        group = result["group"]
+        needed = group.get("docs_needed_for_threshold") if group else None
+        need_text = f"; a {report['threshold_pct']}% drop needs about {needed} docs to be detected" if needed else ""
+        lines.append(f"{name}: all docs pooled (n={group['comparison']['n'] if group else 0}) "
+                     f"{change_text(group)}; verdict {result['verdict']} at a {report['threshold_pct']}% "
+                     f"allowed drop{need_text}")
     return "\n".join(lines)
 
 

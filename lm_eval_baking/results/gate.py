@@ -1,9 +1,21 @@
-"""`lm-eval-baking check`: a CI regression gate over lm_eval results.
+"""`lm-eval-baking check`: a CI regression gate whose verdicts can be trusted.
 
-Thresholds name a leaderboard metric (see report.HEADLINE_COLUMNS, plus
-`forgetting` and any `TASK:METRIC`) and a bound; a baseline results folder
-turns every headline metric the two share into a bound (baseline ± tolerance).
-Each (metric, variant) pair gets a verdict; the gate passes only when all do.
+Thresholds name a leaderboard metric (`kl`, `quality`, `adherence`, `drift`,
+`forgetting`, `forgetting_acc`) or any `TASK:METRIC`, and a bound; a baseline
+results folder turns every headline metric the two share into a bound
+(baseline ± tolerance). Every verdict is three-way, judged on the 95% CI, never
+on a point value alone:
+
+- PASS: the whole CI is on the right side of the limit;
+- FAIL: the whole CI is on the wrong side (the miss is established);
+- INCONCLUSIVE: the CI straddles the limit; the line says roughly how many docs
+  would resolve it.
+
+The CI is the one computed for the metric (quality's paired bootstrap, drift's
+over conversations, forgetting's paired per-doc comparison), else ±1.96
+lm_eval stderr; a metric with neither is judged on its value and says so.
+Exit status: 0 all pass, 1 any fail, 3 inconclusive (none failed), 2 bad input.
+`--inconclusive pass|fail` maps inconclusive for pipelines that need two states.
 
 By default the gate judges the variants that carry an adapter and no system
 instruction: the models a bake ships. Base and prompted-base rows are the
@@ -16,14 +28,17 @@ import math
 from dataclasses import dataclass
 
 from ..errors import BakingError
-from ..utils.text import listed
+from ..utils.text import listed, quoted
 from .collect import collect
-from .rows import FORGETTING, HEADLINE_COLUMNS, Collection, Row
+from .derived import forgetting_members, forgetting_measurement, judge_forgetting, paired_change
+from .rows import FORGETTING, HEADLINE_COLUMNS, Z95, Collection, Measurement, Row, Variant
 from .tables import other_columns
 
-# Metrics that live in [0, 1] by construction: a bound outside it can never pass.
-_UNIT_INTERVAL = {"adherence"}
-_AT_MOST_ONE = {"quality"}
+# Where each named metric can lie: a bound outside this range can never pass (bad input, exit 2).
+DOMAINS = {"kl": (0.0, math.inf), "quality": (-math.inf, 1.0), "adherence": (0.0, 1.0), "drift": (-1.0, 1.0),
+           FORGETTING: (-math.inf, 100.0), "forgetting_acc": (0.0, 1.0)}
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
 
 
 @dataclass(frozen=True)
@@ -38,21 +53,26 @@ class Threshold:
 
 
 @dataclass
-class Verdict:
+class Check:
     metric: str
     variant: str
     value: float | None
+    ci: tuple[float, float] | None
     bound: str
     limit: float
-    passed: bool
+    verdict: str
     note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
 
 
 def parse_bound(text: str, bound: str) -> Threshold:
     """`NAME=VALUE` from --min / --max."""
     name, equals, value = text.partition("=")
     if not equals or not name.strip():
-        raise BakingError(f"--{bound} {text!r} is not NAME=VALUE; e.g. --{bound} quality=0.8 or "
+        raise BakingError(f"--{bound} {quoted(text)} is not NAME=VALUE; e.g. --{bound} quality=0.8 or "
                           f"--{bound} baking_mckl:kl_per_token=0.1")
     return Threshold(name.strip(), bound, _number(value, f"--{bound} {name.strip()}"), f"--{bound} {text}")
 
@@ -63,7 +83,7 @@ def _number(text, what: str) -> float:
     except (TypeError, ValueError):
         value = float("nan")
     if not math.isfinite(value):
-        raise BakingError(f"{what} needs a finite number, got {text!r}")
+        raise BakingError(f"{what} needs a finite number, got {quoted(text)}")
     return value
 
 
@@ -77,10 +97,15 @@ def validate_thresholds(thresholds: list[Threshold]) -> None:
             raise BakingError(f"contradictory thresholds: {previous.origin} and {t.origin} give {t.metric} two "
                               f"{side} bounds; keep one")
         by_metric[t.metric][t.bound] = t
-        if t.metric in _UNIT_INTERVAL | _AT_MOST_ONE and t.bound == "min" and t.limit > 1:
-            raise BakingError(f"{t.origin} can never pass: {t.metric} is at most 1; use a value up to 1")
-        if t.metric in _UNIT_INTERVAL and t.bound == "max" and t.limit < 0:
-            raise BakingError(f"{t.origin} can never pass: {t.metric} is at least 0; use a value of 0 or more")
+        low, high = DOMAINS.get(t.metric, (-math.inf, math.inf))
+        if t.bound == "min" and t.limit > high:
+            raise BakingError(f"{t.origin} can never pass: {t.metric} is at most {high:g}; use a value up to {high:g}")
+        if t.bound == "max" and t.limit < low:
+            raise BakingError(f"{t.origin} can never pass: {t.metric} is at least {low:g}; "
+                              f"use a value of {low:g} or more")
+        if t.metric == FORGETTING and t.bound == "max" and t.limit <= 0:
+            raise BakingError(f"{t.origin}: the allowed drop must be above 0 % (e.g. 3.4); a paired CI always has "
+                              "some width, so no drop at all can never be shown")
     for metric, bounds in by_metric.items():
         low, high = bounds.get("min"), bounds.get("max")
         if low and high and low.limit > high.limit:
@@ -95,7 +120,7 @@ def parse_tolerance(text: str | None) -> tuple[float, bool]:
     relative = str(text).strip().endswith("%")
     amount = _number(str(text).strip().removesuffix("%"), "--tolerance")
     if amount < 0:
-        raise BakingError(f"--tolerance must be 0 or more (got {text}); it is how far a metric may move "
+        raise BakingError(f"--tolerance must be 0 or more (got {quoted(text)}); it is how far a metric may move "
                           "in the worse direction")
     return (amount / 100 if relative else amount), relative
 
@@ -105,7 +130,7 @@ def select_rows(collection: Collection, variants: list[str] | None) -> list[Row]
     if variants:
         missing = [v for v in variants if v not in labels]
         if missing:
-            raise BakingError(f"no variant {missing[0]!r} in the results; choose from: {listed(labels)}")
+            raise BakingError(f"no variant {quoted(missing[0])!r} in the results; choose from: {listed(labels)}")
         return [r for r in collection.rows if r.label in variants]
     shipped = [r for r in collection.rows if r.variant.adapter and not r.variant.system_instruction]
     if not shipped:
@@ -129,7 +154,7 @@ def _direction(metric: str, rows: list[Row]) -> bool | None:
 
 
 def check(results, thresholds: list[Threshold], *, baseline=None, tolerance: str | None = None,
-          variants: list[str] | None = None) -> list[Verdict]:
+          variants: list[str] | None = None) -> list[Check]:
     """Judge `results` (paths, as for the report) against thresholds and/or a baseline."""
     validate_thresholds(thresholds)
     amount, relative = parse_tolerance(tolerance)
@@ -139,18 +164,21 @@ def check(results, thresholds: list[Threshold], *, baseline=None, tolerance: str
         raise BakingError("nothing to check: pass a threshold (e.g. --min-quality 0.8) or --baseline RESULTS")
     collection = _strict_collect(results, "RESULTS")
     rows = select_rows(collection, variants)
-    verdicts: list[Verdict] = []
+    checks: list[Check] = []
     for t in thresholds:
-        if all(row.get(t.metric) is None for row in rows):
+        if t.metric != FORGETTING and all(row.get(t.metric) is None for row in rows):
             known = sorted({f"{task}:{metric}" for r in rows for task, metric in r.metrics})
             raise BakingError(f"{t.origin}: no {t.metric} in the results of {listed(r.label for r in rows)}; "
                               f"run the lm_eval task that reports it, or use one of: "
                               f"{', '.join(c.name for c in HEADLINE_COLUMNS)}, {FORGETTING}, {listed(known[:8])}")
         for row in rows:
-            verdicts.append(_judge(t.metric, row, t.bound, t.limit))
+            if t.metric == FORGETTING:
+                checks.append(_judge_forgetting(row, t, collection))
+            else:
+                checks.append(_judge(t.metric, row.label, row.get(t.metric), t.bound, t.limit, _docs(row, t.metric)))
     if baseline:
-        verdicts += _against_baseline(collection, rows, _strict_collect(baseline, "--baseline"), amount, relative)
-    return verdicts
+        checks += _against_baseline(collection, rows, _strict_collect(baseline, "--baseline"), amount, relative)
+    return checks
 
 
 def _strict_collect(paths, what: str) -> Collection:
@@ -163,20 +191,63 @@ def _strict_collect(paths, what: str) -> Collection:
     return collection
 
 
-def _judge(metric: str, row: Row, bound: str, limit: float, note: str = "") -> Verdict:
-    measurement = row.get(metric)
-    if measurement is None:
-        return Verdict(metric, row.label, None, bound, limit, False, "missing")
-    value = measurement.value
-    passed = value >= limit if bound == "min" else value <= limit
-    return Verdict(metric, row.label, value, bound, limit, passed, note)
+def _docs(row: Row, metric: str) -> int | None:
+    for column in HEADLINE_COLUMNS:
+        if column.name == metric:
+            return len(row.samples.get(column.task, {})) or None
+    return len(row.samples.get(metric.partition(":")[0], {})) or None
+
+
+def _judge(metric: str, variant: str, m: Measurement | None, bound: str, limit: float, docs: int | None = None,
+           note: str = "") -> Check:
+    """Three-way: PASS when the whole CI meets the limit, FAIL when none of it does, else INCONCLUSIVE."""
+    if m is None or not math.isfinite(m.value):
+        return Check(metric, variant, None, None, bound, limit, FAIL, "missing")
+    ci = m.interval()
+    if ci is not None:  # a normal-approximation CI can cross a bound the metric cannot (adherence below 0)
+        floor, ceiling = DOMAINS.get(metric, (-math.inf, math.inf))
+        ci = (max(ci[0], floor), min(ci[1], ceiling))
+    low, high = ci if ci is not None else (m.value, m.value)
+    meets = (lambda v: v >= limit) if bound == "min" else (lambda v: v <= limit)
+    worst, best = (low, high) if bound == "min" else (high, low)
+    if meets(worst):
+        verdict = PASS
+    elif not meets(best):
+        verdict = FAIL
+    else:
+        verdict = INCONCLUSIVE
+        half = (high - low) / 2
+        if docs and m.value != limit and math.isfinite(half):
+            note = (note + "; " if note else "") + \
+                f"about {math.ceil(docs * (half / abs(m.value - limit)) ** 2)} docs would resolve it"
+    if ci is None:
+        note = (note + "; " if note else "") + "no CI: lm_eval gave no stderr, judged on the value"
+    return Check(metric, variant, m.value, ci, bound, limit, verdict, note)
+
+
+def _judge_forgetting(row: Row, t: Threshold, collection: Collection) -> Check:
+    base = next((r for r in collection.rows if r.variant == Variant(row.variant.model)), None)
+    judged = judge_forgetting(base, row, collection, t.limit) if base is not None else None
+    if judged is None:
+        raise BakingError(f"{t.origin} needs per-doc output of the plain base model and of {quoted(row.label)} on "
+                          "the baking_forgetting tasks: run lm_eval with --log_samples for both (or use "
+                          "`lm-eval-baking forgetting`)")
+    m = forgetting_measurement(judged)
+    tasks = forgetting_members(collection, base, row)
+    failed = judged["failed_tasks"]
+    note = f"paired over {judged['group']['comparison']['n']} docs of {len(tasks)} tasks"
+    note += f"; tasks failing on their own: {', '.join(failed)}" if failed else ""
+    needed = judged["group"]["judgement"]["docs_to_resolve"]
+    if judged["verdict"] == INCONCLUSIVE and needed:
+        note += f"; about {needed} docs would resolve it"
+    return Check(FORGETTING, row.label, m.value, m.ci, "max", t.limit, judged["verdict"], note)
 
 
 def _against_baseline(collection: Collection, rows: list[Row], baseline: Collection, amount: float,
-                      relative: bool) -> list[Verdict]:
-    metrics = [c.name for c in HEADLINE_COLUMNS] + [FORGETTING]
+                      relative: bool) -> list[Check]:
+    metrics = [c.name for c in HEADLINE_COLUMNS]
     metrics += [f"{task}:{metric}" for task, metric in other_columns(collection)]
-    verdicts = []
+    checks = []
     for row in rows:
         reference = baseline.row(row.label)
         if reference is None:
@@ -184,27 +255,59 @@ def _against_baseline(collection: Collection, rows: list[Row], baseline: Collect
         for metric in metrics:
             before, now = reference.get(metric), row.get(metric)
             higher = _direction(metric, [row, reference])
-            if before is None or now is None or higher is None:
+            if before is None or now is None or higher is None or not math.isfinite(before.value):
                 continue
             slack = amount * abs(before.value) if relative else amount
             limit = before.value - slack if higher else before.value + slack
-            verdicts.append(_judge(metric, row, "min" if higher else "max", limit, note="baseline"))
-    if not verdicts:
+            change = _change_ci(metric, row, reference, before, now, collection)
+            checks.append(_judge(metric, row.label, change, "min" if higher else "max", limit, note="baseline"))
+    if not checks:
         raise BakingError(f"the baseline shares no variant and metric with the results (baseline variants: "
                           f"{listed(r.label for r in baseline.rows)}); compare runs of the same variants")
-    return verdicts
+    return checks
 
 
-def format_verdicts(verdicts: list[Verdict]) -> str:
-    header = ["metric", "variant", "value", "limit", "verdict"]
-    lines = [[v.metric + (" (baseline)" if v.note == "baseline" else ""), v.variant,
-              "missing" if v.value is None else f"{v.value:.4g}",
-              f"{'≥' if v.bound == 'min' else '≤'} {v.limit:.4g}", "PASS" if v.passed else "FAIL"] for v in verdicts]
+def _change_ci(metric: str, row: Row, reference: Row, before: Measurement, now: Measurement,
+               collection: Collection) -> Measurement:
+    """`now` with the CI of (now − before) moved onto it: paired over the docs both runs answered when their
+    per-doc output is there, else from the two stderrs (unpaired), else none."""
+    paired = paired_change(metric, reference, row, collection)
+    if paired is not None:
+        return Measurement(now.value, None, now.higher_is_better, "paired",
+                           (before.value + paired.low, before.value + paired.high))
+    ses = [_stderr(m) for m in (before, now)]
+    if all(se is not None for se in ses):
+        half = Z95 * math.hypot(*ses)
+        return Measurement(now.value, None, now.higher_is_better, "unpaired", (now.value - half, now.value + half))
+    return Measurement(now.value, None, now.higher_is_better, "no CI")
+
+
+def _stderr(m: Measurement) -> float | None:
+    if m.stderr is not None:
+        return m.stderr
+    if m.ci is not None and all(math.isfinite(b) for b in m.ci):
+        return (m.ci[1] - m.ci[0]) / (2 * Z95)
+    return None
+
+
+def overall(checks: list[Check]) -> str:
+    verdicts = {c.verdict for c in checks}
+    return FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+
+
+def format_checks(checks: list[Check]) -> str:
+    header = ["metric", "variant", "value", "95% CI", "limit", "verdict", "note"]
+    lines = [[c.metric + (" (baseline)" if c.note.startswith("baseline") else ""), c.variant,
+              "missing" if c.value is None else f"{c.value:.4g}",
+              "–" if c.ci is None else f"[{c.ci[0]:.4g}, {c.ci[1]:.4g}]",
+              f"{'≥' if c.bound == 'min' else '≤'} {c.limit:.4g}", c.verdict,
+              c.note.removeprefix("baseline").removeprefix("; ")] for c in checks]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     render = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [render(header), render(["-" * w for w in widths])] + [render(line) for line in lines]
-    failed = sum(not v.passed for v in verdicts)
-    out.append(f"\n{len(verdicts) - failed} passed, {failed} failed: " + ("FAIL" if failed else "PASS"))
+    counts = {v: sum(c.verdict == v for c in checks) for v in (PASS, FAIL, INCONCLUSIVE)}
+    out.append(f"\n{counts[PASS]} passed, {counts[FAIL]} failed, {counts[INCONCLUSIVE]} inconclusive: "
+               f"{overall(checks)}")
     return "\n".join(out)
 
 
@@ -213,7 +316,8 @@ NAMED_THRESHOLDS = (
     ("--min-quality", "quality", "min", "lowest baking_mckl quality (1 = the prompt's effect fully baked in)"),
     ("--max-kl", "kl", "max", "highest baking_mckl kl_per_token"),
     ("--max-forgetting", FORGETTING, "max",
-     "largest relative drop (%) of the baking_forgetting accuracy versus the base model, e.g. 3.4"),
+     "largest allowed relative drop (%) of the baking_forgetting accuracy versus the base model, paired per doc "
+     "(needs lm_eval --log_samples), e.g. 3.4"),
     ("--max-drift", "drift", "max", "highest persona drift (adherence early minus late)"),
     ("--min-adherence", "adherence", "min", "lowest persona adherence"),
 )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+import math
 
 from .collect import display_path
-from .forgetting import build_report, label as adapter_label, short_task
+from .forgetting import label as adapter_label, short_task
 from .results_files import is_number
-from .rows import FORGETTING_GROUP, FORGETTING_METRIC, Collection, Row, Skipped
+from .rows import Collection, Row, Skipped
 
 
 def _pyplot():
@@ -83,75 +84,85 @@ def plot_pursuit(pursuits: list[tuple[str, dict]]) -> bytes | None:
 
 
 def plot_drift(rows: list[Row]) -> bytes | None:
-    curves = [(r.label, r.drift_curve) for r in rows if r.drift_curve]
+    """Adherence by turn, with the 95% CI over conversations as a band where one was computed."""
+    curves = [(f"{r.label} · {persona}" if len(r.drift) > 1 else r.label, summary["turns"])
+              for r in rows if r.drift for persona, summary in r.drift.items()]
+    curves += [(r.label, {t: {"value": v, "ci": [v, v]} for t, v in r.drift_curve.items()})
+               for r in rows if not r.drift and r.drift_curve]
     if not curves:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
-    for label, curve in curves:
-        ax.plot(list(curve), list(curve.values()), marker="o", label=label)
+    for label, turns in curves:
+        xs = sorted(turns)
+        ys = [turns[t]["value"] for t in xs]
+        line, = ax.plot(xs, ys, marker="o", label=label)
+        low = [turns[t]["ci"][0] for t in xs]
+        high = [turns[t]["ci"][1] for t in xs]
+        if all(math.isfinite(v) for v in low + high) and low != high:
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xlabel("agent turn the probe follows")
-    ax.set_ylabel("persona adherence")
+    ax.set_ylabel("persona adherence (95% CI over conversations)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("Persona drift by turn (baking_persona_drift)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return _png(fig)
 
 
 def plot_forgetting(collection: Collection, threshold_pct: float) -> list[tuple[str, bytes]]:
-    """Heatmaps of relative change per forgetting task: from lm_eval runs, and per forgetting.json."""
-    reports = []
-    members = collection.subtasks.get(FORGETTING_GROUP, [])
-    for base in (r for r in collection.rows if r.variant.is_plain_base):
-        tasks = [t for t in members if (t, FORGETTING_METRIC) in base.metrics]
-        others = [r for r in collection.rows if r.variant.model == base.variant.model and r is not base
-                  and all((t, FORGETTING_METRIC) in r.metrics for t in tasks)]
-        if not tasks or not others:
-            continue
-        scores = {None: _scores(base, tasks)}
-        # The heatmap labels rows with Path(name).name, so keep '/' out of the names.
-        names = [r.label.replace("/", "›") for r in others]
-        scores.update({name: _scores(r, tasks) for name, r in zip(names, others)})
-        report = build_report(base.variant.model, names, tasks, scores, threshold_pct)
-        reports.append((f"lm_eval runs on {base.label}", report))
-    reports += [(display_path(d) + "/forgetting.json", r) for d, r in collection.forgetting_reports]
+    """One heatmap per base model: each adapter's paired change per forgetting task (lm_eval runs with
+    --log_samples, or `lm-eval-baking forgetting` reports)."""
     images = []
-    for title, report in reports:
+    for base in (r for r in collection.rows if r.variant.is_plain_base):
+        judged = [(r.label, r.forgetting) for r in collection.rows
+                  if r.variant.model == base.variant.model and r.forgetting]
+        if not judged:
+            continue
         try:
-            images.append((title, forgetting_heatmap(report)))
+            images.append((f"paired against {base.label}", forgetting_heatmap(judged, threshold_pct)))
         except (KeyError, TypeError, ValueError) as e:
-            collection.skipped.append(Skipped(title, f"no forgetting heatmap ({e})"))
+            collection.skipped.append(Skipped(base.label, f"no forgetting heatmap ({e})"))
     return images
 
 
-def _scores(row: Row, tasks: list[str]) -> dict[str, dict]:
-    return {t: {"metric": FORGETTING_METRIC, "score": row.metrics[(t, FORGETTING_METRIC)].value,
-                "stderr": row.metrics[(t, FORGETTING_METRIC)].stderr} for t in tasks}
-
-
-def forgetting_heatmap(report: dict) -> bytes:
-    """Relative change (%) per adapter and task; failing cells are marked with '!'."""
+def forgetting_heatmap(judged: list[tuple[str, dict]], threshold_pct: float) -> bytes:
+    """Relative change (%) per adapter and task, painted only where its paired CI excludes zero."""
     import numpy as np
 
     plt = _pyplot()
-    tasks, adapters = report["tasks"], report["adapters"]
-    cells = [[report["per_task"][t]["adapters"][a] for t in tasks] for a in adapters]
-    values = np.array([[c["relative_change_pct"] if c["relative_change_pct"] is not None else np.nan
-                        for c in row] for row in cells], dtype=float).reshape(len(adapters), len(tasks))
-    span = max(report["threshold_pct"] * 2, np.nanmax(np.abs(values)) if np.isfinite(values).any() else 0.0)
-
-    # The rotated task names take ~2 inches; the rest keeps a one-adapter colour bar tall enough for its label.
-    fig, ax = plt.subplots(figsize=(2.0 + 1.1 * len(tasks), 3.4 + 0.5 * len(adapters)), layout="constrained")
-    image = ax.imshow(values, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
-    ax.set_xticks(range(len(tasks)), [short_task(t) for t in tasks], rotation=45, ha="right")
-    ax.set_yticks(range(len(adapters)), [adapter_label(a) for a in adapters])
-    for row, adapter_cells in enumerate(cells):
-        for col, cell in enumerate(adapter_cells):
-            value = cell["relative_change_pct"]
-            text = "n/a" if value is None else f"{value:+.1f}%" + ("" if cell["passed"] else " !")
-            dark_cell = value is not None and abs(value) > 0.6 * span
-            ax.text(col, row, text, ha="center", va="center", fontsize=8, color="white" if dark_cell else "black")
-    fig.colorbar(image, ax=ax, label="change vs base (%)")
-    ax.set_title(f"Cross-task forgetting (fail: drop > {report['threshold_pct']}%)", fontsize=10)
-
+    tasks = sorted({t for _, j in judged for t in j["per_task"]})
+    columns = tasks + ["all docs"]
+    cells = [[j["per_task"].get(t) for t in tasks] + [j["group"]] for _, j in judged]
+    values = np.array([[_painted(c) for c in row] for row in cells], dtype=float).reshape(len(judged), len(columns))
+    shown = np.abs(values[np.isfinite(values)])
+    span = max(threshold_pct * 2, float(shown.max()) if shown.size else 0.0)
+    fig, ax = plt.subplots(figsize=(2.4 + 1.15 * len(columns), 3.6 + 0.55 * len(judged)), layout="constrained")
+    image = ax.imshow(np.nan_to_num(values, nan=0.0), cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+    ax.set_xticks(range(len(columns)), [short_task(t) for t in columns], rotation=45, ha="right")
+    ax.set_yticks(range(len(judged)), [label.replace("/", "›") for label, _ in judged])
+    for row, row_cells in enumerate(cells):
+        for col, cell in enumerate(row_cells):
+            value = values[row, col]
+            if cell is None:
+                text = "n/a"
+            else:
+                change = "n.s." if not cell["changed"] else f"{value:+.1f}%"
+                text = f"{change}\n{cell['verdict'][:5].lower()}"
+            dark = math.isfinite(value) and abs(value) > 0.6 * span
+            ax.text(col, row, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    fig.colorbar(image, ax=ax, label="paired change vs base (%), 0 where the CI includes 0")
+    ax.set_title(f"Cross-task forgetting, paired per doc (allowed drop {threshold_pct}%)", fontsize=10)
     return _png(fig)
+
+
+def _painted(cell: dict | None) -> float:
+    """The cell's relative change in %, 0 when its CI includes zero (not a change), NaN when missing."""
+    if cell is None or cell["comparison"]["relative_change"] is None:
+        return math.nan
+    return 100 * cell["comparison"]["relative_change"] if cell["changed"] else 0.0
+
+
+def report_heatmap(report: dict) -> bytes:
+    """The heatmap of a forgetting.json written by `lm-eval-baking forgetting`."""
+    judged = [(adapter_label(a), report["per_adapter"][a]) for a in report["adapters"]]
+    return forgetting_heatmap(judged, report["threshold_pct"])

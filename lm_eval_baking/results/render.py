@@ -21,10 +21,12 @@ def render_markdown(title, tables, plots, collection: Collection) -> str:
     return "\n".join(lines) + "\n"
 
 
-LEGEND = ("MC-KL / token and quality: `baking_mckl` (KL from the prompted base; quality = 1 − KL/KL(unprompted base)). "
-          "Persona adherence and drift (adherence at turns ≤ 5 minus turns ≥ 25): `baking_persona_drift`; drift's "
-          "± combines the early and late stderrs. Forgetting acc: mean accuracy of the `baking_forgetting` "
-          "BIG-bench group; its drop is relative to the base model. ± is lm_eval's stderr.")
+LEGEND = ("MC-KL / token and quality: `baking_mckl` (KL from the prompted base; quality = 1 − KL/KL(unprompted base), "
+          "[95% paired-bootstrap CI over the held-out answers]). Persona adherence and drift (adherence at turns "
+          "≤ 5 minus turns ≥ 25): `baking_persona_drift`, drift with a 95% CI over conversations when lm_eval ran "
+          "with --log_samples. Forgetting acc: mean accuracy of the `baking_forgetting` BIG-bench group; 'forgetting "
+          "vs base' is the paired change over all its docs, shown as a drop only when its 95% CI excludes zero, "
+          "with the verdict against the allowed drop. ± is lm_eval's stderr.")
 
 
 def _md_row(cells) -> str:

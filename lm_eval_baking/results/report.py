@@ -18,7 +18,22 @@ from .forgetting import DEFAULT_THRESHOLD_PCT
 from .plots import plot_drift, plot_forgetting, plot_kl_per_epoch, plot_pursuit
 from .render import LEGEND, render_html, render_markdown
 from .rows import Collection
-from .tables import all_metrics, bakes_table, leaderboard, pursuit_tables, variants_table
+from .tables import (
+    all_metrics, bakes_table, drift_pairs_table, drift_table, forgetting_table, leaderboard, pursuit_tables,
+    variants_table,
+)
+
+FORGETTING_NOTE = ("Each adapter against the base model on the same docs (lm_eval --log_samples): McNemar's exact "
+                   "test and a paired bootstrap CI of the relative change. Per-task CIs are Bonferroni-adjusted over "
+                   "the tasks and p is Holm-adjusted; 'all docs pooled' is the group verdict (95%). PASS: the CI's "
+                   "worst case is within the allowed drop of {threshold}%; FAIL: a larger drop is established; "
+                   "INCONCLUSIVE: the docs cannot tell. 'detectable drop' is the smallest drop this many docs "
+                   "detect with 80% power.")
+DRIFT_NOTE = ("Adherence after each probed turn (mean over conversations, 1 greedy + sampled answers per probe), "
+              "with 95% CIs that resample whole conversations; drift = early − late per conversation; trend = "
+              "least-squares slope of adherence per turn.")
+DRIFT_PAIRS_NOTE = ("Baked − prompted adherence on the same conversations and probes, paired doc by doc, with a 95% "
+                    "CI over conversations. 'no difference' when the CI includes zero.")
 
 
 @dataclass
@@ -44,8 +59,10 @@ def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: 
     """
     output = Path(output)
     _check_output(output, paths)
-    collection = collect(paths)
     threshold = DEFAULT_THRESHOLD_PCT if forgetting_threshold_pct is None else forgetting_threshold_pct
+    if not threshold > 0:
+        raise BakingError(f"--forgetting-threshold must be above 0 (got {threshold}); it is the allowed drop in %")
+    collection = collect(paths, forgetting_threshold_pct=threshold)
     plots = [
         ("KL per epoch", "kl_per_epoch.png", plot_kl_per_epoch(collection.bakes)),
         ("Pursuit rounds", "pursuit_rounds.png", plot_pursuit(collection.pursuits)),
@@ -57,6 +74,9 @@ def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: 
     tables = [  # (heading, note, header, cells)
         ("Leaderboard", LEGEND, *leaderboard(collection)),
         ("Variants", "", *variants_table(collection)),
+        ("Forgetting, paired per doc", FORGETTING_NOTE.format(threshold=threshold), *forgetting_table(collection)),
+        ("Persona drift", DRIFT_NOTE, *drift_table(collection)),
+        ("Persona drift: baked − prompted", DRIFT_PAIRS_NOTE, *drift_pairs_table(collection)),
         ("Bakes", "Held-out KL per answer token from each bake's own teacher (baking.json).",
          *bakes_table(collection)),
         *[(f"Pursuit: {name}", note, h, c) for name, note, h, c in pursuit_tables(collection)],

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..constants import DRIFT_TASK, FORGETTING_GROUP, MCKL_TASK
 
 FORGETTING_METRIC = "acc"
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ HEADLINE_COLUMNS = (
     Column("forgetting_acc", "forgetting acc", FORGETTING_GROUP, FORGETTING_METRIC, True),
 )
 FORGETTING = "forgetting"
-"""Derived metric: relative drop (%) of the forgetting accuracy versus the plain base model."""
+"""Derived metric: the paired relative change (%) of the forgetting group's accuracy versus the plain base
+model, pooled over all its docs, with its CI and verdict (negative = a drop)."""
 
 
 @dataclass
@@ -43,6 +45,18 @@ class Measurement:
     stderr: float | None = None
     higher_is_better: bool | None = None
     source: str = ""
+    ci: tuple[float, float] | None = None
+    """The 95% CI when one was computed (a bootstrap); else `interval()` uses lm_eval's stderr."""
+    verdict: str | None = None
+    """For a comparison against a threshold (forgetting): PASS, FAIL or INCONCLUSIVE."""
+
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% CI: the computed one, else value ± 1.96 stderr, else None (lm_eval gave no stderr)."""
+        if self.ci is not None:
+            return self.ci
+        if self.stderr is not None:
+            return (self.value - Z95 * self.stderr, self.value + Z95 * self.stderr)
+        return None
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,12 @@ class Row:
     metrics: dict[tuple[str, str], Measurement] = field(default_factory=dict)
     """(task, metric) -> measurement; derived metrics use the task name FORGETTING."""
     drift_curve: dict[int, float] | None = None
+    samples: dict[str, dict[int, dict]] = field(default_factory=dict)
+    """task -> doc_id -> that doc's lm_eval sample (`--log_samples`): what paired comparisons pair."""
+    forgetting: dict | None = None
+    """The paired forgetting judgement against the plain base model (results.forgetting.judge_adapter)."""
+    drift: dict | None = None
+    """Adherence by turn and drift with CIs over conversations (results.drift.drift_summary)."""
     sources: list[str] = field(default_factory=list)
     dates: dict[str, float] = field(default_factory=dict)
     """task -> date of the run it came from (the newest run of a task wins)."""
@@ -98,6 +118,8 @@ class Collection:
     skipped: list[Skipped]
     subtasks: dict[str, list[str]]
     """group -> member tasks, as lm_eval reported them."""
+    drift_pairs: list[dict] = field(default_factory=list)
+    """Baked − prompted adherence per turn, paired (results.derived)."""
 
     def row(self, label: str) -> Row | None:
         return next((r for r in self.rows if r.label == label), None)

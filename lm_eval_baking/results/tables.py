@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..core.harness import headline_metric
 from .collect import display_path
+from .drift import interval_text
+from .forgetting import change_text
 from .results_files import is_number
 from .rows import FORGETTING, HEADLINE_COLUMNS, Collection, Measurement, Skipped
 
@@ -27,23 +30,38 @@ def other_columns(collection: Collection) -> list[tuple[str, str]]:
 
 
 def format_value(m: Measurement | None, spec: str = ".4f", suffix: str = "") -> str:
-    if m is None:
+    """'0.867 [0.801, 0.921]' with a computed CI, '0.051 ± 0.009' with lm_eval's stderr, else the value alone."""
+    if m is None or not math.isfinite(m.value):
         return "–"
     text = format(m.value, spec) + suffix
+    if m.ci is not None and all(math.isfinite(b) for b in m.ci):
+        return f"{text} [{format(m.ci[0], spec)}, {format(m.ci[1], spec)}]"
     return text + (f" ± {format(m.stderr, spec)}" if m.stderr is not None else "")
+
+
+def forgetting_cell(m: Measurement | None) -> str:
+    """A drop is shown only when its CI excludes zero; otherwise 'no change' with the CI that says how much
+    could hide in the noise. The verdict is against the report's allowed drop."""
+    if m is None or m.ci is None or not math.isfinite(m.value):
+        return "–"
+    low, high = m.ci
+    bounds = f"[{low:+.1f}, {high:+.1f}]" if math.isfinite(low) and math.isfinite(high) else "[no CI]"
+    if low <= 0 <= high:
+        return f"no change, drop CI {bounds}% {m.verdict}"
+    return f"{'drop' if m.value > 0 else 'gain'} {abs(m.value):.1f}% {bounds} {m.verdict}"
 
 
 def leaderboard(collection: Collection) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the leaderboard: one row per variant."""
     extra = other_columns(collection)
-    header = ["variant", "kind"] + [c.title for c in HEADLINE_COLUMNS] + ["forgetting drop vs base"]
+    header = ["variant", "kind"] + [c.title for c in HEADLINE_COLUMNS] + ["forgetting vs base (paired)"]
     header += [f"{task} {metric}" for task, metric in extra]
     cells = []
     for row in collection.rows:
         line = [row.label, row.kind]
         line += [format_value(row.metrics.get((c.task, c.metric)), ".3f" if c.name != "kl" else ".4f")
                  for c in HEADLINE_COLUMNS]
-        line.append(format_value(row.get(FORGETTING), ".1f", "%"))
+        line.append(forgetting_cell(row.get(FORGETTING)))
         line += [format_value(row.metrics.get(key)) for key in extra]
         cells.append(line)
     return header, cells
@@ -113,3 +131,60 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
+
+
+def forgetting_table(collection: Collection) -> tuple[list[str], list[list[str]]]:
+    """Per adapter and task: the paired change, its CI, Holm-adjusted p, the smallest detectable drop, verdict."""
+    header = ["variant", "task", "docs", "base", "change (paired) [CI]", "p (Holm)", "detectable drop", "verdict"]
+    cells = []
+    for row in collection.rows:
+        if not row.forgetting:
+            continue
+        for task, cell in [*row.forgetting["per_task"].items(), ("all docs pooled", row.forgetting["group"])]:
+            if cell is None:
+                continue
+            c = cell["comparison"]
+            mdd = cell.get("minimum_detectable_drop_pct")
+            cells.append([row.label, task.removeprefix("baking_forgetting_"), str(c["n"]), f"{c['base_mean']:.3f}",
+                          change_text(cell), _p(cell.get("p_holm", c["p_value"])),
+                          "–" if mdd is None or not math.isfinite(mdd) else f"{mdd:.1f}%", cell["verdict"]])
+    return header, cells
+
+
+def drift_table(collection: Collection) -> tuple[list[str], list[list[str]]]:
+    """Per variant and persona: adherence after each probed turn, early, late, drift and trend, each with a CI."""
+    turns = sorted({t for r in collection.rows for s in (r.drift or {}).values() for t in s["turns"]})
+    header = ["variant", "persona", "conversations"] + [f"turn {t}" for t in turns] + \
+        ["early (≤ 5)", "late (≥ 25)", "drift = early − late", "trend / turn"]
+    cells = []
+    for row in collection.rows:
+        for persona, s in (row.drift or {}).items():
+            cells.append([row.label, persona, str(s["conversations"])]
+                         + [interval_text(s["turns"].get(t)) for t in turns]
+                         + [interval_text(s["early"]), interval_text(s["late"]), interval_text(s["drift"]),
+                            interval_text(s.get("trend_per_turn"), "+.4f")])
+    return header, cells
+
+
+def drift_pairs_table(collection: Collection) -> tuple[list[str], list[list[str]]]:
+    """Baked − prompted adherence per turn, paired doc by doc, with a CI over conversations."""
+    turns = sorted({t for pair in collection.drift_pairs for t in pair["by_turn"]})
+    header = ["baked", "prompted"] + [f"turn {t}" for t in turns]
+    cells = [[pair["baked"].label, pair["prompted"].label]
+             + [_paired(pair["by_turn"].get(t)) for t in turns] for pair in collection.drift_pairs]
+    return header, cells
+
+
+def _paired(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    low, high = entry["ci"]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{entry['value']:+.2f} (no CI)"
+    if not entry["changed"]:
+        return f"no difference [{low:+.2f}, {high:+.2f}]"
+    return f"{entry['value']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def _p(value) -> str:
+    return "–" if value is None else (f"{value:.3f}" if value >= 0.001 else "<0.001")

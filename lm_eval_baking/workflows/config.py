@@ -26,10 +26,16 @@ class DemoSettings:
     pursuit_questions: int = setting(120, help=(
         "Questions per pursuit round (a seeded sample of the main bake's pool), 20% held out."))
     pursuit_max_new_tokens: int = setting(16, help="Answer length of the pursuit bakes, in tokens.")
-    drift_turns: int = setting(30, help="Agent turns of the drift conversation (the project measures drift over >= 30).")
-    drift_probes_at: tuple[int, ...] = setting((1, 15, 30), help=(
+    drift_persona: str = setting("pirate_speech", help=(
+        "Persona whose scorer measures drift: pirate_speech counts pirate words anywhere in an answer, because the "
+        "default model stops opening with 'Ahoy' once a conversation has started."))
+    drift_turns: int = setting(30, help="Agent turns of each drift conversation (the project measures drift over >= 30).")
+    drift_conversations: int = setting(5, help=(
+        "Drift conversations (each with its own opener and topics): the CIs resample whole conversations."))
+    drift_probes_at: tuple[int, ...] = setting((1, 30), help=(
         "Turns after which the drift probes are asked: the late ones carry the long contexts that dominate the "
         "drift evaluation's cost."))
+    drift_sampled_answers: int = setting(1, help="Answers sampled at T=1 per drift probe, besides the greedy one.")
     drift_max_new_tokens: int = setting(24, help=(
         "Length cap of each conversation turn: shorter turns keep the turn-30 context (and its cost) down."))
     forgetting_docs: int = setting(20, help=(
@@ -48,6 +54,8 @@ class DemoSettings:
             (self.pursuit_rounds >= 1, "--pursuit-rounds must be at least 1"),
             (self.pursuit_questions >= 5, "--pursuit-questions must be at least 5 (20% are held out)"),
             (self.drift_turns >= 1, "--drift-turns must be at least 1"),
+            (self.drift_conversations >= 1, "--drift-conversations must be at least 1"),
+            (self.drift_sampled_answers >= 0, "--drift-sampled-answers must be 0 or more"),
             (self.forgetting_docs >= 1, "--forgetting-docs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
         ]

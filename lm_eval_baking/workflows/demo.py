@@ -96,8 +96,9 @@ def run_demo(settings: DemoSettings | None = None, *, progress: bool = True) -> 
     with step("pursuit"):
         pursued = _pursue(settings, config, progress, reused)
     with step("drift conversations"):
-        drift = prepare_drift_data(settings.bake_dir, turns=settings.drift_turns, probes_at=settings.drift_probes_at,
-                                   max_new_tokens=settings.drift_max_new_tokens, progress=progress)
+        drift = prepare_drift_data(settings.bake_dir, [settings.drift_persona], turns=settings.drift_turns,
+                                   probes_at=settings.drift_probes_at, max_new_tokens=settings.drift_max_new_tokens,
+                                   conversations=settings.drift_conversations, progress=progress)
         if not drift.generated:
             reused.append("drift conversations")
     with step("forgetting data"):
@@ -198,7 +199,8 @@ def lm_eval_command(lm_eval: str, base: str, evaluation: str, settings: DemoSett
     return LmEvalRun(base=base, tasks=tasks, adapter=str(adapter) if adapter else None,
                      system_instruction=system_instruction, dtype=dtype, device=settings.device,
                      batch_size=settings.batch_size, log_samples=True, output_path=str(output),
-                     metadata={"bake": str(settings.bake_dir), "max_docs": settings.forgetting_docs},
+                     metadata={"bake": str(settings.bake_dir), "max_docs": settings.forgetting_docs,
+                               "sampled_answers": settings.drift_sampled_answers},
                      executable=lm_eval).argv()
 
 

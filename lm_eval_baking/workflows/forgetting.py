@@ -1,7 +1,7 @@
 """`lm-eval-baking forgetting`: score the base model and each adapter on every task, judge, write the report.
 
-    OUTPUT/forgetting.json   every score, each adapter's change per task and its verdict
-    OUTPUT/forgetting.png    a heatmap of the change, adapters x tasks
+    OUTPUT/forgetting.json   every doc's score, each adapter's paired change per task and pooled, its verdict
+    OUTPUT/forgetting.png    a heatmap of the paired change, adapters x tasks (painted only where the CI excludes 0)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from ..constants import FORGETTING_HEATMAP, FORGETTING_RECORD
 from ..errors import BakingError
 from ..evals.forgetting import DEFAULT_BATCH_SIZE, score_models
 from ..results.forgetting import DEFAULT_THRESHOLD_PCT, build_report
-from ..results.plots import forgetting_heatmap
+from ..results.plots import report_heatmap
 from ..utils.atomic import write_bytes, write_json
 
 
@@ -25,12 +25,12 @@ def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], ou
     output_dir = _writable_dir(output_dir)  # fail now, not after an hour of evaluation
     run = score_models(base_model, adapters, tasks, limit=limit, batch_size=batch_size, device=device,
                        apply_chat_template=apply_chat_template, progress=progress)
-    scores = {adapter: {task: {"metric": s.metric, "score": s.score, "stderr": s.stderr}
-                        for task, s in by_task.items()} for adapter, by_task in run.scores.items()}
-    report = build_report(run.base_model, run.adapters, run.tasks, scores, threshold_pct)
+    per_doc = {adapter: {task: s.per_doc for task, s in by_task.items()} for adapter, by_task in run.scores.items()}
+    metrics = {task: s.metric for task, s in run.scores[None].items()}
+    report = build_report(run.base_model, run.adapters, run.tasks, per_doc, threshold_pct, metrics=metrics)
     report.update(limit=limit, device=device, apply_chat_template=apply_chat_template)
     write_json(output_dir / FORGETTING_RECORD, report)
-    write_bytes(output_dir / FORGETTING_HEATMAP, forgetting_heatmap(report))
+    write_bytes(output_dir / FORGETTING_HEATMAP, report_heatmap(report))
     return report
 
 

@@ -14,11 +14,10 @@ from lm_eval_baking import BakeConfig, BakingError, bake
 from lm_eval_baking.cli import evaluating
 from lm_eval_baking.constants import CONVERSATIONS as CONVERSATIONS_FILE, DRIFT_DOCS as DOCS_FILE
 from lm_eval_baking.evals.config import ConversationSettings
-from lm_eval_baking.evals.drift import (
-    TASK_NAME, first_turn_adherence, generate_conversations, lm_eval_commands, prepare_drift_data, swap_roles,
-)
+from lm_eval_baking.evals.conversations import generate_conversations, swap_roles
+from lm_eval_baking.evals.drift import TASK_NAME, first_turn_adherence, lm_eval_commands, prepare_drift_data
 from lm_eval_baking.evals.lm_tasks import drift_dataset as load_drift_dataset
-from lm_eval_baking.results.collect import adherence_curve
+from lm_eval_baking.results.drift import adherence_curve
 from lm_eval_baking.evals.personas import (
     BUILTIN_PERSONAS, DEFAULT_PROBES, get_persona, load_persona_file, persona_for_prompt,
 )
@@ -28,10 +27,11 @@ from lm_eval_baking.evals.similarity import reference_similarity
 from conftest import PIRATE
 
 # Tiny turns keep 25 turns inside the tiny model's 512-token context and the test fast.
-TINY_TURNS = dict(turns=25, probes_at=(1, 3, 25), max_new_tokens=2)
+TINY_TURNS = dict(turns=25, probes_at=(1, 3, 25), max_new_tokens=2, conversations=1)
 
 GOOD_AND_BAD = {
     "pirate": ("**Ahoy!** The sea be calm, matey.", "Hello! The sea is calm."),
+    "pirate_speech": ("Brew it strong, me hearty, as any sailor would.", "Boil water, then add the tea leaves."),
     "french": ("La lune est très belle et je suis content.", "The moon is a rock that orbits the Earth."),
     "spanish": ("La luna es muy bonita y el cielo está claro.", "The moon is a rock that orbits the Earth."),
     "cat_lover": ("Tuna, like my cat.", "Pizza with extra cheese."),
@@ -169,7 +169,8 @@ def test_drift_data_holds_the_conversation_and_one_doc_per_turn_and_probe(pirate
 
 def test_drift_data_reuses_a_matching_conversation(pirate_bake):
     conversation = (pirate_bake / CONVERSATIONS_FILE).read_text()
-    data = prepare_drift_data(pirate_bake, turns=25, probes_at=(0, 25), max_new_tokens=2, progress=False)
+    data = prepare_drift_data(pirate_bake, turns=25, probes_at=(0, 25), max_new_tokens=2, conversations=1,
+                              progress=False)
     assert data.generated == [] and data.n_docs == 2 * len(DEFAULT_PROBES)
     assert (pirate_bake / CONVERSATIONS_FILE).read_text() == conversation
     prepare_drift_data(pirate_bake, **TINY_TURNS, progress=False)  # restore the docs other tests use
@@ -228,7 +229,7 @@ def test_drift_data_command_prints_both_lm_eval_commands(pirate_bake, capsys):
     parser = argparse.ArgumentParser()
     evaluating.register(parser.add_subparsers())
     args = parser.parse_args(["drift-data", str(pirate_bake), "--turns", "25", "--probes-at", "1", "3", "25",
-                              "--max-new-tokens", "2", "--quiet"])
+                              "--max-new-tokens", "2", "--conversations", "1", "--quiet"])
     args.run(args)
     out = capsys.readouterr().out
     assert "Personas: pirate (conversations reused: pirate)" in out

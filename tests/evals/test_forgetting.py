@@ -8,6 +8,7 @@ shape. The first run downloads BIG-bench's sdist (~360 MB) into the cache.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -138,31 +139,51 @@ def test_forgetting_command_writes_json_and_heatmap(bigbench_tasks, tiny_model_d
         "--threshold", "1000",  # a drop can't exceed 100%, so this run must pass
     ])
 
-    assert args.run(args) == 0
+    code = args.run(args)
     report = json.loads((out / "forgetting.json").read_text())
+    assert code == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[report["verdict"]]
     assert report["tasks"] == [LM_EVAL_TASK] and report["adapters"] == [str(tiny_adapter)]
-    cell = report["per_task"][LM_EVAL_TASK]
-    assert cell["metric"] == "acc"
-    assert set(cell["adapters"]) == {str(tiny_adapter)}
-    assert set(cell["adapters"][str(tiny_adapter)]) >= {"score", "absolute_change", "relative_change_pct", "passed"}
-    assert report["per_adapter"][str(tiny_adapter)]["passed"] is True
+    assert report["metrics"] == {LM_EVAL_TASK: "acc"}
+    # Every doc's score is kept, so any later comparison can be paired doc by doc.
+    assert len(report["per_doc"]["base"][LM_EVAL_TASK]) == 4
+    assert set(report["per_doc"][str(tiny_adapter)][LM_EVAL_TASK]) == set(report["per_doc"]["base"][LM_EVAL_TASK])
+    judged = report["per_adapter"][str(tiny_adapter)]
+    cell = judged["per_task"][LM_EVAL_TASK]
+    assert cell["comparison"]["n"] == 4 and cell["comparison"]["test"] == "mcnemar-exact"
+    assert cell["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE") and "p_holm" in cell
+    assert judged["group"]["comparison"]["n"] == 4
     assert matplotlib.image.imread(out / "forgetting.png").ndim == 3
-    assert "PASS" in capsys.readouterr().out
+    assert report["verdict"] in capsys.readouterr().out
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temp files left behind"
 
 
-def test_a_relative_drop_above_the_threshold_fails():
-    scores = {
-        None: {"t1": {"metric": "acc", "score": 0.50, "stderr": 0.03}, "t2": {"metric": "acc", "score": 0.0, "stderr": 0.0}},
-        "ad": {"t1": {"metric": "acc", "score": 0.48, "stderr": 0.03}, "t2": {"metric": "acc", "score": 0.1, "stderr": 0.02}},
-    }
-    strict = build_report("base", ["ad"], ["t1", "t2"], scores, threshold_pct=3.4)
-    lenient = build_report("base", ["ad"], ["t1", "t2"], scores, threshold_pct=5.0)
+def _docs(correct: list[int]) -> dict[int, float]:
+    return {i: float(c) for i, c in enumerate(correct)}
 
-    assert strict["per_task"]["t1"]["adapters"]["ad"]["relative_change_pct"] == pytest.approx(-4.0)
-    assert strict["per_task"]["t2"]["adapters"]["ad"]["relative_change_pct"] is None, "no relative change from 0"
-    assert strict["per_adapter"]["ad"] == {"max_relative_drop_pct": pytest.approx(4.0), "worst_task": "t1", "passed": False}
-    assert strict["passed"] is False and lenient["passed"] is True
+
+def test_a_drop_beyond_the_threshold_is_established_and_noise_is_not():
+    rng = random.Random(0)
+    base = [1 if rng.random() < 0.5 else 0 for _ in range(1500)]
+    # 20% of the base model's right answers turned wrong: a 20% relative drop.
+    damaged = [0 if b and rng.random() < 0.2 else b for b in base]
+    # About 2% of answers flipped each way: no change in expectation.
+    noisy = [1 - b if rng.random() < 0.02 else b for b in base]
+    tasks = {"t1": range(0, 750), "t2": range(750, 1500)}
+
+    def per_doc(scores):
+        return {t: {i: float(scores[i]) for i in ids} for t, ids in tasks.items()}
+
+    report = build_report("base", ["damaged", "noisy"], list(tasks),
+                          {None: per_doc(base), "damaged": per_doc(damaged), "noisy": per_doc(noisy)}, 3.4)
+    assert report["per_adapter"]["damaged"]["verdict"] == "FAIL"
+    assert report["per_adapter"]["damaged"]["group"]["changed"]
+    assert report["per_adapter"]["noisy"]["verdict"] != "FAIL"
+    assert report["verdict"] == "FAIL" and report["passed"] is False
+    lenient = build_report("base", ["damaged"], list(tasks), {None: per_doc(base), "damaged": per_doc(damaged)}, 60.0)
+    assert lenient["verdict"] == "PASS"
+    # With a single doc per task nothing can be resolved either way.
+    tiny = build_report("base", ["a"], ["t"], {None: {"t": _docs([1])}, "a": {"t": _docs([0])}}, 3.4)
+    assert tiny["verdict"] == "INCONCLUSIVE"
 
 
 # (d) bad input ------------------------------------------------------------

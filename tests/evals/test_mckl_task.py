@@ -81,3 +81,38 @@ def test_adapter_without_bake_data_is_a_clear_error(tiny_model_dir, tmp_path):
                           "--tasks", "baking_mckl"], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode != 0
     assert "has no baking.json" in run.stderr
+
+
+def _lm_eval_fails(tmp_path, model_args, *extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run([LM_EVAL, "--model", "hf", "--model_args", model_args, "--device", "cpu",
+                          "--include_path", str(tasks_path()), "--tasks", "baking_mckl", *extra],
+                         capture_output=True, text=True, env=env, timeout=600)
+    ours = [line for line in run.stderr.splitlines() if line.startswith("lm-eval-baking: error: ")]
+    return run, ours
+
+
+def test_a_context_built_without_the_chat_template_is_refused_in_one_line(small_bake, tiny_model_dir, tmp_path):
+    """Scored outside the chat template, the answers' log-probs mean nothing: quality -0.8 for a good bake."""
+    run, ours = _lm_eval_fails(tmp_path, f"pretrained={tiny_model_dir},peft={small_bake.output}")
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len(ours) == 1 and "--apply_chat_template" in ours[0]
+    assert not list(tmp_path.rglob("results_*.json"))
+
+
+def test_a_pickle_only_adapter_given_to_lm_eval_is_refused_in_one_line(small_bake, tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    adapter = tmp_path / "pickled"
+    shutil.copytree(small_bake.output, adapter)
+    weights = adapter / "adapter_model.safetensors"
+    torch.save(load_file(str(weights)), adapter / "adapter_model.bin")
+    weights.unlink()
+    # PEFT loads plain tensors with torch's weights_only unpickler before any task code runs; our task then
+    # refuses the pickle like every other adapter load does (a pickle that carries code torch refuses itself).
+    run, ours = _lm_eval_fails(tmp_path, f"pretrained={tiny_model_dir},peft={adapter}", "--apply_chat_template")
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len(ours) == 1 and "only pickle weights (adapter_model.bin)" in ours[0] and "--allow-pickle" in ours[0]

@@ -229,12 +229,6 @@ def test_the_record_holds_what_a_rerun_needs(tiny_model_dir, question_file, tmp_
 # ---------------------------------------------------------------------------- untrusted adapters
 
 
-@pytest.fixture(scope="module")
-def small_bake(tiny_model_dir, question_file, tmp_path_factory):
-    return bake(tiny_config(tiny_model_dir, question_file, epochs=1), tmp_path_factory.mktemp("small") / "pirate",
-                progress=False).output
-
-
 class _Payload:
     """Unpickling this runs code: it touches a marker file. A refused load must never get that far."""
 
