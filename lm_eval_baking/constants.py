@@ -47,8 +47,9 @@ FORGETTING_FORMAT = "lm-eval-baking/forgetting"
 FORGETTING_HEATMAP = "forgetting.png"
 REPORT_FILES = ("report.md", "report.html", "report.json")
 REPORT_FORMAT = "lm-eval-baking/report"
-DEMO_RUN_STAMP = "demo_run.json"
-DEMO_TIMINGS = "timings.json"
+LM_EVAL_RUN_STAMP = "lm_eval_run.json"
+PIPELINE_RECORD = "pipeline.json"
+PIPELINE_FORMAT = "lm-eval-baking/pipeline"
 
 # The record files that mark a folder as made by lm-eval-baking (so --overwrite may replace it).
 OWN_RECORDS = {
@@ -57,7 +58,7 @@ OWN_RECORDS = {
     SEQUENCE_RECORD: "sequence",
     FORGETTING_RECORD: "forgetting report",
     "report.json": "report",
-    DEMO_TIMINGS: "demo output",
+    PIPELINE_RECORD: "pipeline",
 }
 
 # ---------------------------------------------------------------------------- names shared across layers

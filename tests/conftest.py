@@ -85,3 +85,37 @@ def small_bake(tiny_model_dir, question_file, tmp_path_factory):
 
     return bake(tiny_config(tiny_model_dir, question_file, epochs=1), tmp_path_factory.mktemp("small") / "pirate",
                 progress=False).output
+
+
+FRENCH = "Always respond in French."
+# One task of the forgetting group is enough to exercise the paired comparison on the tiny model.
+FORGETTING_TASK = "baking_forgetting_arithmetic_1_digit_addition"
+
+
+def tiny_recipe(root, tiny_model_dir, question_file) -> dict:
+    """A two-prompt, two-cycle recipe with pursuit and every validation, small enough for the tiny model."""
+    bake = {key: value for key, value in tiny_config(tiny_model_dir, question_file, epochs=1).to_dict().items()
+            if key not in ("prompt", "model")}
+    pursuit = {"max_rounds": 2, "min_improvement": 0.0, "evaluator": "quality"}
+    return {
+        "model": str(tiny_model_dir), "output": str(root / "run"), "cycles": 2, "bake": bake,
+        "stages": [{"name": "pirate", "prompt": PIRATE, "pursuit": pursuit},
+                   {"name": "french", "prompt": FRENCH, "pursuit": pursuit}],
+        "validation": {
+            "batch_size": 8, "mckl": {"min_quality": -100.0, "max_kl": 100.0},
+            # 25 turns of 2 tokens fit the tiny model's 512-token context.
+            "drift": {"stage": "french", "persona": "french", "max_drift": 1.0, "conversations": 2, "turns": 25,
+                      "max_new_tokens": 2, "probes_at": [1, 25], "sampled_answers": 1},
+            "forgetting": {"tasks": [FORGETTING_TASK], "max_drop_pct": 50.0, "max_docs": 4},
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model_dir, question_file, tmp_path_factory):
+    """The tiny recipe run once through `run_pipeline`: real bakes, pursuits and `lm_eval` runs."""
+    from lm_eval_baking.workflows.pipeline import run_pipeline
+    from lm_eval_baking.workflows.recipe import parse_recipe
+
+    recipe = parse_recipe(tiny_recipe(tmp_path_factory.mktemp("pipeline"), tiny_model_dir, question_file))
+    return recipe, run_pipeline(recipe, progress=False)

@@ -67,6 +67,9 @@ class BakeRecord:
     """strength_export: the strength s, the source bake and epoch."""
     task: dict | None = None
     """A bake of an lm_eval task's few-shot prompt: the task, its version, config hash and K."""
+    teacher: str | None = None
+    """sha256 of the adapters merged into the base to make the teacher (pursuit rounds, pipeline stages);
+    None when the teacher is the base itself."""
     note: str | None = None
     rerun: str | None = None
     extra: dict = field(default_factory=dict)

@@ -1,26 +1,31 @@
-"""`demo`: the main job behind `make demo`."""
+"""`pipeline`: bake a recipe's prompts in cycles, pursue each, validate through lm_eval, one all-checks verdict.
+`make demo` is this command on `recipes/demo.yaml`."""
 
 from __future__ import annotations
 
-from ..workflows.config import DemoSettings
-from .options import add_settings, quiet_libraries, settings_from_args
+from pathlib import Path
 
 
 def register(commands) -> None:
-    demo = commands.add_parser("demo", help="the main job: bake, pursue and validate the pirate prompt, then write "
-                                            "the report")
-    add_settings(demo, DemoSettings)
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(run=_run_demo)
+    pipeline = commands.add_parser(
+        "pipeline", help="run a recipe: bake its prompts in cycles, pursue each, validate, report, one verdict",
+        description="Exit 0 when every check passes, 1 when one fails, 3 when none fails but one is inconclusive, "
+                    "2 on a bad recipe. A rerun reuses every finished step, so a killed pipeline is run again.")
+    pipeline.add_argument("recipe", type=Path, help="a YAML (or JSON) recipe; see recipes/demo.yaml")
+    pipeline.add_argument("--overwrite", action="store_true",
+                          help="re-bake and re-evaluate everything instead of reusing finished steps")
+    pipeline.add_argument("--quiet", action="store_true", help="no progress bars")
+    pipeline.set_defaults(run=_run_pipeline)
 
 
-def _run_demo(args) -> None:
-    settings = settings_from_args(DemoSettings, args)
+def _run_pipeline(args) -> int:
+    from ..workflows.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)  # a bad recipe is refused before torch is even imported
+    from ..workflows.pipeline import format_pipeline, run_pipeline
+    from .options import quiet_libraries
+
     quiet_libraries()
-    from ..workflows.demo import run_demo
-
-    result = run_demo(settings, progress=not args.quiet)
-    print("\nStep times: " + ", ".join(f"{name} {s:.0f} s" for name, s in result.seconds.items()))
-    print(f"Total: {sum(result.seconds.values()) / 60:.1f} min" + (f" (reused: {', '.join(result.reused)})"
-                                                                  if result.reused else ""))
-    print(f"\nReport: {result.report}\n        {result.report.with_name('report.md')}")
+    result = run_pipeline(recipe, overwrite=args.overwrite, progress=not args.quiet)
+    print("\n" + format_pipeline(result))
+    return result.exit_code

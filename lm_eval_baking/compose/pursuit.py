@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts.lora import chain_id, export_chain, load_chain, merge_adapters
 from ..artifacts.outputs import check_output
-from ..constants import PURSUED_DIR, PURSUIT_FORMAT, PURSUIT_RECORD
+from ..constants import ADAPTER_WEIGHTS, PURSUED_DIR, PURSUIT_FORMAT, PURSUIT_RECORD
 from ..core import models
 from ..training.bake import bake
 from ..training.config import BakeConfig, ResumeSettings
@@ -63,6 +63,8 @@ class PursuitResult:
     pursued: Path
     """Rounds 1..best_round as one adapter on the base."""
     settings: PursuitSettings = field(default_factory=PursuitSettings)
+    round_dirs: list[Path] = field(default_factory=list)
+    """The kept rounds' bake folders (1..best_round), in order: what a pipeline chains on."""
 
 
 def relative_improvement(previous: float, current: float) -> float:
@@ -88,7 +90,8 @@ def _same_pursuit(config: BakeConfig):
 
 def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_improvement: float = 0.01,
            evaluator=None, overwrite: bool = False, resume: bool = False, progress: bool = True,
-           resume_settings: ResumeSettings | None = None) -> PursuitResult:
+           resume_settings: ResumeSettings | None = None, chain=(), reference: str | Path | None = None
+           ) -> PursuitResult:
     """Prompt pursuit: bake `config.prompt` again and again into the baked model.
 
     Round 1 is `bake(config)` into `output/round-1`; round i+1 bakes the same
@@ -100,6 +103,13 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     exported to `output/pursued/`. Rerunning with the same settings reuses the
     rounds already on disk, so a failed evaluator costs no re-baking, and with
     `resume` a round that was interrupted continues from its last checkpoint.
+
+    `chain` (adapter folders on the same base) is what the prompt is pursued on
+    top of: every round's teacher and student include it, and round 0 is the
+    base with it merged (a pipeline stage after earlier stages). `reference`
+    is a folder of held-out answers of the ORIGINAL base with this prompt, which
+    "quality" and our lm_eval tasks compare against; by default round 1's, which
+    are those answers when there is no chain.
     """
     config.validate()
     settings = PursuitSettings(max_rounds, min_improvement, evaluator_name(evaluator) if callable(evaluator)
@@ -108,32 +118,39 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     output = Path(output)
     check_output(output, overwrite=overwrite, what="pursuit", same_run=_same_pursuit(config))
     base_model = models.resolve_model(config.model)
+    chain = [Path(c) for c in chain]
+    # What round 1 starts from: the chain's weights and the answers quality is measured against.
+    start = {"chain": chain_id(chain), "reference": str(reference) if reference else None}
+    finished = None if overwrite else _finished(output, config, settings, start)
+    if finished is not None:
+        return finished
     if not (output / PURSUIT_RECORD).is_file() or overwrite:
-        _write_pursuit_record(output, config, settings, base_model, [], None)  # marks the folder as a pursuit
+        _write_pursuit_record(output, config, settings, base_model, [], None, start=start)  # marks the folder
 
     rounds: list[RoundScore] = []
     round_dirs: list[Path] = []
-    teacher = None  # round 1 bakes the base, which bake() loads itself
+    # Round 1 bakes the base, which bake() loads itself, or the base with the chain merged.
+    teacher = load_chain(base_model, chain, device=config.device) if chain else None
     score_fn: Evaluator | None = None
     stop_reason = None
     bar = tqdm(range(1, max_rounds + 1), desc="pursuit", unit="round", disable=not progress)
     for round_index in bar:
         round_dir = output / f"round-{round_index}"
         result = bake(config, round_dir, overwrite=overwrite, resume=resume, progress=progress, teacher=teacher,
-                      teacher_id=chain_id(round_dirs), resume_settings=resume_settings)
+                      teacher_id=chain_id(chain + round_dirs), resume_settings=resume_settings)
         round_dirs.append(round_dir)
         kept = f"; rounds 1-{round_index} are kept in {output}"
         if score_fn is None:
-            # Round 1's held-out data are samples of the original prompted base: the fixed
-            # reference every later round is compared against.
-            score_fn = resolve_evaluator(evaluator, config, round_dir)
-            model, tokenizer = models.load_model(base_model, device=config.device)
+            # Answers of the original prompted base (round 1's without a chain): the fixed
+            # reference every round is compared against.
+            score_fn = resolve_evaluator(evaluator, config, reference or round_dir)
+            model, tokenizer = load_chain(base_model, chain, device=config.device)
             rounds.append(RoundScore(
                 round=0, bake=None, score=checked_score(score_fn, model, tokenizer, 0, kept=kept),
                 reprompted_score=reprompted_score(score_fn, model, tokenizer, config.prompt, 0, kept=kept)))
             model = merge_adapters(model, [round_dir], base_model=base_model)
         else:
-            model, _ = load_chain(base_model, round_dirs, device=config.device)
+            model, _ = load_chain(base_model, chain + round_dirs, device=config.device)
         score = checked_score(score_fn, model, tokenizer, round_index, kept=kept)
         improvement = None if round_index == 1 else relative_improvement(rounds[-1].score, score)
         rounds.append(RoundScore(
@@ -143,7 +160,7 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
         ))
         bar.set_postfix(score=f"{score:.4g}")
         stop_reason = stop_decision(round_index, improvement, settings)
-        _write_pursuit_record(output, config, settings, base_model, rounds, stop_reason)
+        _write_pursuit_record(output, config, settings, base_model, rounds, stop_reason, start=start)
         if stop_reason:
             break
         teacher = (model, tokenizer)  # bake() wraps it in a fresh LoRA in place
@@ -152,19 +169,39 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     baked = rounds[1:]
     best = max(baked, key=lambda r: r.score)  # the earliest of equal scores: fewer rounds, same quality
     pursued = export_chain(base_model, round_dirs[:best.round], output / PURSUED_DIR, overwrite=True)
-    _write_pursuit_record(output, config, settings, base_model, rounds, stop_reason, best.round)
+    _write_pursuit_record(output, config, settings, base_model, rounds, stop_reason, best.round, start=start)
     return PursuitResult(output=output, base_model=base_model, rounds=rounds, stop_reason=stop_reason,
-                         best_round=best.round, pursued=pursued, settings=settings)
+                         best_round=best.round, pursued=pursued, settings=settings,
+                         round_dirs=round_dirs[:best.round])
+
+
+def _finished(output: Path, config: BakeConfig, settings: PursuitSettings, start: dict) -> PursuitResult | None:
+    """The result of a pursuit already finished in `output` with these settings from this start, or None."""
+    record = read_json_object(output / PURSUIT_RECORD) or {}
+    if not (record.get("status") == "done" and record.get("config") == config.to_dict()
+            and record.get("settings") == asdict(settings) and record.get("start") == start
+            and (output / PURSUED_DIR / ADAPTER_WEIGHTS).is_file()):
+        return None
+    try:
+        rounds = [RoundScore(**r) for r in record["rounds"]]
+        best = int(record["best_round"])
+        return PursuitResult(output=output, base_model=str(record["base_model"]), rounds=rounds,
+                             stop_reason=record["stop_reason"], best_round=best, pursued=output / PURSUED_DIR,
+                             settings=settings, round_dirs=[output / f"round-{k}" for k in range(1, best + 1)])
+    except (KeyError, TypeError, ValueError):
+        return None  # a damaged record: pursue again (finished rounds are still reused)
 
 
 def _write_pursuit_record(output: Path, config: BakeConfig, settings: PursuitSettings, base_model: str,
-                          rounds: list[RoundScore], stop_reason: str | None, best_round: int | None = None) -> None:
+                          rounds: list[RoundScore], stop_reason: str | None, best_round: int | None = None, *,
+                          start: dict | None = None) -> None:
     write_json(output / PURSUIT_RECORD, {
         "format": PURSUIT_FORMAT,
         "format_version": 1,
         "status": "done" if best_round is not None else "running",
         "config": config.to_dict(),
         "settings": asdict(settings),
+        "start": start,
         "base_model": base_model,
         "score": f"{settings.evaluator} (higher is better); round 0 is the unbaked base",
         "rounds": [asdict(r) for r in rounds],

@@ -74,9 +74,10 @@ def _reference_heldout(model, tokenizer, config: BakeConfig, progress: bool) -> 
     return heldout
 
 
-def _reference(directory: Path, model, tokenizer, config: BakeConfig, base_sha: str,
+def reference_answers(directory: Path, model, tokenizer, config: BakeConfig, base_sha: str,
                progress: bool) -> QualityEvaluator:
-    """The original base's answers for one prompt, in a folder lm_eval's `--metadata bake=` can read."""
+    """The original base's held-out answers for one prompt, in a folder lm_eval's `--metadata bake=` can read
+    (reused when it already holds them): what each prompt's quality is measured against."""
     record = BakeDir(directory).raw_record() or {}
     if record.get("config") == config.to_dict() and (record.get("base_model") or {}).get("sha256") == base_sha:
         return QualityEvaluator.from_bake(directory, batch_size=config.batch_size * 2)
@@ -125,7 +126,7 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
         _write_sequence_record(output, settings, base_model, len(prompts), status="running")  # marks the folder
 
     model, tokenizer = models.load_model(base_model, device=base_config.device)
-    references = [_reference(output / REFERENCES_DIR / f"prompt-{k}", model, tokenizer, c, base_sha, progress)
+    references = [reference_answers(output / REFERENCES_DIR / f"prompt-{k}", model, tokenizer, c, base_sha, progress)
                   for k, c in enumerate(prompt_configs, 1)]
     schedule = [(k, prompt_configs[k - 1]) for _ in range(cycles) for k in range(1, len(prompts) + 1)]
     stages: list[StageRecord] = []

@@ -180,7 +180,8 @@ def _add_forgetting_reports(rows: dict[Variant, Row], collection: Collection) ->
 
 def _plain(variant: Variant) -> str:
     label = "base" if variant.adapter is None else display_path(variant.adapter)
-    return label + (" + prompt" if variant.system_instruction else "")
+    label += " + prompt" if variant.system_instruction else ""
+    return label + (f" (vs {Path(variant.reference).name})" if variant.reference else "")
 
 
 def display_path(path: str) -> str:
@@ -222,7 +223,7 @@ def _label_rows(rows: dict[Variant, Row]) -> list[Row]:
     several_models = len({v.model for v in rows}) > 1
     ordered = sorted(rows.values(), key=lambda r: (r.variant.model, r.variant.adapter is not None,
                                                    r.variant.adapter or "", bool(r.variant.system_instruction),
-                                                   r.variant.system_instruction or ""))
+                                                   r.variant.system_instruction or "", r.variant.reference or ""))
     for row in ordered:
         row.kind = variant_kind(row.variant)
         row.label = (f"{Path(row.variant.model).name}: " if several_models else "") + _plain(row.variant)

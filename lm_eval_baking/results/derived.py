@@ -31,26 +31,28 @@ def add_derived(rows: dict[Variant, Row], collection: Collection, forgetting_thr
     collection.drift_pairs = _drift_pairs(list(rows.values()))
 
 
-def forgetting_members(collection: Collection, *rows: Row) -> list[str]:
-    """The forgetting group's tasks that every row answered doc by doc."""
-    members = collection.subtasks.get(FORGETTING_GROUP) or sorted(
-        {t for r in rows for t in r.samples if t.startswith(f"{FORGETTING_GROUP}_")})
+def forgetting_members(collection: Collection, *rows: Row, tasks: list[str] | None = None) -> list[str]:
+    """The leaf tasks (of the forgetting group, or of `tasks`, groups expanded) every row answered doc by doc."""
+    if tasks:
+        members = [m for t in tasks for m in (collection.subtasks.get(t) or [t])]
+    else:
+        members = collection.subtasks.get(FORGETTING_GROUP) or sorted(
+            {t for r in rows for t in r.samples if t.startswith(f"{FORGETTING_GROUP}_")})
     return [t for t in members if all(t in r.samples for r in rows)]
 
 
-def judge_forgetting(base: Row, row: Row, collection: Collection, threshold_pct: float) -> dict | None:
+def judge_forgetting(base: Row, row: Row, collection: Collection, threshold_pct: float,
+                     tasks: list[str] | None = None) -> dict | None:
     """The paired forgetting judgement of `row` against the plain base row, or None without per-doc output."""
-    tasks = forgetting_members(collection, base, row)
-    if not tasks:
-        return None
+    members = forgetting_members(collection, base, row, tasks=tasks)
     base_docs, row_docs = {}, {}
-    for task in tasks:
+    for task in members:
         a, b = base.samples[task], row.samples[task]
-        shared = [d for d in a if d in b and a[d].get("hash") == b[d].get("hash")
-                  and FORGETTING_METRIC in a[d] and FORGETTING_METRIC in b[d]]
+        metric = next((m for m in (FORGETTING_METRIC, "exact_match") if any(m in doc for doc in a.values())), None)
+        shared = [d for d in a if d in b and a[d].get("hash") == b[d].get("hash") and metric in a[d] and metric in b[d]]
         if shared:
-            base_docs[task] = {d: float(a[d][FORGETTING_METRIC]) for d in shared}
-            row_docs[task] = {d: float(b[d][FORGETTING_METRIC]) for d in shared}
+            base_docs[task] = {d: float(a[d][metric]) for d in shared}
+            row_docs[task] = {d: float(b[d][metric]) for d in shared}
     return judge_adapter(base_docs, row_docs, threshold_pct) if base_docs else None
 
 

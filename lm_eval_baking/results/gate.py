@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..constants import FORGETTING_GROUP
 from ..errors import BakingError
 from ..utils.text import listed, quoted
 from .collect import collect
@@ -37,6 +38,8 @@ from .tables import other_columns
 # Where each named metric can lie: a bound outside this range can never pass (bad input, exit 2).
 DOMAINS = {"kl": (0.0, math.inf), "quality": (-math.inf, 1.0), "adherence": (0.0, 1.0), "drift": (-1.0, 1.0),
            FORGETTING: (-math.inf, 100.0), "forgetting_acc": (0.0, 1.0)}
+# Scores that cannot leave their range; estimates (MC-KL can come out below 0) keep their CIs as computed.
+BOUNDED_SCORES = {"adherence", "forgetting_acc"}
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
 EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
 
@@ -173,9 +176,13 @@ def check(results, thresholds: list[Threshold], *, baseline=None, tolerance: str
                               f"{', '.join(c.name for c in HEADLINE_COLUMNS)}, {FORGETTING}, {listed(known[:8])}")
         for row in rows:
             if t.metric == FORGETTING:
-                checks.append(_judge_forgetting(row, t, collection))
-            else:
-                checks.append(_judge(t.metric, row.label, row.get(t.metric), t.bound, t.limit, _docs(row, t.metric)))
+                if any(task.startswith(FORGETTING_GROUP) for task, _ in row.metrics) or row.forgetting:
+                    checks.append(judge_forgetting_row(row, t, collection))
+            elif row.get(t.metric) is not None:  # a row from another evaluation (say, forgetting only) is not judged
+                checks.append(judge_value(t.metric, row.label, row.get(t.metric), t.bound, t.limit, _docs(row, t.metric)))
+    if thresholds and not checks:
+        raise BakingError(f"no selected variant reports {listed(t.metric for t in thresholds)}; pass the results of "
+                          "the evaluations that do")
     if baseline:
         checks += _against_baseline(collection, rows, _strict_collect(baseline, "--baseline"), amount, relative)
     return checks
@@ -198,14 +205,14 @@ def _docs(row: Row, metric: str) -> int | None:
     return len(row.samples.get(metric.partition(":")[0], {})) or None
 
 
-def _judge(metric: str, variant: str, m: Measurement | None, bound: str, limit: float, docs: int | None = None,
+def judge_value(metric: str, variant: str, m: Measurement | None, bound: str, limit: float, docs: int | None = None,
            note: str = "") -> Check:
     """Three-way: PASS when the whole CI meets the limit, FAIL when none of it does, else INCONCLUSIVE."""
     if m is None or not math.isfinite(m.value):
         return Check(metric, variant, None, None, bound, limit, FAIL, "missing")
     ci = m.interval()
-    if ci is not None:  # a normal-approximation CI can cross a bound the metric cannot (adherence below 0)
-        floor, ceiling = DOMAINS.get(metric, (-math.inf, math.inf))
+    if ci is not None and metric in BOUNDED_SCORES:  # a normal-approximation CI can cross 0 or 1: the score cannot
+        floor, ceiling = DOMAINS[metric]
         ci = (max(ci[0], floor), min(ci[1], ceiling))
     low, high = ci if ci is not None else (m.value, m.value)
     meets = (lambda v: v >= limit) if bound == "min" else (lambda v: v <= limit)
@@ -225,22 +232,26 @@ def _judge(metric: str, variant: str, m: Measurement | None, bound: str, limit: 
     return Check(metric, variant, m.value, ci, bound, limit, verdict, note)
 
 
-def _judge_forgetting(row: Row, t: Threshold, collection: Collection) -> Check:
+def judge_forgetting_row(row: Row, t: Threshold, collection: Collection, tasks: list[str] | None = None) -> Check:
+    """The forgetting group's (or `tasks`') paired verdict of `row` against the plain base model."""
     base = next((r for r in collection.rows if r.variant == Variant(row.variant.model)), None)
-    judged = judge_forgetting(base, row, collection, t.limit) if base is not None else None
+    judged = judge_forgetting(base, row, collection, t.limit, tasks) if base is not None else None
     if judged is None:
         raise BakingError(f"{t.origin} needs per-doc output of the plain base model and of {quoted(row.label)} on "
                           "the baking_forgetting tasks: run lm_eval with --log_samples for both (or use "
                           "`lm-eval-baking forgetting`)")
     m = forgetting_measurement(judged)
-    tasks = forgetting_members(collection, base, row)
+    members = forgetting_members(collection, base, row, tasks=tasks)
     failed = judged["failed_tasks"]
-    note = f"paired over {judged['group']['comparison']['n']} docs of {len(tasks)} tasks"
+    note = f"paired over {judged['group']['comparison']['n']} docs of {len(members)} tasks"
     note += f"; tasks failing on their own: {', '.join(failed)}" if failed else ""
     needed = judged["group"]["judgement"]["docs_to_resolve"]
     if judged["verdict"] == INCONCLUSIVE and needed:
         note += f"; about {needed} docs would resolve it"
-    return Check(FORGETTING, row.label, m.value, m.ci, "max", t.limit, judged["verdict"], note)
+    if not math.isfinite(m.value):  # the base model scored 0: a relative drop is undefined (INCONCLUSIVE)
+        note += "; the base model scores 0 on these docs, so no relative change"
+    value = m.value if math.isfinite(m.value) else None
+    return Check(FORGETTING, row.label, value, m.ci, "max", t.limit, judged["verdict"], note)
 
 
 def _against_baseline(collection: Collection, rows: list[Row], baseline: Collection, amount: float,
@@ -260,7 +271,7 @@ def _against_baseline(collection: Collection, rows: list[Row], baseline: Collect
             slack = amount * abs(before.value) if relative else amount
             limit = before.value - slack if higher else before.value + slack
             change = _change_ci(metric, row, reference, before, now, collection)
-            checks.append(_judge(metric, row.label, change, "min" if higher else "max", limit, note="baseline"))
+            checks.append(judge_value(metric, row.label, change, "min" if higher else "max", limit, note="baseline"))
     if not checks:
         raise BakingError(f"the baseline shares no variant and metric with the results (baseline variants: "
                           f"{listed(r.label for r in baseline.rows)}); compare runs of the same variants")

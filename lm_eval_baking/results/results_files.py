@@ -147,7 +147,18 @@ def _variant_of(data: dict) -> Variant:
     system_instruction = data.get("system_instruction")
     if system_instruction is not None and not isinstance(system_instruction, str):
         raise Skip(f"system_instruction is {_short(system_instruction)}, not a string or null")
-    return Variant(model, adapter, system_instruction or None)
+    return Variant(model, adapter, system_instruction or None, _reference(data, adapter))
+
+
+def _reference(data: dict, adapter: str | None) -> str | None:
+    """The `bake` our tasks read (task config metadata), when it differs from the adapter."""
+    configs = data.get("configs")
+    for config in (configs.values() if isinstance(configs, dict) else []):
+        metadata = config.get("metadata") if isinstance(config, dict) else None
+        bake = metadata.get("bake") if isinstance(metadata, dict) else None
+        if isinstance(bake, str) and bake.isprintable() and bake and bake != adapter:
+            return bake
+    return None
 
 
 def _name_field(data: dict, key: str, where: str | None = None) -> str | None:

@@ -66,10 +66,13 @@ class Variant:
     model: str
     adapter: str | None = None
     system_instruction: str | None = None
+    reference: str | None = None
+    """The bake our tasks scored against (`--metadata bake=`), when it is not the adapter itself: MC-KL
+    against two prompts' references are two evaluations of one adapter, so two rows."""
 
     @property
     def is_plain_base(self) -> bool:
-        return self.adapter is None and not self.system_instruction
+        return self.adapter is None and not self.system_instruction and self.reference is None
 
 
 @dataclass

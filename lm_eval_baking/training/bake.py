@@ -93,7 +93,7 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     output = Path(output)
     workers = parallel.current(config.device)
     work = WorkDir(output, writer=workers.is_main)
-    existing = _existing_bake(output, config, overwrite)
+    existing = _existing_bake(output, config, overwrite, teacher_id)
     if existing is not None:
         if workers.is_main:
             _forget_finished_work(work, config)
@@ -258,7 +258,8 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
 
     answer_tokens = {"generated": sum(len(t.answer_ids) for t in train + heldout),
                      "trained": sum(len(t.answer_ids) for t in train) * config.epochs}
-    record = bake_record(config, model_path, questions_count=(len(train_questions), len(heldout_questions)),
+    record = bake_record(config, model_path, teacher=work.state()["identity"].get("teacher"),
+                         questions_count=(len(train_questions), len(heldout_questions)),
                           reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens),
                           environment=environment(model.device), resumes=work.state().get("resumes", []))
     if work.writer:
@@ -319,12 +320,13 @@ def _write_error(error: Exception, work: WorkDir) -> OutputWriteError:
                             "--output, then rerun the same command with --resume")
 
 
-def _existing_bake(output: Path, config: BakeConfig, overwrite: bool) -> BakeResult | None:
-    """Reuse an identical finished bake; refuse to replace what is not ours, or another bake without --overwrite."""
+def _existing_bake(output: Path, config: BakeConfig, overwrite: bool, teacher_id: str | None) -> BakeResult | None:
+    """Reuse an identical finished bake (same settings, same teacher); refuse to replace what is not ours, or
+    another bake without --overwrite."""
 
     def same_bake(folder: Path) -> bool:
         record = BakeDir(folder).raw_record() or {}
-        return _with_defaults(record.get("config")) == config.to_dict()
+        return _with_defaults(record.get("config")) == config.to_dict() and record.get("teacher") == teacher_id
 
     check_output(output, overwrite=overwrite, what="bake", same_run=same_bake)
     if overwrite or not BakeDir(output).is_bake() or not same_bake(output):

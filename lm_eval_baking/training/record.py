@@ -83,7 +83,7 @@ def environment(device) -> dict:
     }
 
 
-def bake_record(config: BakeConfig, model_path: str, *, questions_count, reference_kl, epochs,
+def bake_record(config: BakeConfig, model_path: str, *, teacher: str | None, questions_count, reference_kl, epochs,
                  performance, environment: dict | None = None, resumes: list | None = None) -> BakeRecord:
     final = epochs[-1]["heldout_kl"]
     ratio = final["per_token"] / reference_kl.per_token if reference_kl.per_token > 0 else float("inf")
@@ -91,6 +91,7 @@ def bake_record(config: BakeConfig, model_path: str, *, questions_count, referen
     return BakeRecord(
         kind="bake",
         config=config.to_dict(),
+        teacher=teacher,
         prompt_sha256=sha256_text(config.prompt),
         base_model={"name_or_path": model_path, "sha256": models.model_fingerprint(model_path),
                     "config_sha256": models.config_fingerprint(model_path)},

@@ -1,10 +1,8 @@
-"""The main job, the leaderboard report and the `check` gate, on real lm_eval output.
+"""The leaderboard report and the `check` gate, on real lm_eval output.
 
-One module fixture runs `run_demo` on the tiny model: a tiny bake and pursuit,
-drift conversations, then the real `lm_eval` CLI once per variant (base,
-prompted base, baked, pursued) on all three of our tasks. Everything else
-reads those files. The tiny model is random, so the numbers mean nothing; the
-tests check shapes, labels, verdicts and exit codes.
+Everything reads the files of one run of the tiny pipeline (conftest's `tiny_pipeline`): its bakes and pursuits,
+and the real `lm_eval` CLI on our three tasks for the exported adapter, the base and the prompted base. The tiny
+model is random, so the numbers mean nothing; the tests check shapes, labels, verdicts and exit codes.
 """
 
 from __future__ import annotations
@@ -13,41 +11,28 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from lm_eval_baking.cli import main
-from lm_eval_baking.workflows.config import DemoSettings
-from lm_eval_baking.workflows.demo import _input_hashes, run_demo
 from lm_eval_baking.errors import BakingError
 from lm_eval_baking.results.collect import collect
 from lm_eval_baking.results.report import build_report
 from lm_eval_baking.results.rows import FORGETTING
 
-from conftest import PIRATE, tiny_config
-
-
-def _demo_settings(root: Path, tiny_model_dir, question_file) -> DemoSettings:
-    bake_settings = asdict(tiny_config(tiny_model_dir, question_file))
-    for key in ("prompt", "model"):
-        bake_settings.pop(key)
-    # 25 turns of 2 tokens fit the tiny model's 512-token context (the demo's default is 30 turns).
-    return DemoSettings(model=str(tiny_model_dir), adapters=root / "adapters", reports=root / "reports",
-                        bake_settings=bake_settings, pursuit_max_new_tokens=4, drift_turns=25,
-                        drift_probes_at=(1, 25), drift_max_new_tokens=2, forgetting_docs=3, batch_size=8)
+from conftest import PIRATE
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, tiny_model_dir, question_file):
-    settings = _demo_settings(tmp_path_factory.mktemp("demo"), tiny_model_dir, question_file)
-    result = run_demo(settings, progress=False)
-    return settings, result
+def run(tiny_pipeline):
+    """The pipeline's output folder and result."""
+    recipe, result = tiny_pipeline
+    return recipe.output, result
 
 
-def _results_file(settings: DemoSettings, variant: str, evaluation: str = "mckl") -> Path:
-    (path,) = (settings.lm_eval_dir / variant / evaluation).rglob("results_*.json")
+def _results_file(output: Path, *parts: str) -> Path:
+    (path,) = output.joinpath("lm_eval", *parts).rglob("results_*.json")
     return path
 
 
@@ -57,78 +42,51 @@ def _cli(args, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-# ---------------------------------------------------------------------------- the main job
-
-
-def test_demo_runs_lm_eval_for_every_variant_and_writes_the_report(demo):
-    settings, result = demo
-    for variant in ("base", "prompted-base", "baked", "pursued"):
-        tasks = set()
-        for evaluation in ("mckl", "behaviour"):
-            data = json.loads(_results_file(settings, variant, evaluation).read_text())
-            assert data["lm_eval_version"].startswith("0.4.")
-            tasks |= set(data["results"])
-        assert tasks >= {"baking_mckl", "baking_persona_drift", "baking_forgetting"}
-    prompted = json.loads(_results_file(settings, "prompted-base").read_text())
-    assert prompted["system_instruction"] == PIRATE
-    assert result.report == settings.report_dir / "report.html" and result.report.is_file()
-    assert (settings.report_dir / "report.md").is_file()
-
-
-def test_a_second_demo_run_reuses_every_step(demo):
-    settings, first = demo
-    before = {p: p.stat().st_mtime_ns for p in settings.lm_eval_dir.rglob("results_*.json")}
-    again = run_demo(settings, progress=False)
-    evaluations = {f"lm_eval: {variant} ({evaluation})" for variant in ("base", "prompted base", "baked", "pursued")
-                   for evaluation in ("mckl", "behaviour")}
-    assert {"bake", "pursuit", "drift conversations"} | evaluations <= set(again.reused)
-    assert {p: p.stat().st_mtime_ns for p in settings.lm_eval_dir.rglob("results_*.json")} == before
-
-
 def test_a_changed_task_definition_invalidates_the_reused_evaluations(tmp_path, monkeypatch):
-    import lm_eval_baking.workflows.demo
+    import lm_eval_baking.workflows.lm_eval_runs as runs
 
     tasks = tmp_path / "tasks"
     (tasks / "baking_forgetting").mkdir(parents=True)
     member = tasks / "baking_forgetting" / "baking_forgetting.yaml"
     member.write_text("task:\n  - a\n")
-    monkeypatch.setattr(lm_eval_baking.workflows.demo, "tasks_path", lambda: tasks)
-    settings = DemoSettings(adapters=tmp_path / "adapters", reports=tmp_path / "reports")
-
-    before = _input_hashes(settings, None)
-    assert _input_hashes(settings, None) == before
+    monkeypatch.setattr(runs, "tasks_path", lambda: tasks)
+    before = runs.input_hashes([])
+    assert runs.input_hashes([]) == before
     member.write_text("task:\n  - a\n  - b\n")
-    assert _input_hashes(settings, None)["tasks"] != before["tasks"]
+    assert runs.input_hashes([])["tasks"] != before["tasks"]
 
 
 # ---------------------------------------------------------------------------- the report
 
 
-def test_report_has_one_row_per_variant_with_every_column(demo):
-    settings, _ = demo
-    collection = collect([settings.lm_eval_dir, settings.adapters])
-    kinds = {row.kind: row for row in collection.rows}
-    assert len(collection.rows) == 4 and {"base", "prompted base", "baked"} <= set(kinds)
-    assert any(kind.startswith("pursued (") for kind in kinds)
-    prompted = kinds["prompted base"]
-    assert prompted.label == "base + prompt" and prompted.variant.system_instruction == PIRATE
-    assert abs(prompted.get("kl").value) < 1e-3 and prompted.get("quality").value == pytest.approx(1.0)
-    baked = kinds["baked"]
-    assert baked.label.endswith("adapters/pirate") and baked.get("kl").stderr is not None
-    for row in collection.rows:
-        for column in ("kl", "quality", "adherence", "drift", "forgetting_acc"):
-            assert row.get(column) is not None, (row.label, column)
-        assert set(row.drift_curve) == {1, 25}
-    assert kinds["base"].get(FORGETTING) is None and baked.get(FORGETTING) is not None
-    assert [len(collection.bakes), len(collection.pursuits)] >= [3, 1]  # the bake and the pursuit rounds
-    assert collection.skipped == []
+def test_report_has_one_row_per_variant_with_every_column(run):
+    output, result = run
+    collection = collect([output / "lm_eval", output / "stages"])
+    labels = {row.label: row for row in collection.rows}
+    # MC-KL against each prompt's reference is its own evaluation: its own row for the base, the prompted base and
+    # the adapter; drift shares the french rows; forgetting has the plain base and adapter rows.
+    assert len(collection.rows) == 8
+    prompted = labels["base + prompt (vs pirate)"]
+    assert prompted.variant.system_instruction == PIRATE and prompted.kind == "prompted base"
+    assert abs(prompted.get("kl").value) < 1e-3 and prompted.get("quality").value == pytest.approx(1.0, abs=1e-3)
+    assert labels["base (vs pirate)"].get("quality").value == pytest.approx(0.0, abs=1e-3)
+    adapter = next(row for label, row in labels.items() if label.endswith("adapter (vs french)"))
+    assert adapter.get("kl").stderr is not None and adapter.get("quality") is not None
+    assert adapter.drift and adapter.drift["french"]["conversations"] == 2 and set(adapter.drift_curve) == {1, 25}
+    forgetting = next(row for label, row in labels.items() if label.endswith("adapter"))
+    assert forgetting.get(FORGETTING) is not None and forgetting.get(FORGETTING).verdict in (
+        "PASS", "FAIL", "INCONCLUSIVE")
+    assert labels["base"].get(FORGETTING) is None
+    assert len(collection.bakes) >= 5 and len(collection.pursuits) == 4  # every round's bake; one pursuit per stage
+    assert collection.drift_pairs and collection.skipped == []
 
 
-def test_report_files_markdown_html_and_plots(demo, tmp_path):
-    settings, _ = demo
-    report = build_report([settings.lm_eval_dir, settings.adapters], tmp_path / "report")
+def test_report_files_markdown_html_and_plots(run, tmp_path):
+    output, _ = run
+    report = build_report([output / "lm_eval", output / "stages"], tmp_path / "report")
     markdown = report.markdown.read_text()
-    assert "| base + prompt | prompted base |" in markdown and "MC-KL / token" in markdown
+    assert "| base + prompt (vs pirate) | prompted base |" in markdown and "MC-KL / token" in markdown
+    assert "## Forgetting, paired per doc" in markdown and "## Persona drift" in markdown
     for plot in ("kl_per_epoch.png", "pursuit_rounds.png", "drift_by_turn.png", "forgetting_1.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000
         assert f"]({plot})" in markdown
@@ -138,11 +96,11 @@ def test_report_files_markdown_html_and_plots(demo, tmp_path):
     assert "Nothing was skipped." in page
 
 
-def test_report_lists_what_it_skipped_and_why(demo, tmp_path):
-    settings, _ = demo
+def test_report_lists_what_it_skipped_and_why(run, tmp_path):
+    output, _ = run
     runs = tmp_path / "runs"
-    shutil.copytree(settings.lm_eval_dir, runs)
-    baked = json.loads(_results_file(settings, "baked").read_text())
+    shutil.copytree(output / "lm_eval", runs)
+    baked = json.loads(_results_file(output, "mckl", "pirate", "adapter").read_text())
     old = dict(baked, lm_eval_version="0.3.0")
     (runs / "old").mkdir()
     (runs / "old" / "results_old.json").write_text(json.dumps(old))
@@ -163,14 +121,15 @@ def test_report_lists_what_it_skipped_and_why(demo, tmp_path):
     skipped_section = report.markdown.read_text().split("## Skipped")[1]
     for folder in ("old", "broken", "no-kl"):
         assert f"{folder}/results_" in skipped_section
-    assert report.collection.row("elsewhere/adapter").get("kl") is None  # the row stays, its cell is empty
+    # The row stays, its cell is empty.
+    assert report.collection.row("elsewhere/adapter (vs pirate)").get("kl") is None
 
 
-def test_report_command_prints_the_leaderboard_and_the_paths(demo, tmp_path, capsys):
-    settings, _ = demo
-    code, out, _ = _cli(["report", settings.lm_eval_dir, "--output", tmp_path / "r"], capsys)
+def test_report_command_prints_the_leaderboard_and_the_paths(run, tmp_path, capsys):
+    output, _ = run
+    code, out, _ = _cli(["report", output / "lm_eval", "--output", tmp_path / "r"], capsys)
     assert code == 0
-    assert "| base + prompt | prompted base |" in out and str(tmp_path / "r" / "report.html") in out
+    assert "| base + prompt (vs pirate) | prompted base |" in out and str(tmp_path / "r" / "report.html") in out
 
 
 @pytest.mark.parametrize("make_input, message", [
@@ -184,67 +143,80 @@ def test_report_bad_inputs_are_one_clear_line(tmp_path, capsys, make_input, mess
     assert not (tmp_path / "r").exists()
 
 
-def test_report_refuses_to_replace_a_folder_of_other_files(demo, tmp_path):
-    settings, _ = demo
+def test_report_refuses_to_replace_a_folder_of_other_files(run, tmp_path):
+    output, _ = run
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(BakingError, match="holds other files"):
-        build_report([settings.lm_eval_dir], tmp_path)
+        build_report([output / "lm_eval"], tmp_path)
     with pytest.raises(BakingError, match="holds the input"):
-        build_report([settings.lm_eval_dir], settings.reports)
+        build_report([output / "lm_eval"], output)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 # ---------------------------------------------------------------------------- the gate
 
 
-def _regressed(settings: DemoSettings, root: Path) -> Path:
-    """The baked variant's results with a collapsed bake: quality down, KL up (drift and forgetting unchanged)."""
-    data = json.loads(_results_file(settings, "baked").read_text())
+def _regressed(output: Path, root: Path) -> Path:
+    """The adapter's MC-KL results with a collapsed bake: quality down, KL up (no per-doc output)."""
+    data = json.loads(_results_file(output, "mckl", "pirate", "adapter").read_text())
     data["results"]["baking_mckl"].update({"quality,none": -3.0, "kl_per_token,none": 9.0})
     path = root / "regressed" / "results_regressed.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(data))
-    shutil.copy(_results_file(settings, "baked", "behaviour"), path.parent / "results_behaviour.json")
     return path.parent
 
 
-def test_check_passes_on_the_demo_results_through_the_real_cli(demo):
-    settings, _ = demo
-    command = [str(Path(sys.executable).with_name("lm-eval-baking")), "check", str(settings.lm_eval_dir),
-               "--max-kl", "1.0", "--min-adherence", "0", "--max-forgetting", "100",
-               "--baseline", str(settings.lm_eval_dir), "--tolerance", "0"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "FAIL" not in run.stdout and run.stdout.rstrip().endswith("PASS")
-    assert "kl (baseline)" in run.stdout
+def test_check_passes_on_the_same_results_as_its_baseline_through_the_real_cli(run):
+    output, _ = run
+    results = output / "lm_eval"
+    command = [str(Path(sys.executable).with_name("lm-eval-baking")), "check", str(results),
+               "--max-kl", "100", "--min-adherence", "0", "--baseline", str(results), "--tolerance", "0"]
+    run_ = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run_.returncode == 0, run_.stdout + run_.stderr
+    assert "FAIL" not in run_.stdout and run_.stdout.rstrip().endswith("PASS")
     # Against itself every change is paired and exactly 0: the gate passes on nothing changed, not on noise.
-    assert "drift (baseline)" in run.stdout and "quality (baseline)" in run.stdout
+    assert "kl (baseline)" in run_.stdout and "quality (baseline)" in run_.stdout and "drift (baseline)" in run_.stdout
 
 
-def test_check_fails_a_regressed_results_file_through_the_real_cli(demo, tmp_path):
-    settings, _ = demo
-    command = [str(Path(sys.executable).with_name("lm-eval-baking")), "check", str(_regressed(settings, tmp_path)),
-               "--max-kl", "1.0", "--baseline", str(settings.lm_eval_dir), "--tolerance", "5%"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 1, run.stdout + run.stderr
-    *table, summary = run.stdout.strip().splitlines()
-    assert " 3 failed, " in summary and summary.endswith(": FAIL"), summary
+def test_check_fails_a_regressed_results_file_through_the_real_cli(run, tmp_path):
+    output, _ = run
+    command = [str(Path(sys.executable).with_name("lm-eval-baking")), "check", str(_regressed(output, tmp_path)),
+               "--max-kl", "1.0", "--baseline", str(output / "lm_eval"), "--tolerance", "5%"]
+    run_ = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run_.returncode == 1, run_.stdout + run_.stderr
+    *table, summary = run_.stdout.strip().splitlines()
+    assert summary.endswith(": FAIL"), summary
     failing = [line for line in table if "FAIL" in line.split()]
     assert any(line.startswith("kl ") for line in failing)
     assert any(line.startswith("quality (baseline)") for line in failing)
-    assert all("adapters/pirate" in line for line in failing), run.stdout
+    assert all("adapter (vs pirate)" in line for line in failing), run_.stdout
 
 
-def test_check_table_names_metric_variant_value_and_limit(demo, capsys):
-    settings, _ = demo
-    code, out, _ = _cli(["check", settings.lm_eval_dir, "--min-quality", "0.99"], capsys)
+def test_check_table_names_metric_variant_value_and_limit(run, capsys):
+    output, _ = run
+    code, out, _ = _cli(["check", output / "lm_eval", "--min-quality", "0.99"], capsys)
     header, rule, *rows = out.strip().splitlines()[:4]
     assert header.split() == ["metric", "variant", "value", "95%", "CI", "limit", "verdict", "note"]
     # The tiny model's quality is noise around 0: its CI may reach 0.99 (inconclusive), never pass it.
     verdict = next(v for v in ("FAIL", "INCONCLUSIVE") if v in rows[0].split())
     assert rows[0].startswith("quality") and "≥ 0.99" in rows[0] and code == {"FAIL": 1, "INCONCLUSIVE": 3}[verdict]
-    code, out, _ = _cli(["check", settings.lm_eval_dir, "--min", "quality=-100", "--variant", "base + prompt"], capsys)
-    assert code == 0 and "base + prompt" in out
+    code, out, _ = _cli(["check", output / "lm_eval", "--min", "quality=-100", "--variant",
+                         "base + prompt (vs pirate)"], capsys)
+    assert code in (0, 3) and "base + prompt (vs pirate)" in out and "adapter" not in out
+    code, out, _ = _cli(["check", output / "lm_eval", "--min-quality", "0.99", "--inconclusive", "fail"], capsys)
+    assert code == 1
+
+
+def test_max_forgetting_needs_per_doc_output(run, tmp_path, capsys):
+    output, _ = run
+    runs = tmp_path / "runs"
+    shutil.copytree(output / "lm_eval" / "forgetting", runs)
+    for samples in runs.rglob("samples_*.jsonl"):
+        samples.unlink()
+    code, _, err = _cli(["check", runs, "--max-forgetting", "3.4"], capsys)
+    assert code == 2 and "needs per-doc output" in err and "--log_samples" in err
+    code, out, _ = _cli(["check", output / "lm_eval" / "forgetting", "--max-forgetting", "3.4"], capsys)
+    assert code in (0, 1, 3) and "paired over" in out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -257,16 +229,16 @@ def test_check_table_names_metric_variant_value_and_limit(demo, capsys):
     (["--max-kl", "1", "--variant", "nope"], "no variant 'nope'"),
     ([], "nothing to check"),
 ])
-def test_check_bad_input_is_exit_2_and_one_line(demo, capsys, args, message):
-    settings, _ = demo
-    code, out, err = _cli(["check", settings.lm_eval_dir, *args], capsys)
+def test_check_bad_input_is_exit_2_and_one_line(run, capsys, args, message):
+    output, _ = run
+    code, out, err = _cli(["check", output / "lm_eval", *args], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_check_refuses_an_unreadable_results_file(demo, tmp_path, capsys):
-    settings, _ = demo
+def test_check_refuses_an_unreadable_results_file(run, tmp_path, capsys):
+    output, _ = run
     runs = tmp_path / "runs"
-    shutil.copytree(settings.lm_eval_dir, runs)
+    shutil.copytree(output / "lm_eval", runs)
     (runs / "results_truncated.json").write_text('{"results": {')
     code, _, err = _cli(["check", runs, "--max-kl", "1"], capsys)
     assert code == 2 and "results_truncated.json cannot be used (not valid JSON" in err
@@ -284,15 +256,15 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
-def test_report_renders_in_headless_chromium_with_every_image_loaded(demo, tmp_path):
+def test_report_renders_in_headless_chromium_with_every_image_loaded(run, tmp_path):
     import matplotlib.image
     import numpy as np
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium is not on PATH: run `make browser` (make test does it)"
-    settings, _ = demo
+    output, result = run
     page = tmp_path / "probe.html"
-    page.write_text(settings.report_dir.joinpath("report.html").read_text().replace("</body>", _IMAGE_PROBE))
+    page.write_text(result.report.read_text().replace("</body>", _IMAGE_PROBE))
     browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
 
@@ -301,10 +273,9 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(demo, tmp_p
     assert 'data-images="4/4"' in dom.stdout, dom.stdout[:500]
 
     shot = tmp_path / "report.png"
-    run = subprocess.run(browser + ["--window-size=1280,2200", f"--screenshot={shot}",
-                                    settings.report_dir.joinpath("report.html").as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    taken = subprocess.run(browser + ["--window-size=1280,2200", f"--screenshot={shot}", result.report.as_uri()],
+                           capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 0 and shot.is_file(), taken.stderr[-2000:]
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (2200, 1280)
     assert pixels[..., :3].std() > 0.05, "the screenshot is blank"

@@ -1,0 +1,78 @@
+"""Running the real `lm_eval` CLI from a workflow: once per evaluation, reused while nothing it reads changed.
+
+Each run writes into its own folder through a staging folder, with a stamp of
+the command and of the sha256 of every file it depends on (the adapter's
+weights, the bake data the task reads, our task definitions). A second run
+with the same stamp is skipped, so a rerun of a killed pipeline redoes only
+what did not finish, and a changed task file reruns what uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..constants import LM_EVAL_RUN_STAMP, FORGETTING_GROUP
+from ..core.harness import LmEvalRun, tasks_path
+from ..errors import BakingError
+from ..evals.bigbench import ensure_bigbench_tasks
+from ..utils.atomic import staged_directory, write_json
+from ..utils.hashing import sha256_file
+from ..utils.jsonl import read_json_object
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def lm_eval_executable() -> str:
+    """The `lm_eval` installed beside this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("lm_eval")
+    found = str(beside) if beside.is_file() else shutil.which("lm_eval")
+    if not found:
+        raise BakingError("the lm_eval command is not installed; run `make setup` or `pip install lm-eval==0.4.13`")
+    return found
+
+
+def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str) -> bool:
+    """Run `run` into `output` unless the same command already ran on the same inputs; True if it ran.
+
+    `run.output_path` is ignored: lm_eval writes into a staging folder that becomes `output`.
+    """
+    stamp = {"command": LmEvalRun(**{**run.__dict__, "output_path": str(output), "executable": "lm_eval",
+                                     "include_path": None}).shell(),
+             "inputs": input_hashes(inputs)}
+    if read_json_object(output / LM_EVAL_RUN_STAMP) == stamp and any(output.rglob("results_*.json")):
+        return False
+    with staged_directory(output, replace=True) as staging:
+        argv = LmEvalRun(**{**run.__dict__, "output_path": str(staging), "executable": lm_eval_executable()}).argv()
+        sys.stdout.flush()
+        code = subprocess.run(argv, env={**os.environ, **OFFLINE}).returncode
+        if code != 0:
+            raise BakingError(f"lm_eval failed for {label} (exit status {code}; its output is above); fix that and "
+                              "rerun: finished steps are reused")
+        write_json(staging / LM_EVAL_RUN_STAMP, stamp)
+    return True
+
+
+def input_hashes(inputs: list[Path]) -> dict[str, str]:
+    """What lm_eval results depend on besides the command: the given files and our task definitions."""
+    hashes = {str(f): sha256_file(f, missing="missing") for f in inputs}
+    # A changed task (a new forgetting group member, say) must rerun the evaluations that use it.
+    task_files = sorted(f for f in tasks_path().rglob("*") if f.is_file() and f.suffix != ".pyc")
+    hashes["tasks"] = hashlib.sha256("".join(sha256_file(f) for f in task_files).encode()).hexdigest()
+    return hashes
+
+
+def ensure_forgetting_data() -> None:
+    """Fetch the forgetting group's BIG-bench files now, with a visible step, not inside lm_eval."""
+    names = []
+    for path in sorted((tasks_path() / FORGETTING_GROUP).glob("*.yaml")):
+        task_name = (yaml.safe_load(path.read_text("utf-8")).get("dataset_kwargs") or {}).get("task_name")
+        if task_name:
+            names.append(task_name)
+    ensure_bigbench_tasks(names)
