@@ -10,7 +10,7 @@ On the forgetting group (every doc, at most 200 per task), paired per doc agains
     python bench/gate_calibration.py --bake adapters/pirate --output bench/results/gate_calibration.json
 
 The base model's fp32 scores are read from a `lm-eval-baking forgetting` report when one is given
-(`--forgetting reports/forgetting-pirate/forgetting.json`), so they are not computed twice.
+(`--forgetting reports/measure/forgetting-pirate/forgetting.json`), so they are not computed twice.
 """
 
 from __future__ import annotations
@@ -63,14 +63,16 @@ def main() -> None:
     strength4 = export_strength(args.bake, 4.0, args.work / "strength-4", overwrite=True)
     noisy = noisy_copy(args.bake, args.work / f"noise-{NOISE:g}", NOISE)
 
-    fp32 = score_models(args.model, [str(strength4), str(noisy)], DEFAULT_TASKS, progress=True)
+    # The base model's fp32 scores come from the forgetting report when given (the same docs and settings).
+    fp32 = score_models(args.model, [str(strength4), str(noisy)], DEFAULT_TASKS, include_base=not args.forgetting,
+                        progress=True)
     bf16 = score_models(args.model, [], DEFAULT_TASKS, dtype="bfloat16", progress=True)
     tasks = fp32.tasks
     per_doc = {adapter: {t: s.per_doc for t, s in by_task.items()} for adapter, by_task in fp32.scores.items()}
-    per_doc["base in bf16"] = {t: s.per_doc for t, s in bf16.scores[None].items()}
-    if args.forgetting:  # cross-check: the base's fp32 scores of an earlier run are the same docs and answers
+    if args.forgetting:
         earlier = json.loads(args.forgetting.read_text())["per_doc"]["base"]
-        assert all({int(d): v for d, v in earlier[t].items()} == per_doc[None][t] for t in tasks), "base differs"
+        per_doc[None] = {t: {int(d): v for d, v in earlier[t].items()} for t in tasks}
+    per_doc["base in bf16"] = {t: s.per_doc for t, s in bf16.scores[None].items()}
     compared = ["base in bf16", str(strength4), str(noisy)]
     report = build_report(fp32.base_model, compared, tasks, per_doc, THRESHOLD_PCT)
 

@@ -55,7 +55,7 @@ class ForgettingRun:
 
 def score_models(base_model: str, adapters: list[str], tasks: list[str], *, limit: int | float | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu", dtype: str | None = None,
-                 apply_chat_template: bool = False, progress: bool = True) -> ForgettingRun:
+                 apply_chat_template: bool = False, include_base: bool = True, progress: bool = True) -> ForgettingRun:
     """Evaluate the base model and every adapter on every leaf task of `tasks`, keeping per-doc scores.
 
     `tasks` may name our tasks/groups (e.g. `baking_forgetting`) or any lm_eval
@@ -72,7 +72,7 @@ def score_models(base_model: str, adapters: list[str], tasks: list[str], *, limi
     leaf_tasks = expand_tasks(task_manager, tasks)
     run = ForgettingRun(base_model, adapters, leaf_tasks, settings={
         "limit": limit, "device": device, "dtype": dtype, "apply_chat_template": apply_chat_template})
-    runs = [None, *adapters]  # None is the base model without an adapter
+    runs = ([None] if include_base else []) + adapters  # None is the base model without an adapter
     with tqdm(total=len(runs) * len(leaf_tasks), desc="forgetting (model x task)", disable=not progress) as bar:
         for adapter in runs:
             lm = _load_lm(base_model, adapter, batch_size, device, dtype)
