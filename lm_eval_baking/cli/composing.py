@@ -12,7 +12,7 @@ from .options import add_settings, quiet_libraries, settings_from_args
 
 def register(commands) -> None:
     pursuit = commands.add_parser("pursue", help="prompt pursuit: bake a prompt again into the baked model")
-    add_prompt_options(pursuit)
+    add_prompt_options(pursuit, task=False)
     add_output_options(pursuit, "folder for round-N/, pursued/ and pursuit.json")
     add_settings(pursuit, PursuitSettings, title="pursuit settings")
     add_settings(pursuit, BakeConfig, exclude=("prompt",), title="bake settings of every round (BakeConfig)")
