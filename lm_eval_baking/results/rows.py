@@ -98,6 +98,8 @@ class Collection:
     skipped: list[Skipped]
     subtasks: dict[str, list[str]]
     """group -> member tasks, as lm_eval reported them."""
+    cross_task_reports: list[tuple[str, dict]] = field(default_factory=list)
+    """(folder, cross_task.json) of `lm-eval-baking cross-task` runs."""
 
     def row(self, label: str) -> Row | None:
         return next((r for r in self.rows if r.label == label), None)
