@@ -163,10 +163,10 @@ def _questions(task, name: str, eval_split: str, drawn: list[dict], max_question
                 texts.setdefault(text)
     questions = list(texts)
     if len(questions) < MIN_QUESTIONS:
-        where = f"in its splits {listed(splits)}" if splits else "(it has no split besides the evaluated one)"
+        where = f"split {listed(splits)}" if splits else "no split but the evaluated one"
         raise BakingError(f"task {quoted(name)} has {len(questions)} questions outside its evaluated split "
-                          f"{quoted(eval_split)} and the few-shot examples {where}, fewer than the {MIN_QUESTIONS} "
-                          "a bake needs; pass --questions FILE")
+                          f"{quoted(eval_split)} and its few-shot examples ({where}), fewer than the "
+                          f"{MIN_QUESTIONS} a bake needs; pass --questions FILE")
     spaced = next((q for q in questions if q != q.strip()), None)
     if spaced is not None:
         raise BakingError(f"task {quoted(name)}'s question {quoted(spaced)} starts or ends with whitespace, which a "
