@@ -7,7 +7,6 @@ encode to the same token ids lm_eval's HFLM feeds the model.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,18 +21,6 @@ from lm_eval_baking.evals.task_prompts import MIN_QUESTIONS, build_task_prompt
 LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
 TASKS = Path(__file__).parent / "fewshot_tasks"
 SUMS, COLOURS = "tiny_fewshot_sums", "tiny_fewshot_colours"
-
-
-@pytest.fixture(scope="session")
-def plain_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny model with its chat template removed: a base model as many lm_eval users evaluate."""
-    path = tmp_path_factory.mktemp("tiny-plain")
-    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
-    (path / "chat_template.jinja").unlink(missing_ok=True)
-    config = json.loads((path / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
-    return path
 
 
 def lm_eval_contexts(model_dir, tmp_path, *, chat: bool) -> dict[str, dict[int, str]]:
