@@ -24,11 +24,12 @@ TEMPLATE = ROOT / "tasks" / "baking_fewshot" / "_bigbench_gen_template_yaml"
 CANDIDATES = [
     "arithmetic/1_digit_addition", "arithmetic/1_digit_multiplication", "arithmetic/2_digit_addition",
     "arithmetic/2_digit_subtraction", "linguistic_mappings/plural_json", "linguistic_mappings/past_tense_json",
-    "linguistic_mappings/sentence_negation_json", "linguistic_mappings/question_formation_json",
-    "unnatural_in_context_learning/identity", "unnatural_in_context_learning/dates", "object_counting",
-    "periodic_elements/subtask_0", "word_sorting", "tense", "auto_categorization",
-    "modified_arithmetic/three_digit_addition_control",
+    "linguistic_mappings/sentence_negation_json", "unnatural_in_context_learning/identity",
+    "periodic_elements/subtask_0", "word_sorting",
 ]
+# Screened out before running, for their cost on a 2-core CPU: 8-shot contexts of 1-2k tokens
+# (modified_arithmetic, object_counting, tense, auto_categorization, question_formation_json,
+# unnatural_in_context_learning/dates). A first screen with them ran ~6 s per 8-shot doc.
 
 
 def task_name(bigbench_name: str) -> str:
