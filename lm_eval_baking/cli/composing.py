@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..compose.config import PursuitSettings
 from ..training.config import BakeConfig
+from ..errors import BakingError
 from .baking import add_output_options, add_prompt_options, bake_config
 from .options import add_settings, quiet_libraries, settings_from_args
 
@@ -40,6 +41,9 @@ def register(commands) -> None:
 
 def _run_pursue(args) -> None:
     config = bake_config(args)
+    if not isinstance(config.prompt, str):
+        raise BakingError("pursuit bakes a text prompt (a system message); chat-message prompts (.json) are for "
+                          "`lm-eval-baking bake`: pass a .txt --prompt-file")
     settings = settings_from_args(PursuitSettings, args)
     quiet_libraries()
     from ..compose.pursuit import format_pursuit_table, pursue
