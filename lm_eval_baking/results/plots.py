@@ -178,7 +178,7 @@ def cross_task_heatmap(report: dict) -> bytes:
                 values[row, col] = 100 * (cell["gain"] if baked == evaluated else cell["difference"])
     span = max(5.0, float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0)
     fig, ax = plt.subplots(figsize=(2.4 + 1.7 * n, 2.2 + 1.0 * n), layout="constrained")
-    ax.imshow(np.zeros((n, n)), cmap="Greys", vmin=0, vmax=10, aspect="auto")  # grey: no change shown
+    ax.imshow(np.full((n, n), 0.15), cmap="Greys", vmin=0, vmax=1, aspect="auto")  # grey: no change shown
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
     names = [short_fewshot_task(t) for t in tasks]
     ax.set_xticks(range(n), names, rotation=30, ha="right")
