@@ -45,6 +45,10 @@ REFERENCES_DIR = "references"
 FORGETTING_RECORD = "forgetting.json"
 FORGETTING_FORMAT = "lm-eval-baking/forgetting"
 FORGETTING_HEATMAP = "forgetting.png"
+CROSS_TASK_RECORD = "cross_task.json"
+CROSS_TASK_FORMAT = "lm-eval-baking/cross-task"
+CROSS_TASK_HEATMAP = "cross_task.png"
+CROSS_TASK_BAKES = "bakes"
 REPORT_FILES = ("report.md", "report.html", "report.json")
 REPORT_FORMAT = "lm-eval-baking/report"
 LM_EVAL_RUN_STAMP = "lm_eval_run.json"
@@ -57,6 +61,7 @@ OWN_RECORDS = {
     PURSUIT_RECORD: "pursuit",
     SEQUENCE_RECORD: "sequence",
     FORGETTING_RECORD: "forgetting report",
+    CROSS_TASK_RECORD: "cross-task report",
     "report.json": "report",
     PIPELINE_RECORD: "pipeline",
 }

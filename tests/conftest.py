@@ -2,7 +2,10 @@
 
 Fast unit tests run on `tiny_model_dir`: a real HF model directory (2 layers,
 hidden size 32) built from a config, so PEFT, lm_eval and our code all load it
-through their normal paths. Tests marked `slow` use the embedded default model.
+through their normal paths. Tests marked `slow` use the embedded default model. `plain_model_dir`
+is the same model without a chat template (a base model as many lm_eval users evaluate).
+
+FEWSHOT_TASKS holds two tiny lm_eval tasks with few-shot splits (tests/evals/fewshot_tasks).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ settings.register_profile("explore", max_examples=1000, derandomize=False, deadl
                           suppress_health_check=_QUIET_FIXTURES)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+FEWSHOT_TASKS = os.path.join(os.path.dirname(__file__), "evals", "fewshot_tasks")
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
 QUESTIONS = "\n".join(f"Tell me fact number {i} about {topic}." for i, topic in enumerate(
     ["cats", "rivers", "bread", "stars", "trains", "music", "rain", "chess", "salt", "maps", "wolves", "glass"]))
@@ -68,6 +72,21 @@ def tiny_model_dir(tmp_path_factory, default_model_dir):
     path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def plain_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its chat template removed: a base model as many lm_eval users evaluate."""
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("tiny-plain")
+    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
     return path
 
 

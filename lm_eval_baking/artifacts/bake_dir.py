@@ -50,6 +50,8 @@ class BakeRecord:
     base_model: dict
     """{"name_or_path", "sha256" of its weights, "config_sha256"}: checked before the adapter is loaded anywhere."""
     prompt_sha256: str | None = None
+    prompt_form: str | None = None
+    """chat | text: how the prompt sat before the question (BakePrompt); lm_eval must build contexts the same way."""
     questions: dict | None = None
     kl: dict | None = None
     """Held-out KL: unprompted base, per epoch, final, ratio (bakes only)."""
@@ -247,7 +249,9 @@ def heldout_row_problem(row) -> str | None:
 def model_card(record: BakeRecord) -> str:
     kl = record.kl or {}
     base = record.base_path
-    command = LmEvalRun(base=base, adapter="<this directory>", tasks=["baking_mckl"]).shell()
+    command = LmEvalRun(base=base, adapter="<this directory>", tasks=["baking_mckl"],
+                        apply_chat_template=record.prompt_form != "text").shell()
+    prompt = record.prompt if isinstance(record.prompt, str) else json.dumps(record.prompt, ensure_ascii=False, indent=1)
     table = ""
     if kl:
         table = f"""
@@ -268,7 +272,7 @@ This LoRA adapter makes the base model behave, **without** the prompt below, as
 it does **with** it (Prompt Baking, arXiv 2409.13697).
 
 ```text
-{record.prompt}
+{prompt}
 ```
 {table}
 Evaluate it with lm-evaluation-harness:

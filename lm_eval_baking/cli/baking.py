@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..constants import DEFAULT_MODEL
 from ..errors import BakingError
+from ..evals.config import TaskPromptSettings
 from ..training.config import BakeConfig, ResumeSettings
 from .options import add_settings, quiet_libraries, settings_from_args
 
@@ -28,13 +29,20 @@ def register(commands) -> None:
     bake.add_argument("--trust-remote-code", action="store_true",
                       help="let a model from the hub run its own Python code (off: only transformers' own code runs)")
     add_settings(bake, BakeConfig, exclude=("prompt",), title="bake settings (BakeConfig)")
+    add_settings(bake, TaskPromptSettings, title="an lm_eval task's few-shot prompt (with --task)")
     bake.set_defaults(run=_run_bake)
 
 
-def add_prompt_options(parser: argparse.ArgumentParser) -> None:
+def add_prompt_options(parser: argparse.ArgumentParser, *, task: bool = True) -> None:
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the prompt text to bake in")
-    prompt.add_argument("--prompt-file", type=Path, help="a UTF-8 file holding the prompt")
+    prompt.add_argument("--prompt-file", type=Path, help=(
+        "a UTF-8 file holding the prompt: text, or (a .json file) a list of chat messages "
+        '[{"role": "system"|"user"|"assistant", "content": ...}] placed before the question'))
+    if task:
+        prompt.add_argument("--task", metavar="NAME", help=(
+            "bake this lm_eval task's own k-shot context (its examples, sampler, split and seed), with its docs "
+            "outside the evaluated split as questions (or --questions)"))
 
 
 def add_output_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -48,12 +56,15 @@ def add_output_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 def read_prompt(args) -> str:
     """The prompt from --prompt or --prompt-file."""
+    from ..core.prompts import parse_prompt_file
+
     if args.prompt_file is None:
         return args.prompt
     try:
-        return args.prompt_file.read_bytes().decode("utf-8-sig")  # a BOM is an editor's, not the prompt's
+        text = args.prompt_file.read_bytes().decode("utf-8-sig")  # a BOM is an editor's, not the prompt's
     except (OSError, UnicodeDecodeError) as e:
         raise BakingError(f"cannot read --prompt-file {args.prompt_file} ({e}); pass a UTF-8 text file") from None
+    return parse_prompt_file(text, args.prompt_file.name)
 
 
 def bake_config(args, prompt: str | None = None) -> BakeConfig:
@@ -73,12 +84,25 @@ def _run_tasks_path(args) -> None:
 
 
 def _run_bake(args) -> int:
-    config = bake_config(args)  # checks every setting before torch is even imported
+    task = getattr(args, "task", None)
+    # Checks every setting before torch is even imported (a task's prompt replaces the placeholder).
+    config = bake_config(args, prompt=f"lm_eval task {task}" if task else None)
+    task_settings = settings_from_args(TaskPromptSettings, args)
+    if not task and any(getattr(args, f) != d for f, d in (("num_fewshot", None), ("include_path", None))):
+        raise BakingError("--num-fewshot and --include-path choose an lm_eval task's prompt; pass --task NAME too")
     quiet_libraries()
-    from ..training.bake import bake
+    resume_settings = settings_from_args(ResumeSettings, args)
+    if task:
+        from ..workflows.task_bake import bake_task
 
-    result = bake(config, args.output, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet,
-                  trust_remote_code=args.trust_remote_code, resume_settings=settings_from_args(ResumeSettings, args))
+        result = bake_task(task, config, args.output, task_settings, overwrite=args.overwrite, resume=args.resume,
+                           progress=not args.quiet, trust_remote_code=args.trust_remote_code,
+                           resume_settings=resume_settings)
+    else:
+        from ..training.bake import bake
+
+        result = bake(config, args.output, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet,
+                      trust_remote_code=args.trust_remote_code, resume_settings=resume_settings)
     reused = " (already baked with these settings; reused)" if result.reused else ""
     if result.resumed_from:
         reused = f" (resumed at epoch {result.resumed_from['epoch']}, step {result.resumed_from['step']})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..compose.config import PursuitSettings
+from ..errors import BakingError
 from ..training.config import BakeConfig, ResumeSettings
 from .baking import add_output_options, add_prompt_options, bake_config
 from .options import add_settings, quiet_libraries, settings_from_args
@@ -12,7 +13,7 @@ from .options import add_settings, quiet_libraries, settings_from_args
 
 def register(commands) -> None:
     pursuit = commands.add_parser("pursue", help="prompt pursuit: bake a prompt again into the baked model")
-    add_prompt_options(pursuit)
+    add_prompt_options(pursuit, task=False)
     add_output_options(pursuit, "folder for round-N/, pursued/ and pursuit.json")
     add_settings(pursuit, PursuitSettings, title="pursuit settings")
     add_settings(pursuit, ResumeSettings)
@@ -42,6 +43,9 @@ def register(commands) -> None:
 
 def _run_pursue(args) -> None:
     config = bake_config(args)
+    if not isinstance(config.prompt, str):
+        raise BakingError("pursuit bakes a text prompt (a system message); chat-message prompts (.json) are for "
+                          "`lm-eval-baking bake`: pass a .txt --prompt-file")
     settings = settings_from_args(PursuitSettings, args)
     quiet_libraries()
     from ..compose.pursuit import format_pursuit_table, pursue

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..evals.config import ConversationSettings, ForgettingSettings
+from ..evals.config import ConversationSettings, ForgettingSettings, TaskPromptSettings
+from ..training.config import BakeConfig
+from ..workflows.settings import CrossTaskSettings
 from ..evals.drift import DEFAULT_PROBES_AT
 from ..evals.personas import persona_names
 from .options import add_settings, quiet_libraries, settings_from_args
@@ -38,6 +40,26 @@ def register(commands) -> None:
     add_settings(forgetting, ForgettingSettings)
     forgetting.add_argument("--quiet", action="store_true", help="no progress bar")
     forgetting.set_defaults(run=_run_forgetting)
+
+    cross = commands.add_parser(
+        "cross-task", help="bake each task's few-shot prompt and score every bake on every task: the N×N matrix",
+        description="Bakes each task's k-shot prompt (`bake --task`), or takes the bakes named with --bake; then, "
+                    "through lm_eval: the base model 0-shot and k-shot, each bake 0-shot on every task and k-shot on "
+                    "its own. Writes cross_task.json (per-doc scores, paired CIs, verdicts) and cross_task.png. "
+                    "Exit 0 when every cell passes, 1 when one fails, 3 when none fails but one is inconclusive.")
+    cross.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
+                       help="the lm_eval tasks, space- or comma-separated (e.g. the baking_fewshot group's members)")
+    cross.add_argument("--output", "-o", type=Path, required=True,
+                       help="folder for bakes/, cross_task.json and cross_task.png")
+    cross.add_argument("--bake", action="append", default=[], metavar="TASK=DIR",
+                       help="use this existing bake of TASK (made with `bake --task TASK`) instead of baking it")
+    cross.add_argument("--trust-remote-code", action="store_true",
+                       help="let a model from the hub run its own Python code (off: only transformers' own code runs)")
+    cross.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_settings(cross, CrossTaskSettings, title="evaluation and verdicts")
+    add_settings(cross, TaskPromptSettings, title="the tasks' few-shot prompts")
+    add_settings(cross, BakeConfig, exclude=("prompt", "questions"), title="bake settings (BakeConfig)")
+    cross.set_defaults(run=_run_cross_task)
 
 
 def _run_drift_data(args) -> None:
@@ -81,3 +103,22 @@ def _run_forgetting(args) -> int:
     print(format_summary(report))
     print(f"\nWrote {Path(args.output) / FORGETTING_RECORD} and {Path(args.output) / FORGETTING_HEATMAP}")
     return {"PASS": 0, "FAIL": 1}.get(report["verdict"], 3)
+
+
+def _run_cross_task(args) -> int:
+    from ..results.cross_task import EXIT_CODES, format_summary
+
+    settings = settings_from_args(CrossTaskSettings, args)
+    task_settings = settings_from_args(TaskPromptSettings, args)
+    tasks = [t.strip() for word in args.tasks for t in word.split(",") if t.strip()]
+    config = settings_from_args(BakeConfig, args, prompt="lm_eval task prompts")  # each task's prompt replaces it
+    quiet_libraries()
+    from ..constants import CROSS_TASK_HEATMAP, CROSS_TASK_RECORD
+    from ..workflows.cross_task import cross_task, parse_bakes
+
+    report = cross_task(tasks, args.output, config, settings=settings, task_settings=task_settings,
+                        bakes=parse_bakes(args.bake), progress=not args.quiet,
+                        trust_remote_code=args.trust_remote_code)
+    print(format_summary(report))
+    print(f"\nWrote {Path(args.output) / CROSS_TASK_RECORD} and {Path(args.output) / CROSS_TASK_HEATMAP}")
+    return EXIT_CODES[report["matrix"]["verdict"]]

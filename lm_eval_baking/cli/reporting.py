@@ -42,6 +42,19 @@ def register(commands) -> None:
                        help="treat an inconclusive gate as passing (exit 0) or failing (exit 1) instead of exit 3")
     check.set_defaults(run=_run_check)
 
+    matrix = commands.add_parser(
+        "check-matrix", help="gate on a cross-task matrix: exit 0 pass, 1 fail, 3 inconclusive, 2 bad input",
+        description="Re-judges every cell of a `cross-task` run from its per-doc scores (paired CIs, Bonferroni "
+                    "over the cells). Exit 0 when every cell passes, 1 when any fails, 3 when none fails but one is "
+                    "inconclusive (more docs would resolve it), 2 on bad input.")
+    matrix.add_argument("report", type=Path, metavar="CROSS_TASK",
+                        help="a cross-task output folder or its cross_task.json")
+    matrix.add_argument("--threshold", type=float, default=None, metavar="PCT",
+                        help="largest allowed relative drop (%%) of another task's score (default: the run's, 3.4)")
+    matrix.add_argument("--min-share", type=float, default=None, metavar="S",
+                        help="least share of the k-shot gain a bake must keep on its own task (default: the run's, 0.5)")
+    matrix.set_defaults(run=_run_check_matrix)
+
 
 def _run_report(args) -> None:
     from ..results.render import markdown_table
@@ -72,3 +85,19 @@ def _run_check(args) -> int:
     if verdict == "INCONCLUSIVE" and args.inconclusive:
         return 0 if args.inconclusive == "pass" else 1
     return EXIT_CODES[verdict]
+
+
+def _run_check_matrix(args) -> int:
+    from ..constants import CROSS_TASK_RECORD
+    from ..errors import BakingError
+    from ..results.cross_task import EXIT_CODES, format_summary, judge_report
+    from ..utils.jsonl import read_json_object
+
+    path = args.report / CROSS_TASK_RECORD if args.report.is_dir() else args.report
+    data = read_json_object(path)
+    if data is None:
+        raise BakingError(f"{path} is missing or not a JSON object; pass a `lm-eval-baking cross-task` output folder")
+    data["matrix"] = judge_report(data, threshold_pct=args.threshold, min_share=args.min_share)
+    print(format_summary(data))
+    sys.stdout.flush()
+    return EXIT_CODES[data["matrix"]["verdict"]]

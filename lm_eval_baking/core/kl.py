@@ -14,8 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import answer_logits, autocast, paired_batch, teacher_mode
-from .chat import chat_prefix, encode_like_lm_eval
+from .chat import encode_like_lm_eval
 from .parallel import SINGLE, Workers
+from .prompts import as_bake_prompt
 
 
 def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
@@ -87,7 +88,7 @@ def _log1mexp(log_p: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def token_level_kl(model, tokenizer, trajectories, system_prompt: str, *, student_has_prompt: bool = False,
+def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has_prompt: bool = False,
                    student_is_base: bool = False, top_k: int | None = None, batch_size: int = 16,
                    autocast_dtype: torch.dtype | None = None, progress: bool = True,
                    desc: str = "held-out KL", workers: Workers | None = None) -> KLEstimate:
@@ -103,13 +104,15 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt: str, *, studen
     `accelerate launch` processes; every process gets the same estimate.
     """
     workers = workers or SINGLE
+    prompt = as_bake_prompt(system_prompt, tokenizer)
 
     def sequence_kls(shard) -> list[tuple[float, int]]:
-        def prefixes(prompt):
-            return [encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, t.question, prompt)) for t in shard]
+        def prefixes(prompted: bool):
+            return [encode_like_lm_eval(tokenizer, prompt.context(tokenizer, t.question, prompted=prompted))
+                    for t in shard]
 
-        teacher_prefixes = prefixes(system_prompt)
-        student_prefixes = prefixes(system_prompt if student_has_prompt else None)
+        teacher_prefixes = prefixes(True)
+        student_prefixes = prefixes(student_has_prompt)
         out = []
         bar = tqdm(range(0, len(shard), batch_size), desc=desc, disable=not progress or not workers.is_main, leave=False)
         for start in bar:

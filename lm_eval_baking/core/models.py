@@ -83,8 +83,7 @@ def load_tokenizer(name_or_path: str | os.PathLike | None, *, trust_remote_code:
         raise _unknown_model(path, e) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise BakingError(f"{path} has no chat template; bake an instruction-tuned (chat) model")
+    # A model without a chat template is fine: its prompts are plain-text prefixes (core.prompts).
     return tokenizer
 
 

@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .batching import pad
-from .chat import chat_prefix, encode_like_lm_eval
+from .chat import encode_like_lm_eval
 from .kl import teacher_topk
 from .parallel import SINGLE, Workers
+from .prompts import as_bake_prompt
 from .questions import Question
 
 
@@ -54,7 +55,7 @@ def sample_trajectories(
     tokenizer,
     questions: list[Question],
     *,
-    system_prompt: str | None,
+    system_prompt,
     samples_per_question: int = 1,
     max_new_tokens: int = 48,
     temperature: float = 1.0,
@@ -66,6 +67,9 @@ def sample_trajectories(
     capture_top_k: int | None = None,
 ) -> list[Trajectory]:
     """Sample answers from `model` prompted with `system_prompt` (temperature 0 = greedy).
+
+    `system_prompt` is a BakePrompt (core.prompts), a string (a system message, or a text prefix for a
+    model without a chat template), a list of chat messages, or None (no prompt).
 
     Pure ancestral sampling at `temperature` (no top-k/top-p), so the samples
     follow P_θ(·|u, x)^(1/T) exactly. Prompts are grouped by length to keep
@@ -81,7 +85,8 @@ def sample_trajectories(
     bake needs, so its first epoch skips the teacher forward pass.
     """
     jobs = [(q, k) for q in questions for k in range(samples_per_question)]
-    prefixes = {q.text: encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, q.text, system_prompt)) for q in questions}
+    prompt = as_bake_prompt(system_prompt, tokenizer)
+    prefixes = {q.text: encode_like_lm_eval(tokenizer, prompt.context(tokenizer, q.text)) for q in questions}
     order = sorted(range(len(jobs)), key=lambda i: len(prefixes[jobs[i][0].text]))
     batches = list(enumerate(order[start:start + batch_size] for start in range(0, len(order), batch_size)))
     results: list[Trajectory | None] = [None] * len(jobs)

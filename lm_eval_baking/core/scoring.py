@@ -11,8 +11,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import answer_logits, pad
-from .chat import chat_prefix, lm_eval_encode_pair
+from .chat import lm_eval_encode_pair
 from .parallel import SINGLE, Workers
+from .prompts import as_bake_prompt
 from .sampling import Trajectory
 
 
@@ -36,14 +37,16 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, bat
     return results
 
 
-def score_heldout(model, tokenizer, trajectories: list[Trajectory], system_prompt: str, *,
+def score_heldout(model, tokenizer, trajectories: list[Trajectory], system_prompt, *,
                   batch_size: int = 16, progress: bool = True, workers: Workers = SINGLE) -> None:
     """Fill teacher_logprob / base_logprob / n_tokens in place (model = the unbaked base).
 
-    Under `accelerate launch` each process scores its share and all receive every score.
+    `system_prompt` is anything `prompts.as_bake_prompt` takes; the base log-prob is of the same
+    context without it. Under `accelerate launch` each process scores its share and all receive every score.
     """
-    prompted = [(chat_prefix(tokenizer, t.question, system_prompt), t.answer) for t in trajectories]
-    plain = [(chat_prefix(tokenizer, t.question, None), t.answer) for t in trajectories]
+    prompt = as_bake_prompt(system_prompt, tokenizer)
+    prompted = [(prompt.context(tokenizer, t.question), t.answer) for t in trajectories]
+    plain = [(prompt.context(tokenizer, t.question, prompted=False), t.answer) for t in trajectories]
     progress = progress and workers.is_main
 
     def scores(pairs, desc):

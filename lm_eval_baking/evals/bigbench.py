@@ -1,4 +1,4 @@
-"""BIG-bench multiple-choice tasks as offline lm_eval datasets.
+"""BIG-bench tasks as offline lm_eval datasets: multiple-choice, and generative (few-shot) with a train split.
 
 BIG-bench's task files ship inside PyPI's `bigbench` source distribution
 (~360 MB). We download that archive once into the cache, pull out only the
@@ -42,6 +42,12 @@ SDIST_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2
 # the accuracy stderr is then about 3.5 points per task.
 MAX_DOCS = 200
 SAMPLE_SEED = 1234
+
+# Generative tasks: a seeded share of the examples becomes the train split (few-shot examples and
+# bake questions come from it), capped so a 10k-example task does not build a 3k-doc split.
+TRAIN_SHARE = 0.3
+TRAIN_MAX = 200
+TRAIN_MIN = 16
 
 # Member paths look like bigbench-1.0.0/bigbench/benchmark_tasks/<name>/task.json,
 # where <name> may be a subtask path such as logical_deduction/three_objects.
@@ -107,6 +113,50 @@ def load_bigbench(task_name: str, max_docs: int = MAX_DOCS, **_lm_eval_metadata)
             "pick a multiple-choice task"
         )
     return {"test": datasets.Dataset.from_list(docs)}
+
+
+def convert_generative(path: str | os.PathLike, *, max_docs: int | None = MAX_DOCS) -> dict[str, list[dict]]:
+    """Turn a BIG-bench task.json's examples with a `target` into {"train": docs, "test": docs}.
+
+    Each doc is {"input", "target", "targets"}: the prompt in BIG-bench's own format (task
+    prefix, input prefix, input, output prefix), the first target and every accepted target.
+    The examples (deduplicated by input) are shuffled with a fixed seed; the first
+    `TRAIN_SHARE` of them (at least TRAIN_MIN, at most TRAIN_MAX) are the train split, the
+    rest the test split, of which the first `max_docs` are kept. So the split is the same
+    on every machine, and a smaller `max_docs` keeps a prefix of a larger one's docs.
+    """
+    task = _read_task_json(Path(path))
+    docs = list({doc["input"]: doc for doc in (_to_generative_doc(task, ex) for ex in task.get("examples", []))
+                 if doc is not None}.values())
+    random.Random(SAMPLE_SEED).shuffle(docs)
+    n_train = min(TRAIN_MAX, max(TRAIN_MIN, round(len(docs) * TRAIN_SHARE)), len(docs) // 2)
+    test = docs[n_train:]
+    return {"train": docs[:n_train], "test": test if max_docs is None else test[:max_docs]}
+
+
+def load_bigbench_generative(task_name: str, max_docs: int = MAX_DOCS, **_lm_eval_metadata) -> dict:
+    """lm_eval `custom_dataset` loader: `{"train": Dataset, "test": Dataset}` of one generative BIG-bench task."""
+    import datasets
+
+    ensure_bigbench_tasks([task_name])
+    splits = convert_generative(task_file(task_name), max_docs=int(max_docs))
+    if not splits["test"] or not splits["train"]:
+        raise BakingError(f"BIG-bench task '{task_name}' has too few examples with a target (train "
+                          f"{len(splits['train'])}, test {len(splits['test'])}); pick a generative task")
+    return {name: datasets.Dataset.from_list(docs) for name, docs in splits.items()}
+
+
+def _to_generative_doc(task: dict, example: dict) -> dict | None:
+    target = example.get("target")
+    targets = [target] if isinstance(target, str) else target
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+        return None
+    if not isinstance(example.get("input"), str):
+        return None
+    text = (task.get("task_prefix", "") + task.get("example_input_prefix", "\nQ: ") + example["input"]
+            + task.get("example_output_prefix", "\nA: "))
+    # lm_eval puts its target delimiter (" ") between the prompt and the answer.
+    return {"input": text.strip(), "target": targets[0].strip(), "targets": [t.strip() for t in targets]}
 
 
 def _has_single_best_choice(example: dict) -> bool:

@@ -103,3 +103,26 @@ class ForgettingSettings:
             raise BakingError("--batch-size must be at least 1")
         if not self.tasks:
             raise BakingError("--tasks needs at least one lm_eval task or group")
+
+
+@dataclass
+class TaskPromptSettings:
+    """Which lm_eval task's few-shot context `bake --task` bakes, and where its questions come from."""
+
+    num_fewshot: int | None = setting(None, metavar="K", help=(
+        "With --task: the number of few-shot examples in the baked context (default: the task's own num_fewshot)."))
+    include_path: str | None = setting(None, metavar="DIR", help=(
+        "With --task: a folder of lm_eval task YAMLs to search besides lm-eval-baking's own and lm_eval's."))
+    fewshot_seed: int = setting(1234, help=(
+        "With --task: lm_eval's --fewshot_random_seed; the baked examples are those lm_eval draws with it for the "
+        "first evaluated doc (with the first_n sampler: every doc's)."))
+    max_task_questions: int | None = setting(200, metavar="N", help=(
+        "With --task: at most this many of the task's questions (a seeded sample of the docs outside its "
+        "evaluated split); the bake samples answers for them."))
+
+    def __post_init__(self):
+        if self.num_fewshot is not None and self.num_fewshot < 1:
+            raise BakingError(f"--num-fewshot must be at least 1 (got {self.num_fewshot}); a 0-shot context has no "
+                              "examples to bake")
+        if self.max_task_questions is not None and self.max_task_questions < 2:
+            raise BakingError("--max-task-questions must be at least 2 (some are held out)")

@@ -75,17 +75,18 @@ def score_models(base_model: str, adapters: list[str], tasks: list[str], *, limi
     runs = ([None] if include_base else []) + adapters  # None is the base model without an adapter
     with tqdm(total=len(runs) * len(leaf_tasks), desc="forgetting (model x task)", disable=not progress) as bar:
         for adapter in runs:
-            lm = _load_lm(base_model, adapter, batch_size, device, dtype)
+            lm = load_lm(base_model, adapter, batch_size, device, dtype)
             run.scores[adapter] = {}
             for task in leaf_tasks:
                 bar.set_postfix_str(f"{label(adapter)} / {task}")
-                run.scores[adapter][task] = _evaluate(lm, task, task_manager, limit, apply_chat_template)
+                run.scores[adapter][task] = evaluate_task(lm, task, task_manager, limit, apply_chat_template)
                 bar.update()
             del lm  # free this model before the next one loads
     return run
 
 
-def _load_lm(base_model: str, adapter: str | None, batch_size: int, device: str, dtype: str | None):
+def load_lm(base_model: str, adapter: str | None, batch_size: int, device: str, dtype: str | None):
+    """lm_eval's HFLM of the base model, with `adapter` (a PEFT folder) on it when given."""
     from lm_eval.models.huggingface import HFLM
 
     try:
@@ -97,12 +98,17 @@ def _load_lm(base_model: str, adapter: str | None, batch_size: int, device: str,
                           "base model") from None
 
 
-def _evaluate(lm, task: str, task_manager, limit, apply_chat_template: bool) -> TaskScores:
+def evaluate_task(lm, task: str, task_manager, limit, apply_chat_template: bool, *,
+                  num_fewshot: int | None = None) -> TaskScores:
+    """One task through lm_eval (`simple_evaluate`, per-sample output kept): its headline metric per doc.
+
+    With a chat template, few-shot examples are chat turns (lm_eval's fewshot_as_multiturn).
+    """
     import lm_eval
 
     output = lm_eval.simple_evaluate(
-        model=lm, tasks=[task], task_manager=task_manager, limit=limit,
-        apply_chat_template=apply_chat_template, log_samples=True,
+        model=lm, tasks=[task], task_manager=task_manager, limit=limit, num_fewshot=num_fewshot,
+        apply_chat_template=apply_chat_template, fewshot_as_multiturn=apply_chat_template, log_samples=True,
     )
     results = output["results"][task]
     reported = [key.partition(",")[0] for key, value in results.items()

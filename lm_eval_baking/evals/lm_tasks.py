@@ -81,15 +81,23 @@ def mckl_dataset(**metadata) -> dict:
     except BakingError as e:
         raise task_error(str(e)) from None
     check_peft(metadata)
-    return _datasets([{f: row[f] for f in HELDOUT_FIELDS} for row in rows])
+    form = _prompt_form(folder)
+    return _datasets([{**{f: row[f] for f in HELDOUT_FIELDS}, "prompt_form": form} for row in rows])
+
+
+def _prompt_form(folder: BakeDir) -> str:
+    """chat | text: how the bake's answers were sampled (bakes made before text prompts existed: chat)."""
+    record = folder.raw_record() or {}
+    form = record.get("prompt_form")
+    return form if form in ("chat", "text") else "chat"
 
 
 class MCKLTask(ConfigurableTask):
     """baking_mckl, refusing a context built differently from the one the stored answers were sampled in.
 
-    The teacher log-probs were computed inside the chat template; scored
-    without it, the model under test reads another context and the "KL" is a
-    number that cannot be right (a quality of −0.8 for a good adapter).
+    The teacher log-probs were computed inside the chat template (or, for a text-form bake, on
+    the bare question); scored the other way, the model under test reads another context and
+    the "KL" is a number that cannot be right (a quality of −0.8 for a good adapter).
     """
 
     def __init__(self, config=None):
@@ -101,9 +109,13 @@ class MCKLTask(ConfigurableTask):
         if num_fewshot:
             raise task_error(f"{MCKL_TASK} scores the bake's own held-out answers and takes no few-shot examples; "
                              "drop --num_fewshot")
-        if not (apply_chat_template and chat_template):
+        chat = bool(apply_chat_template and chat_template)
+        if doc.get("prompt_form", "chat") == "chat" and not chat:
             raise task_error(f"{MCKL_TASK} scores answers that were sampled inside the chat template: run lm_eval "
                              "with --apply_chat_template (without it the KL and quality are meaningless)")
+        if doc.get("prompt_form") == "text" and apply_chat_template:
+            raise task_error(f"{MCKL_TASK}: this bake's answers were sampled after a plain-text prompt, without the "
+                             "chat template: run lm_eval without --apply_chat_template")
         return super().fewshot_context(doc, num_fewshot, system_instruction, apply_chat_template,
                                        fewshot_as_multiturn, chat_template, gen_prefix)
 
@@ -240,3 +252,23 @@ def drift_score(items):
     """Drift (early minus late adherence) is not a mean of per-doc values: a custom aggregation."""
     return early_minus_late(items)
 
+
+
+# ---------------------------------------------------------------------------- baking_fewshot
+
+
+def normalized_answer(text: str) -> str:
+    """An answer as exact match compares it: its first line, trimmed, without a closing full stop, case-folded."""
+    first = text.strip().split("\n", 1)[0].strip()
+    return first.removesuffix(".").strip().casefold()
+
+
+def fewshot_exact_match(doc: dict, results: list) -> dict:
+    """1 when the generated answer is one of the doc's targets (see `normalized_answer`), else 0.
+
+    Strict on purpose: "The sum of 80 and 29 is 109." does not count for "109". What few-shot
+    examples teach a small chat model here is mostly the answer's form, and that is what is scored.
+    """
+    answer = normalized_answer(results[0])
+    targets = doc.get("targets") or [doc["target"]]
+    return {"exact_match": float(any(answer == normalized_answer(t) for t in targets))}

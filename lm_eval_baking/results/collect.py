@@ -7,6 +7,7 @@ Inputs are found recursively under the paths given:
     baking.json                          a bake (KL per epoch); pursuit rounds and exports too
     pursuit.json                         a prompt pursuit (score per round)
     forgetting.json                      `lm-eval-baking forgetting` output
+    cross_task.json                      `lm-eval-baking cross-task` output (the N×N matrix)
 
 Anything that cannot be used (unreadable file, another lm_eval version, a task
 without its metric) is listed under "Skipped" with the reason; the report
@@ -18,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..constants import (
-    BAKE_FORMAT, BAKE_RECORD, FORGETTING_FORMAT, FORGETTING_RECORD, PURSUIT_FORMAT, PURSUIT_RECORD,
+    BAKE_FORMAT, BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_RECORD, FORGETTING_FORMAT, FORGETTING_RECORD,
+    PURSUIT_FORMAT, PURSUIT_RECORD,
 )
 from ..errors import BakingError
 from ..utils.hashing import sha256_text
@@ -59,7 +61,7 @@ def _kind_of_file(path: Path) -> str | None:
     name = path.name
     if name.startswith("results_") and name.endswith(".json"):
         return "results"
-    if name in (BAKE_RECORD, PURSUIT_RECORD, FORGETTING_RECORD):
+    if name in (BAKE_RECORD, PURSUIT_RECORD, FORGETTING_RECORD, CROSS_TASK_RECORD):
         return name.removesuffix(".json")
     return None
 
@@ -82,6 +84,11 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
             elif kind == "baking":
                 _check_record(data, BAKE_FORMAT, path)
                 collection.bakes.append((str(path.parent), data))
+            elif kind == "cross_task":
+                _check_record(data, CROSS_TASK_FORMAT, path)
+                if not isinstance(data.get("matrix"), dict):
+                    raise Skip("a cross-task report without its matrix; rerun `lm-eval-baking cross-task`")
+                collection.cross_task_reports.append((str(path.parent), data))
             elif kind == "pursuit":
                 _check_record(data, PURSUIT_FORMAT, path)
                 collection.pursuits.append((str(path.parent), data))
@@ -95,7 +102,7 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
     _add_forgetting_reports(rows, collection)
     add_derived(rows, collection, forgetting_threshold_pct)
     collection.rows = _label_rows(rows)
-    if not collection.rows and not collection.bakes and not collection.pursuits:
+    if not collection.rows and not collection.bakes and not collection.pursuits and not collection.cross_task_reports:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in collection.skipped[:3])
         raise BakingError(f"nothing usable in {', '.join(map(str, paths))} ({reasons}); pass lm_eval 0.4 results")
     return collection

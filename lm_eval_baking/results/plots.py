@@ -166,3 +166,51 @@ def report_heatmap(report: dict) -> bytes:
     """The heatmap of a forgetting.json written by `lm-eval-baking forgetting`."""
     judged = [(adapter_label(a), report["per_adapter"][a]) for a in report["adapters"]]
     return forgetting_heatmap(judged, report["threshold_pct"])
+
+
+def cross_task_heatmap(report: dict) -> bytes:
+    """The N×N matrix in points (exact match × 100): rows baked, columns evaluated 0-shot.
+
+    Off the diagonal: the change against the base model 0-shot; on it: the bake's gain, with the
+    share of the k-shot gain kept. A cell whose CI includes zero stays grey: not painted as a
+    change. Each cell carries its verdict (PASS / FAIL / ?).
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    matrix = report["matrix"]
+    tasks = matrix["tasks"]
+    n = len(tasks)
+    values = np.full((n, n), np.nan)
+    for row, baked in enumerate(tasks):
+        for col, evaluated in enumerate(tasks):
+            cell = matrix["cells"][baked][evaluated]
+            if cell["changed"]:
+                values[row, col] = 100 * (cell["gain"] if baked == evaluated else cell["difference"])
+    span = max(5.0, float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0)
+    fig, ax = plt.subplots(figsize=(2.4 + 1.7 * n, 2.2 + 1.0 * n), layout="constrained")
+    ax.imshow(np.full((n, n), 0.15), cmap="Greys", vmin=0, vmax=1, aspect="auto")  # grey: no change shown
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+    names = [short_fewshot_task(t) for t in tasks]
+    ax.set_xticks(range(n), names, rotation=30, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("evaluated 0-shot")
+    ax.set_ylabel("baked with its k-shot prompt")
+    mark = {"PASS": "PASS", "FAIL": "FAIL", "INCONCLUSIVE": "?"}
+    for row, baked in enumerate(tasks):
+        for col, evaluated in enumerate(tasks):
+            cell = matrix["cells"][baked][evaluated]
+            change = cell["gain"] if baked == evaluated else cell["difference"]
+            text = f"{100 * change:+.1f}" if cell["changed"] else "n.s."
+            if baked == evaluated and cell.get("share") is not None:
+                text += f"\nkept {cell['share']:.0%}"
+            ax.text(col, row, f"{text}\n{mark[cell['verdict']]}", ha="center", va="center", fontsize=8,
+                    color="white" if cell["changed"] and abs(100 * change) > 0.6 * span else "black")
+    fig.colorbar(image, ax=ax, label="change vs base 0-shot (points)")
+    ax.set_title(f"Cross-task matrix ({matrix['cell_confidence']:.1%} CIs; fail: drop > {matrix['threshold_pct']}%)",
+                 fontsize=9)
+    return _png(fig)
+
+
+def short_fewshot_task(task: str) -> str:
+    return task.removeprefix("baking_fewshot_")

@@ -13,9 +13,10 @@ from pathlib import Path
 from ..constants import REPORT_FILES, REPORT_FORMAT
 from ..errors import BakingError
 from ..utils.atomic import make_readable, staged_directory, write_json
-from .collect import collect
+from .collect import collect, display_path
+from .cross_task import matrix_table, own_task_table
 from .forgetting import DEFAULT_THRESHOLD_PCT
-from .plots import plot_drift, plot_forgetting, plot_kl_per_epoch, plot_pursuit
+from .plots import cross_task_heatmap, plot_drift, plot_forgetting, plot_kl_per_epoch, plot_pursuit
 from .render import LEGEND, render_html, render_markdown
 from .rows import Collection
 from .tables import (
@@ -70,6 +71,8 @@ def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: 
     ]
     plots += [(f"Forgetting: {name}", f"forgetting_{i}.png", png)
               for i, (name, png) in enumerate(plot_forgetting(collection, threshold), 1)]
+    plots += [(f"Cross-task matrix: {display_path(folder)}", f"cross_task_{i}.png", cross_task_heatmap(data))
+              for i, (folder, data) in enumerate(collection.cross_task_reports, 1)]
     plots = [(name, file, png) for name, file, png in plots if png]
     tables = [  # (heading, note, header, cells)
         ("Leaderboard", LEGEND, *leaderboard(collection)),
@@ -80,6 +83,7 @@ def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: 
         ("Bakes", "Held-out KL per answer token from each bake's own teacher (baking.json).",
          *bakes_table(collection)),
         *[(f"Pursuit: {name}", note, h, c) for name, note, h, c in pursuit_tables(collection)],
+        *cross_task_tables(collection),
         ("All metrics", "Every metric lm_eval reported, with its stderr.", *all_metrics(collection)),
     ]
     tables = [t for t in tables if t[3]]
@@ -91,6 +95,22 @@ def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: 
         write_json(staging / "report.json", report_data(collection))
         make_readable(staging)
     return Report(output, collection)
+
+
+def cross_task_tables(collection: Collection) -> list[tuple]:
+    """Per `cross-task` run: the own-task table (base and baked, 0- and k-shot) and the N×N matrix."""
+    tables = []
+    for folder, data in collection.cross_task_reports:
+        matrix = data["matrix"]
+        level = (f"Scores and changes in points (exact match × 100), paired doc by doc, CIs at "
+                 f"{matrix['cell_confidence']:.2%} (Bonferroni over the {len(matrix['tasks']) ** 2} cells). ")
+        tables.append((f"Cross-task: own task ({display_path(folder)})", level + "Share kept = baked 0-shot gain / "
+                       f"base k-shot gain; verdict against a least share of {matrix['min_share']:.0%}.",
+                       *own_task_table(data)))
+        tables.append((f"Cross-task matrix ({display_path(folder)})", level + "Rows: the task baked; columns: the "
+                       f"task scored 0-shot. Verdicts against a relative drop of {matrix['threshold_pct']}%; "
+                       f"overall {matrix['verdict']}.", *matrix_table(data)))
+    return tables
 
 
 def _check_output(output: Path, paths) -> None:

@@ -123,6 +123,8 @@ class Collection:
     """group -> member tasks, as lm_eval reported them."""
     drift_pairs: list[dict] = field(default_factory=list)
     """Baked − prompted adherence per turn, paired (results.derived)."""
+    cross_task_reports: list[tuple[str, dict]] = field(default_factory=list)
+    """(folder, cross_task.json) of `lm-eval-baking cross-task` runs."""
 
     def row(self, label: str) -> Row | None:
         return next((r for r in self.rows if r.label == label), None)

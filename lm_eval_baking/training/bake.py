@@ -21,9 +21,10 @@ from ..artifacts.outputs import check_output
 from ..constants import CHECKPOINTS_DIR, DATA_DIR
 from ..core import models, parallel
 from ..core.batching import autocast
-from ..core.chat import chat_prefix, encode_like_lm_eval
+from ..core.chat import encode_like_lm_eval
 from ..core.harness import LmEvalRun
 from ..core.kl import KLEstimate
+from ..core.prompts import BakePrompt
 from ..core.questions import load_questions, split_questions
 from ..core.sampling import sample_trajectories
 from ..core.scoring import score_heldout
@@ -58,15 +59,18 @@ class BakeResult:
     status: str = "ok"
     """ok | warning | failed (see `judge_kl_ratio`)."""
     warnings: tuple[str, ...] = ()
+    prompt_form: str = "chat"
+    """chat | text: lm_eval scores this bake with --apply_chat_template only in the chat form."""
 
     def lm_eval_command(self) -> str:
-        return LmEvalRun(base=self.base_model, adapter=str(self.output), tasks=["baking_mckl"]).shell()
+        return LmEvalRun(base=self.base_model, adapter=str(self.output), tasks=["baking_mckl"],
+                         apply_chat_template=self.prompt_form != "text").shell()
 
 
 def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked", *, overwrite: bool = False,
          resume: bool = False, progress: bool = True, teacher=None, teacher_id: str | None = None,
          trust_remote_code: bool = False, resume_settings: ResumeSettings | None = None,
-         **settings) -> BakeResult:
+         task: dict | None = None, **settings) -> BakeResult:
     """Bake `config.prompt` into a LoRA adapter written to `output` (atomically).
 
     `bake(prompt="You are a pirate.", output="adapters/pirate")` works too:
@@ -82,6 +86,9 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     merged in. It must be a plain (non-PEFT) model; it is modified in place.
     The adapter still names `config.model` as its base. `teacher_id` names the
     teacher's weights, so a resume cannot mix two teachers' work.
+
+    `task` is recorded as baking.json's `task` when the prompt is an lm_eval task's few-shot context
+    (workflows/task_bake.py builds it).
 
     Under `accelerate launch` (several processes) the bake runs data parallel
     (see `core/parallel.py`); only the main process writes `output` and the work folder.
@@ -136,7 +143,7 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     try:
         result = _bake_into(work, config, output, model, tokenizer, model_path, watch, workers,
                             overwrite=overwrite, progress=progress, settings=resume_settings, adopted=adopted,
-                            questions=(train_questions, heldout_questions))
+                            questions=(train_questions, heldout_questions), task=task)
     except OutputWriteError:
         work.release()
         raise
@@ -162,18 +169,19 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
 
 def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer, model_path: str,
                watch: "Stopwatch", workers, *, overwrite: bool, progress: bool, settings: ResumeSettings,
-               adopted: bool, questions) -> BakeResult:
+               adopted: bool, questions, task: dict | None = None) -> BakeResult:
     """The bake proper, reading back from `work` whatever an earlier run finished and saving as it goes."""
     state = work.state()
     checkpoint = work.trainer()
     watch.add((checkpoint or state).get("seconds", {}))
     train_questions, heldout_questions = questions
+    prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
 
     train = work.trajectories("train")
     if train is None:
         with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
             train = sample_trajectories(
-                model, tokenizer, train_questions, system_prompt=config.prompt,
+                model, tokenizer, train_questions, system_prompt=prompt,
                 samples_per_question=config.samples_per_question, max_new_tokens=config.max_new_tokens,
                 temperature=config.temperature, batch_size=config.generation_batch_size, seed=config.seed,
                 desc="sampling training answers", progress=progress, workers=workers,
@@ -186,13 +194,13 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
         # Held-out answers estimate KL, so they must be true samples of the prompted model: T=1.
         with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
             heldout = sample_trajectories(
-                model, tokenizer, heldout_questions, system_prompt=config.prompt,
+                model, tokenizer, heldout_questions, system_prompt=prompt,
                 samples_per_question=config.heldout_samples_per_question, max_new_tokens=config.max_new_tokens,
                 temperature=1.0, batch_size=config.generation_batch_size, seed=config.seed + 1,
                 desc="sampling held-out answers", progress=progress, workers=workers,
             )
         with watch.phase("scoring"):
-            score_heldout(model, tokenizer, heldout, config.prompt, batch_size=config.batch_size * 2,
+            score_heldout(model, tokenizer, heldout, prompt, batch_size=config.batch_size * 2,
                           progress=progress, workers=workers)
         work.save_trajectories("heldout", heldout)
         work.update_state(seconds=watch.seconds)
@@ -261,7 +269,8 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
     record = bake_record(config, model_path, teacher=work.state()["identity"].get("teacher"),
                          questions_count=(len(train_questions), len(heldout_questions)),
                           reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens),
-                          environment=environment(model.device), resumes=work.state().get("resumes", []))
+                          environment=environment(model.device), resumes=work.state().get("resumes", []),
+                          prompt_form=prompt.form, task=task)
     if work.writer:
         with watch.phase("saving"), staged_directory(output, replace=True) as staging:
             # Copy, not move: a kill before the rename below must leave the work folder whole.
@@ -280,7 +289,7 @@ def _result(output: Path, record: BakeRecord, *, reused: bool = False, resumed_f
     epochs = [KLEstimate(**e["heldout_kl"]) for e in kl["per_epoch"]]
     return BakeResult(output=output, base_model=record.base_path, reference_kl=KLEstimate(**kl["unprompted_base"]),
                       final_kl=epochs[-1], epoch_kl=epochs, reused=reused, resumed_from=resumed_from,
-                      status=record.status, warnings=tuple(record.warnings))
+                      status=record.status, warnings=tuple(record.warnings), prompt_form=record.prompt_form or "chat")
 
 
 def _forget_finished_work(work: WorkDir, config: BakeConfig) -> None:
@@ -351,11 +360,14 @@ def _check_against_model(config: BakeConfig, model_path: str, trust_remote_code:
 
 
 def _check_prompt_fits(model, tokenizer, config: BakeConfig) -> None:
+    """The prompt, a long question and the answer must fit the model's context; also checks the prompt's form."""
     limit = models.model_context_length(model)
-    longest = len(encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, "x" * 200, config.prompt)))
+    prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
+    longest = len(encode_like_lm_eval(tokenizer, prompt.context(tokenizer, "x" * 200)))
     if longest + config.max_new_tokens > limit:
+        where = "with its chat template" if prompt.form == "chat" else "as a text prefix"
         raise BakingError(
-            f"the prompt takes {longest} tokens with its chat template, and with --max-new-tokens "
+            f"the prompt takes {longest} tokens {where} (and a 200-character question), and with --max-new-tokens "
             f"{config.max_new_tokens} that exceeds the model's context of {limit}; shorten the prompt"
         )
 

@@ -18,9 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.batching import answer_logits, answer_states, autocast, decoder_and_head, paired_batch, teacher_mode
-from ..core.chat import chat_prefix, encode_like_lm_eval
+from ..core.chat import encode_like_lm_eval
 from ..core.kl import KLEstimate, chunked_kl_sum, forward_kl, teacher_topk, token_level_kl, topk_kl
 from ..core.parallel import SINGLE, Workers
+from ..core.prompts import BakePrompt
 from ..core.sampling import Trajectory
 from ..errors import BakingError
 from .config import BakeConfig
@@ -57,6 +58,8 @@ class PromptBaker:
         self.workers = workers
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=0.0)
+        # The teacher's context is the prompt + question, the student's the question alone, both as lm_eval renders them.
+        self.prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
         self._prefix_cache: dict[tuple[str, bool], list[int]] = {}
         # (question, answer ids) -> teacher top-k (log-probs, token ids) at its answer positions; see cache_teacher.
         self._teacher_cache: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -64,8 +67,8 @@ class PromptBaker:
     def prefix(self, question: str, with_prompt: bool) -> list[int]:
         key = (question, with_prompt)
         if key not in self._prefix_cache:
-            prompt = self.config.prompt if with_prompt else None
-            self._prefix_cache[key] = encode_like_lm_eval(self.tokenizer, chat_prefix(self.tokenizer, question, prompt))
+            context = self.prompt.context(self.tokenizer, question, prompted=with_prompt)
+            self._prefix_cache[key] = encode_like_lm_eval(self.tokenizer, context)
         return self._prefix_cache[key]
 
     def _paired(self, trajectories: list[Trajectory]):
@@ -193,7 +196,7 @@ class PromptBaker:
 
     def heldout_kl(self, heldout: list[Trajectory], *, student_is_base: bool = False) -> KLEstimate:
         return token_level_kl(
-            self.model, self.tokenizer, heldout, self.config.prompt,
+            self.model, self.tokenizer, heldout, self.prompt,
             student_is_base=student_is_base, top_k=None, batch_size=self.config.batch_size * 2,
             autocast_dtype=None, progress=self.progress,  # fp32: these are the reported numbers
             desc="held-out KL (base)" if student_is_base else "held-out KL", workers=self.workers,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from ..constants import BUILTIN_QUESTIONS, DEFAULT_MODEL
+from ..core.prompts import FORMS, checked_messages
 from ..errors import BakingError
 from ..utils.settings import setting
 from ..utils.text import listed
@@ -23,9 +24,14 @@ PRECISIONS = ("bf16", "fp32")
 class BakeConfig:
     """Everything that decides what a bake produces. Serialised into baking.json."""
 
-    prompt: str = setting(help=(
+    prompt: str | list = setting(help=(
         "The prompt to bake in: a system prompt such as a persona, an instruction, a tool description or "
-        "few-shot examples."))
+        "few-shot examples; or a list of chat messages ({role, content}) placed before the question."))
+    prompt_format: str = setting("auto", choices=("auto", "chat", "text"), help=(
+        "How the prompt is placed before the question, as lm_eval builds a context: chat (inside the model's "
+        "chat template: a string is the system message, a list its turns; lm_eval --apply_chat_template) or "
+        "text (a plain-text prefix glued to the question; lm_eval without --apply_chat_template). auto: chat "
+        "when the model has a chat template."))
     model: str = setting(DEFAULT_MODEL, help=(
         "Base model: 'default' (the embedded SmolLM2-135M-Instruct), a HF model id already in the local cache, "
         "or a local model directory."))
@@ -79,7 +85,9 @@ class BakeConfig:
 
     def validate(self) -> None:
         """Every setting on its own, before any model is loaded; each problem is one line naming the flag."""
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
+        if isinstance(self.prompt, list):
+            checked_messages(self.prompt)
+        elif not isinstance(self.prompt, str) or not self.prompt.strip():
             raise BakingError("the prompt is empty; pass --prompt TEXT or --prompt-file FILE with the text to bake")
         checks = [
             (0 < self.heldout_fraction < 1, f"--heldout-fraction must be between 0 and 1 (got {self.heldout_fraction})"),
@@ -98,6 +106,7 @@ class BakeConfig:
             (not self.cache_teacher or self.top_k is not None,
              "--cache-teacher keeps the teacher's top-k log-probs: pass --top-k K as well (e.g. 64)"),
             (self.kl_chunk_size is None or self.kl_chunk_size >= 1, "--kl-chunk-size must be at least 1"),
+            (self.prompt_format in FORMS, f"--prompt-format must be one of {', '.join(FORMS)}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.generation_batch_size >= 1, "--generation-batch-size must be at least 1"),
         ]

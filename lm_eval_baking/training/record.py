@@ -13,6 +13,7 @@ import torch
 from ..artifacts.bake_dir import BakeRecord
 from ..constants import BUILTIN_QUESTIONS
 from ..core import models
+from ..core.prompts import prompt_text_for_hash
 from ..utils.hashing import sha256_file, sha256_text
 from ..utils.versions import library_versions
 from .config import BakeConfig
@@ -84,7 +85,8 @@ def environment(device) -> dict:
 
 
 def bake_record(config: BakeConfig, model_path: str, *, teacher: str | None, questions_count, reference_kl, epochs,
-                 performance, environment: dict | None = None, resumes: list | None = None) -> BakeRecord:
+                 performance, environment: dict | None = None, resumes: list | None = None,
+                 prompt_form: str | None = None, task: dict | None = None) -> BakeRecord:
     final = epochs[-1]["heldout_kl"]
     ratio = final["per_token"] / reference_kl.per_token if reference_kl.per_token > 0 else float("inf")
     status, warnings = judge_kl_ratio(ratio, config)
@@ -92,7 +94,8 @@ def bake_record(config: BakeConfig, model_path: str, *, teacher: str | None, que
         kind="bake",
         config=config.to_dict(),
         teacher=teacher,
-        prompt_sha256=sha256_text(config.prompt),
+        prompt_sha256=sha256_text(prompt_text_for_hash(config.prompt)),
+        prompt_form=prompt_form, task=task,
         base_model={"name_or_path": model_path, "sha256": models.model_fingerprint(model_path),
                     "config_sha256": models.config_fingerprint(model_path)},
         questions={"source": config.questions, "sha256": questions_sha256(config),
