@@ -167,3 +167,14 @@ def test_every_cli_option_says_what_it_does():
             if len(text.split("(default")[0].strip()) < 8:
                 unexplained.append(f"{name} {'/'.join(action.option_strings) or action.dest}: {text!r}")
     assert not unexplained, "\n".join(unexplained)
+
+
+def test_every_help_page_renders():
+    """argparse %-formats help text, so one bare '%' breaks `--help` for the whole program."""
+    from lm_eval_baking.cli import build_parser
+
+    parser = build_parser()
+    assert "usage" in parser.format_help()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subcommands.choices.items():
+        assert name in sub.format_help()

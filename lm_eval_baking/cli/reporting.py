@@ -20,7 +20,7 @@ def register(commands) -> None:
     report.set_defaults(run=_run_report)
 
     check = commands.add_parser(
-        "check", help="regression gate: PASS / FAIL / INCONCLUSIVE per metric, judged on its 95% CI",
+        "check", help="regression gate: PASS / FAIL / INCONCLUSIVE per metric, judged on its 95%% CI",
         description="Exit 0 when every check passes, 1 when any fails, 3 when none fails but one is inconclusive "
                     "(its CI straddles the limit), 2 on bad input.",
     )
