@@ -1,4 +1,5 @@
-"""Data-parallel baking: a real 2-process `accelerate launch` on CPU (gloo) matches a 1-process bake."""
+"""Data-parallel baking: a real 2-process `accelerate launch` on CPU (gloo, DDP through accelerate's Accelerator)
+matches a 1-process bake."""
 
 import json
 import os
@@ -34,8 +35,10 @@ def test_workers_share_items_round_robin_and_put_results_back_in_order():
 
 
 def test_two_process_accelerate_bake_matches_one_process(tiny_model_dir, question_file, tmp_path):
-    # batch_size 4 is the global batch: each of the 2 processes runs 2 trajectories per step.
-    config = tiny_config(tiny_model_dir, question_file, device="cpu")
+    # batch_size 4 is the global batch: each of the 2 processes runs 2 trajectories per step. 9 training
+    # answers make the last batch of each epoch a single answer, so one process has none and must still
+    # join DDP's gradient all-reduce (at weight 0).
+    config = tiny_config(tiny_model_dir, question_file, device="cpu", samples_per_question=1, epochs=3)
     single = bake(config, tmp_path / "single", progress=False)
 
     flags = ["--prompt", PIRATE, "--output", str(tmp_path / "ddp"), "--quiet"]
@@ -58,7 +61,11 @@ def test_two_process_accelerate_bake_matches_one_process(tiny_model_dir, questio
     assert run.stdout.count("Baked adapter:") == 2  # both processes finish; only the main one wrote
 
     parallel_record = load_bake_record(tmp_path / "ddp")
-    assert parallel_record["config"] == config.to_dict()
+    assert parallel_record["config"] == load_bake_record(single.output)["config"]
+    # The training step went through accelerate's Accelerator: DDP over gloo for CPU processes.
+    assert parallel_record["environment"]["engine"] == "MULTI_CPU"
+    assert parallel_record["environment"]["processes"] == 2
+    assert load_bake_record(single.output)["environment"]["engine"] == "single"
     # Sampling was shared out batch by batch with per-batch seeds: the same trajectories as one process.
     for part in ("train", "heldout"):
         ours = [json.loads(x)["answer_ids"] for x in (tmp_path / "ddp" / "data" / f"{part}.jsonl").read_text().splitlines()]
