@@ -31,6 +31,7 @@ output cannot interleave their checkpoints.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -191,8 +192,12 @@ class WorkDir:
         """Write the trainer checkpoint atomically: a kill mid-write leaves the previous one."""
         if not self.writer:
             return
+        # Serialised in memory first: torch.save reports a full disk as a RuntimeError ("iostream error"),
+        # a plain write as the OSError the caller turns into "free some disk space ... --resume".
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         with atomic_path(self.path / TRAINER, fsync=True) as tmp:
-            torch.save(checkpoint, tmp)
+            tmp.write_bytes(buffer.getbuffer())
 
     def save_epoch_adapter(self, model, epoch: int) -> None:
         if self.writer:
