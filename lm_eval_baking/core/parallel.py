@@ -22,6 +22,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
+from ..errors import BakingError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -122,6 +124,15 @@ def current(device: str = "auto") -> Workers:
 
     cpu = device.startswith("cpu") or (device == "auto" and not torch.cuda.is_available())
     accelerator = Accelerator(cpu=cpu, mixed_precision="no", device_placement=False)
+    asked = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(flag, "false").lower() == "true"]
+    running = str(accelerator.distributed_type).split(".")[-1]
+    if asked and running != asked[0]:
+        # accelerate 1.15 turns FSDP and DeepSpeed on only for GPU-like processes; on CPU it would quietly
+        # run plain DDP, holding the whole model in every process: not what the launch asked for.
+        raise BakingError(f"the launch asked for {asked[0]}, but accelerate runs these processes as {running} "
+                          f"(FSDP and DeepSpeed need GPUs); launch without the {asked[0]} config for DDP, or run "
+                          "on GPUs")
     own_device = str(accelerator.device) if device in ("auto", "cuda") else None
     return Workers(rank=accelerator.process_index, world=accelerator.num_processes, device=own_device,
                    accelerator=accelerator)

@@ -85,3 +85,18 @@ def test_two_process_accelerate_bake_matches_one_process(tiny_model_dir, questio
     assert parallel_record["kl"]["unprompted_base"]["per_token"] == pytest.approx(single.reference_kl.per_token,
                                                                                   rel=1e-4)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folder left behind"
+
+
+def test_fsdp_asked_on_cpu_processes_is_refused_in_one_line(tiny_model_dir, question_file, tmp_path):
+    """accelerate 1.15 enables FSDP only for GPU-like processes; on CPU it would silently run DDP instead."""
+    launch = [_accelerate(), "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "lm_eval_baking.cli", "bake", "--prompt", PIRATE,
+              "--model", str(tiny_model_dir), "--questions", str(question_file), "--device", "cpu",
+              "--output", str(tmp_path / "fsdp"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("lm-eval-baking: error:")]
+    assert errors and all("asked for FSDP, but accelerate runs these processes as MULTI_CPU" in e for e in errors)
+    assert not (tmp_path / "fsdp").exists()
