@@ -16,6 +16,7 @@ touched: `prepare` and `backward` are the plain PyTorch calls.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
@@ -102,12 +103,40 @@ class Workers:
     def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
         return module if not self.distributed else self.accelerator.unwrap_model(module)
 
+    @property
+    def sharded(self) -> bool:
+        """The engine shards parameters (FSDP, DeepSpeed): saving and resuming need gathered weights."""
+        return self.engine in ("FSDP", "DEEPSPEED")
+
+    def full_params(self, module: torch.nn.Module):
+        """Context in which the prepared `module`'s own (root) parameters are whole, for passes that do not
+        go through its forward (held-out KL). FSDP2 wraps each decoder layer too, and those gather their
+        own parameters when called; everywhere else this does nothing."""
+        if self.engine != "FSDP":
+            return contextlib.nullcontext()
+        if hasattr(module, "unshard"):  # FSDP2 (fully_shard)
+            return _Unsharded(module)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(module, writeback=False)
+
     def barrier(self) -> None:
         if self.distributed:
             self.accelerator.wait_for_everyone()
 
 
 SINGLE = Workers()
+
+
+class _Unsharded:
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.module.unshard()
+
+    def __exit__(self, *exc):
+        self.module.reshard()
 
 
 def current(device: str = "auto") -> Workers:
@@ -127,6 +156,10 @@ def current(device: str = "auto") -> Workers:
     asked = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
              if os.environ.get(flag, "false").lower() == "true"]
     running = str(accelerator.distributed_type).split(".")[-1]
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if running == "DEEPSPEED" and getattr(plugin, "zero_stage", None) == 3:
+        raise BakingError("DeepSpeed ZeRO stage 3 partitions the parameters, which the bake does not gather; "
+                          "use ZeRO stage 1 or 2, or FSDP")
     if asked and running != asked[0]:
         # accelerate 1.15 turns FSDP and DeepSpeed on only for GPU-like processes; on CPU it would quietly
         # run plain DDP, holding the whole model in every process: not what the launch asked for.

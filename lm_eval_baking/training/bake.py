@@ -1,7 +1,8 @@
 """bake(): one prompt into one adapter folder, resumable, atomic, and recorded.
 
-    sample answers of the prompted model -> score the held-out ones -> train the
-    LoRA (PromptBaker) -> held-out KL after every epoch -> write the bake folder
+    plan (sizes, LoRA targets; no weights) -> sample answers of the prompted model ->
+    score the held-out ones -> train the LoRA (PromptBaker) -> held-out KL after every
+    epoch (and every --eval-every steps) -> write the bake folder with the best adapter
 
 Work in progress lives in `.NAME.partial` beside the output (workdir.py) and
 survives a kill; only a finished bake is renamed into place.
@@ -45,7 +46,7 @@ class BakeResult:
     reference_kl: KLEstimate
     """Held-out KL(prompted base ‖ unprompted base): what baking has to remove."""
     final_kl: KLEstimate
-    """Held-out KL(prompted base ‖ baked model)."""
+    """Held-out KL(prompted base ‖ baked model), for the adapter written (the best measured, see `kept`)."""
     epoch_kl: list[KLEstimate]
     reused: bool = False
     resumed_from: dict | None = None
@@ -87,8 +88,9 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     The adapter still names `config.model` as its base. `teacher_id` names the
     teacher's weights, so a resume cannot mix two teachers' work.
 
-    Under `accelerate launch` (several processes) the bake runs data parallel
-    (see `core/parallel.py`); only the main process writes `output` and the work folder.
+    Under `accelerate launch` (several processes) the bake runs data parallel through
+    accelerate's engine (see `core/parallel.py`); only the main process writes `output`
+    and the work folder.
     """
     config = config or BakeConfig(**settings)
     config.validate()
@@ -127,6 +129,9 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
                     "base_model_sha256": models.model_fingerprint(model_path), "teacher": teacher_id}
 
     adopted = work.exists() and resume
+    if adopted and workers.sharded:
+        raise BakingError(f"resuming a bake sharded by {workers.engine} is not supported (its optimiser state is "
+                          "split over the processes); rerun with --overwrite, or resume without the sharding config")
     if workers.is_main:
         try:
             if work.exists() and not resume:
@@ -228,6 +233,8 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
             tqdm.write(f"resuming the bake in {work.path} at epoch {first_epoch}, step {first_step}")
 
     def save_trainer(epoch: int, step: int, losses: list[float]) -> None:
+        if workers.sharded:
+            return  # nothing could resume it (see above); its gathers would also have to run on every process
         work.save_trainer({
             "epoch": epoch, "step": step, "losses": list(losses), "epochs": epochs,
             "lora": trainable_state(model), "optimizer": baker.optimizer.state_dict(), "rng": rng_state(),
@@ -266,7 +273,7 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
                                          losses=first_losses if resumed else None, after_step=after_step)
             kl = measure(epoch, steps_per_epoch)
             epochs.append({"epoch": epoch, "train_loss": loss, "heldout_kl": asdict(kl)})
-            work.save_epoch_adapter(model, epoch)
+            work.save_epoch_adapter(model, epoch, trainable_state(model) if workers.sharded else None)
             save_trainer(epoch + 1, 0, [])
             last_save = time.monotonic()
             if progress:
@@ -283,13 +290,14 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
                          environment={**environment(model.device), "engine": workers.engine,
                                       "processes": workers.world},
                          resumes=work.state().get("resumes", []), tracker=tracker, plan=plan)
+    gathered = {"state_dict": trainable_state(model)} if workers.sharded else {}  # a collective: every process
     if work.writer:
         with watch.phase("saving"), staged_directory(output, replace=True) as staging:
             # Copy, not move: a kill before the rename below must leave the work folder whole.
             skip_hidden = shutil.ignore_patterns(".*")  # a half-written epoch checkpoint's staging folder
             shutil.copytree(work.path / CHECKPOINTS_DIR, staging / CHECKPOINTS_DIR, ignore=skip_hidden)
             shutil.copytree(work.path / DATA_DIR, staging / DATA_DIR, ignore=skip_hidden)
-            model.save_pretrained(staging)
+            model.save_pretrained(staging, **gathered)
             record.save_pretrained(staging)
             BakeDir(staging).write_model_card(record)
         work.discard()  # the output is in place; a kill before this line leaves a folder the next run removes

@@ -221,6 +221,10 @@ class PromptBaker:
         return self.workers.sum(loss.item())
 
     def heldout_kl(self, heldout: list[Trajectory], *, student_is_base: bool = False) -> KLEstimate:
+        with self.workers.full_params(self.step_module):
+            return self._heldout_kl(heldout, student_is_base)
+
+    def _heldout_kl(self, heldout: list[Trajectory], student_is_base: bool) -> KLEstimate:
         return token_level_kl(
             self.model, self.tokenizer, heldout, self.config.prompt,
             student_is_base=student_is_base, top_k=None, batch_size=self.config.batch_size * 2,

@@ -1,8 +1,11 @@
 """BakeConfig: everything that decides what a bake produces.
 
 Each field carries its help text (`utils.settings.setting`), from which the CLI
-builds its `--flag`s, so a default and its explanation live here only. The
-whole config is serialised into baking.json; two bakes with equal configs
+builds its `--flag`s, so a default and its explanation live here only.
+
+Some settings are resolved per bake (training/plan.py): unset sizes come from
+the minimums (`budget`), and LoRA target keywords from the model's layer names.
+baking.json records the resolved config; two bakes with equal resolved configs
 (and the same question file and base weights) are the same bake.
 """
 

@@ -100,3 +100,16 @@ def test_fsdp_asked_on_cpu_processes_is_refused_in_one_line(tiny_model_dir, ques
     errors = [line for line in run.stderr.splitlines() if line.startswith("lm-eval-baking: error:")]
     assert errors and all("asked for FSDP, but accelerate runs these processes as MULTI_CPU" in e for e in errors)
     assert not (tmp_path / "fsdp").exists()
+
+
+def test_training_under_torch_fsdp2_over_gloo_matches_one_process():
+    """FSDP itself on CPU: accelerate cannot select it there (test above), torch's FSDP2 can. The probe shards
+    the base as accelerate's FSDP2 plugin would and runs PromptBaker's own steps, held-out KL and gathers."""
+    probe = Path(__file__).resolve().parents[2] / "bench" / "fsdp2_cpu_probe.py"
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), str(probe)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("rank ")]
+    assert len(lines) == 2 and all(line.endswith(": match") for line in lines), lines
