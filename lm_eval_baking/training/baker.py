@@ -92,8 +92,9 @@ class PromptBaker:
         self.config = config
         self.progress = progress
         self.workers = workers
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=0.0)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+        # Under FSDP the prepared optimiser holds the sharded parameters that replace these.
         self.step_module, self.optimizer = workers.prepare(BakingStep(model, config), optimizer)
         self._prefix_cache: dict[tuple[str, bool], list[int]] = {}
         # (question, answer ids) -> teacher top-k (log-probs, token ids) at its answer positions; see cache_teacher.

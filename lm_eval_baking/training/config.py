@@ -102,7 +102,7 @@ class BakeConfig:
         "parameters). The LoRA weights, the loss and the reported KL stay fp32."))
     load_in_4bit: bool = setting(False, help=(
         "QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes, CUDA only), computing in --dtype (bf16 when "
-        "fp32). About 0.55 bytes per parameter for its linear layers."))
+        "fp32). About 0.52 bytes per parameter of its linear layers (NF4 with double quantisation)."))
     device: str = setting("auto", help="'auto' (CUDA when available, else CPU) or a torch device such as cpu or cuda:1.")
     generation_batch_size: int = setting(64, help=(
         "Answers sampled in parallel (KV-cached); larger is faster until memory runs out."))
