@@ -9,7 +9,7 @@ from lm_eval_baking import BakeConfig, BakingError, bake, load_bake_record
 from lm_eval_baking.training.record import judge_kl_ratio
 
 from conftest import PIRATE, tiny_config
-from training.test_reliability import _Interrupt, adapter_tensors, assert_same_adapter
+from test_reliability import _Interrupt, adapter_tensors, assert_same_adapter
 
 # lr 0.02, 4 epochs of 5 steps, measured every 2 steps: on the tiny model the lowest held-out KL is the
 # end of epoch 3, not the last measurement, so keep_best has something to do.
