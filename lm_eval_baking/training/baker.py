@@ -244,9 +244,13 @@ def attach_lora(model, config: BakeConfig):
     from peft import LoraConfig, get_peft_model
 
     targets = resolve_targets(model, list(config.target_modules))
+    # GPT-2's Conv1D stores its weight transposed; saying so in the adapter's config (PEFT would only warn and
+    # flip it on the layer) keeps adapter_config.json true for whoever reads the factors (chain export).
+    modules = dict(model.named_modules())
+    conv1d = any(type(modules[name]).__name__ == "Conv1D" for name in targets.modules)
     torch.manual_seed(config.seed)
     lora = LoraConfig(
         r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=targets.target_modules, task_type="CAUSAL_LM",
+        target_modules=targets.target_modules, task_type="CAUSAL_LM", fan_in_fan_out=conv1d,
     )
     return get_peft_model(model, lora, autocast_adapter_dtype=True)

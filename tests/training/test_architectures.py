@@ -91,6 +91,7 @@ def test_default_targets_follow_the_architecture(kind, architecture_bakes):
     assert targets["modules"] == 2 * len(EXPECTED_TARGETS[kind])  # every attention linear of both layers
     adapter_config = json.loads((result.output / "adapter_config.json").read_text())
     assert sorted(adapter_config["target_modules"]) == sorted(EXPECTED_TARGETS[kind])
+    assert adapter_config["fan_in_fan_out"] == (kind == "gpt2")  # GPT-2's Conv1D holds its weight transposed
     from safetensors.torch import load_file
 
     lora_a = [k for k in load_file(result.output / "adapter_model.safetensors") if "lora_A" in k]
