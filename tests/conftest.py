@@ -42,7 +42,7 @@ def tiny_config(tiny_model_dir, question_file, **overrides):
     from lm_eval_baking import BakeConfig
 
     settings = dict(prompt=PIRATE, model=str(tiny_model_dir), questions=str(question_file), heldout_fraction=0.25,
-                    samples_per_question=2, max_new_tokens=8, epochs=2, batch_size=4, learning_rate=2e-2,
+                    samples_per_question=2, heldout_samples_per_question=1, max_new_tokens=8, epochs=2, batch_size=4, learning_rate=2e-2,
                     lora_rank=4, lora_alpha=8, precision="fp32", seed=0)
     settings.update(overrides)
     return BakeConfig(**settings)

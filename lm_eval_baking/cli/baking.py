@@ -112,6 +112,7 @@ def _run_bake(args) -> int:
     for epoch, kl in enumerate(result.epoch_kl, 1):
         print(f"  baked, epoch {epoch:<4} {_estimate(kl)}")
     print(f"  ratio baked/unprompted: {result.kl_ratio:.1%}")
+    print(_sizes(result))
     for warning in result.warnings:
         print(f"{'FAILED' if result.status == 'failed' else 'warning'}: {warning}")
     print("\nEvaluate it with lm-evaluation-harness:")
@@ -123,3 +124,18 @@ def _estimate(kl) -> str:
     if not math.isfinite(kl.per_token_stderr):
         return f"{kl.per_token:.4f} (no stderr: one held-out answer; add questions)"
     return f"{kl.per_token:.4f} ± {kl.per_token_stderr:.4f}"
+
+
+def _sizes(result) -> str:
+    """What the bake trained on and which adapter it kept, from baking.json's "training" and "kl.kept"."""
+    training = result.training or {}
+    budget, targets = training.get("budget"), training.get("lora_targets")
+    parts = []
+    if budget:
+        parts.append(f"trained on {budget['trajectories']} answers ({budget['train_questions']} questions x "
+                     f"{budget['samples_per_question']}), {budget['epochs']} epoch(s), {budget['steps']} steps")
+    if targets:
+        parts.append(f"LoRA on {', '.join(targets['target_modules'])} ({targets['modules']} layers)")
+    if result.kept and result.kept.get("step") is not None:
+        parts.append(f"kept the adapter of epoch {result.kept['epoch']} step {result.kept['step']}")
+    return "; ".join(parts)

@@ -63,10 +63,12 @@ class SequenceResult:
 
 def _reference_heldout(model, tokenizer, config: BakeConfig, progress: bool) -> list[Trajectory]:
     """Held-out answers of `model` prompted with config.prompt, scored like a bake's data/heldout.jsonl."""
+    questions = heldout_questions(config)
+    samples = config.heldout_samples_per_question or config.budget(1, len(questions))["heldout_samples_per_question"]
     with autocast(model.device, config.autocast_dtype):
         heldout = sample_trajectories(
-            model, tokenizer, heldout_questions(config), system_prompt=config.prompt,
-            samples_per_question=config.heldout_samples_per_question, max_new_tokens=config.max_new_tokens,
+            model, tokenizer, questions, system_prompt=config.prompt,
+            samples_per_question=samples, max_new_tokens=config.max_new_tokens,
             temperature=1.0, batch_size=config.generation_batch_size, seed=config.seed + 1,  # bake()'s held-out seed
             desc="sampling reference answers", progress=progress,
         )

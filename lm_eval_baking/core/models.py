@@ -106,26 +106,72 @@ def pick_device(name: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# The frozen base's precision (`--dtype`); the LoRA weights, the loss and reported KL stay fp32 whatever this is.
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    return {None: torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 def load_model(name_or_path: str | os.PathLike | None, *, dtype=None, device: str = "cpu",
-               trust_remote_code: bool = False):
-    """Load (model, tokenizer) for any HF id, local directory, or 'default', on `device` ('auto' allowed)."""
+               trust_remote_code: bool = False, load_in_4bit: bool = False):
+    """Load (model, tokenizer) for any HF id, local directory, or 'default', on `device` ('auto' allowed).
+
+    `dtype` is a torch dtype or one of DTYPES (default fp32). `load_in_4bit`
+    quantises the linear layers to 4-bit NF4 with bitsandbytes (QLoRA; CUDA
+    only), computing in `dtype` (bf16 when fp32 is asked, as QLoRA does).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
+    dtype = torch_dtype(dtype) if dtype is None or isinstance(dtype, str) else dtype
+    target = pick_device(device)
+    if load_in_4bit:
+        check_4bit_device(target)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    options = {}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if dtype == torch.float32 else dtype
+        options = {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute), "device_map": {"": target}}
+        dtype = compute
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
-        )
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **options)
     except (OSError, ValueError) as e:
         raise _unknown_model(path, e) from None
-    try:
-        model.to(pick_device(device))
-    except (RuntimeError, AssertionError) as e:
-        raise BakingError(f"cannot use device '{device}' ({first_line(e, 120)}); pass --device cpu") from None
+    if not load_in_4bit:  # a bitsandbytes model is placed by device_map and cannot be moved
+        try:
+            model.to(target)
+        except (RuntimeError, AssertionError) as e:
+            raise BakingError(f"cannot use device '{device}' ({first_line(e, 120)}); pass --device cpu") from None
     model.eval()
     return model, tokenizer
+
+
+def check_4bit_device(device: str) -> None:
+    """4-bit bases need bitsandbytes on a CUDA GPU; say so in one line before anything loads."""
+    if not str(device).startswith("cuda"):
+        raise BakingError(f"--load-in-4bit needs a CUDA GPU (bitsandbytes 4-bit) and the device is '{device}'; "
+                          "drop --load-in-4bit (or use --dtype bf16 to halve the base's memory)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BakingError("--load-in-4bit needs the bitsandbytes package: run `pip install bitsandbytes`")
+
+
+def model_skeleton(name_or_path: str | os.PathLike | None, *, trust_remote_code: bool = False):
+    """The model's modules with no weights (on the meta device): its layer names in a second, even for 70B."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(name_or_path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def _unknown_model(path: str, cause: Exception) -> BakingError:

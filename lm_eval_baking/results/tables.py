@@ -93,7 +93,8 @@ def bakes_table(collection: Collection) -> tuple[list[str], list[list[str]]]:
         if not isinstance(kl, dict):
             continue  # pursuit/strength exports carry no KL of their own
         try:
-            base, final = kl["unprompted_base"], kl["per_epoch"][-1]["heldout_kl"]
+            # The written adapter's KL: the best measured one (kl.kept) where recorded, else the last epoch's.
+            base, final = kl["unprompted_base"], (kl.get("kept") or kl["per_epoch"][-1])["heldout_kl"]
             seconds = sum((record.get("performance") or {}).get("seconds", {}).values())
             cells.append([display_path(directory), _short(record["config"]["prompt"]),
                           f"{base['per_token']:.4f} ± {base['per_token_stderr']:.4f}",

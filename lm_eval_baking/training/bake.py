@@ -1,7 +1,8 @@
 """bake(): one prompt into one adapter folder, resumable, atomic, and recorded.
 
-    sample answers of the prompted model -> score the held-out ones -> train the
-    LoRA (PromptBaker) -> held-out KL after every epoch -> write the bake folder
+    plan (sizes, LoRA targets; no weights) -> sample answers of the prompted model ->
+    score the held-out ones -> train the LoRA (PromptBaker) -> held-out KL after every
+    epoch (and every --eval-every steps) -> write the bake folder with the best adapter
 
 Work in progress lives in `.NAME.partial` beside the output (workdir.py) and
 survives a kill; only a finished bake is renamed into place.
@@ -25,7 +26,6 @@ from ..core.chat import encode_like_lm_eval
 from ..core.harness import LmEvalRun
 from ..core.kl import KLEstimate
 from ..core.prompts import BakePrompt
-from ..core.questions import load_questions, split_questions
 from ..core.sampling import sample_trajectories
 from ..core.scoring import score_heldout
 from ..errors import BakingError
@@ -33,7 +33,8 @@ from ..utils.atomic import staged_directory
 
 from .baker import PromptBaker, attach_lora
 from .config import BakeConfig, ResumeSettings
-from .record import Stopwatch, bake_record, environment, questions_sha256
+from .plan import BakePlan, plan_bake
+from .record import BestCheckpoint, Stopwatch, bake_record, environment, questions_sha256
 from .workdir import (
     OutputWriteError, StopRequest, WorkDir, load_trainable_state, rng_state, set_rng_state,
     trainable_state,
@@ -46,7 +47,7 @@ class BakeResult:
     reference_kl: KLEstimate
     """Held-out KL(prompted base ‖ unprompted base): what baking has to remove."""
     final_kl: KLEstimate
-    """Held-out KL(prompted base ‖ baked model)."""
+    """Held-out KL(prompted base ‖ baked model), for the adapter written (the best measured, see `kept`)."""
     epoch_kl: list[KLEstimate]
     reused: bool = False
     resumed_from: dict | None = None
@@ -61,6 +62,10 @@ class BakeResult:
     warnings: tuple[str, ...] = ()
     prompt_form: str = "chat"
     """chat | text: lm_eval scores this bake with --apply_chat_template only in the chat form."""
+    kept: dict | None = None
+    """Which measurement's adapter was written: {"epoch", "step", "heldout_kl", "rule"}."""
+    training: dict | None = None
+    """baking.json's "training": what was asked, the sizes it came to, the LoRA targets it resolved to."""
 
     def lm_eval_command(self) -> str:
         return LmEvalRun(base=self.base_model, adapter=str(self.output), tasks=["baking_mckl"],
@@ -90,8 +95,9 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     `task` is recorded as baking.json's `task` when the prompt is an lm_eval task's few-shot context
     (workflows/task_bake.py builds it).
 
-    Under `accelerate launch` (several processes) the bake runs data parallel
-    (see `core/parallel.py`); only the main process writes `output` and the work folder.
+    Under `accelerate launch` (several processes) the bake runs data parallel through
+    accelerate's engine (see `core/parallel.py`); only the main process writes `output`
+    and the work folder.
     """
     config = config or BakeConfig(**settings)
     config.validate()
@@ -99,6 +105,12 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     resume_settings.validate()
     output = Path(output)
     workers = parallel.current(config.device)
+    watch = Stopwatch()
+    with watch.phase("load"):
+        # Sizes and LoRA targets made concrete from the questions and the model's config, before any weights
+        # load: `plan.config` is what runs, what baking.json records and what a rerun is compared with.
+        plan = plan_bake(config, trust_remote_code=trust_remote_code, device=workers.device)
+    config = plan.config
     work = WorkDir(output, writer=workers.is_main)
     existing = _existing_bake(output, config, overwrite, teacher_id)
     if existing is not None:
@@ -112,14 +124,11 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
                           "or --overwrite to start over")
     progress = progress and workers.is_main
 
-    watch = Stopwatch()
     with watch.phase("load"):
-        questions = load_questions(config.questions)
-        train_questions, heldout_questions = split_questions(questions, config.heldout_fraction, config.seed)
-        model_path = models.resolve_model(config.model)
-        _check_against_model(config, model_path, trust_remote_code)  # before the (slow) weights load
-        model, tokenizer = teacher or models.load_model(model_path, device=workers.device or config.device,
-                                                        trust_remote_code=trust_remote_code)
+        model_path = plan.model_path
+        model, tokenizer = teacher or models.load_model(
+            model_path, device=workers.device or config.device, trust_remote_code=trust_remote_code,
+            dtype=config.dtype, load_in_4bit=config.load_in_4bit)
         _check_prompt_fits(model, tokenizer, config)
         # What a resumed run must match. The base's hash is cached (models.model_fingerprint), so only
         # the first bake on a base pays for reading its weights.
@@ -127,6 +136,9 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
                     "base_model_sha256": models.model_fingerprint(model_path), "teacher": teacher_id}
 
     adopted = work.exists() and resume
+    if adopted and workers.sharded:
+        raise BakingError(f"resuming a bake sharded by {workers.engine} is not supported (its optimiser state is "
+                          "split over the processes); rerun with --overwrite, or resume without the sharding config")
     if workers.is_main:
         try:
             if work.exists() and not resume:
@@ -141,9 +153,8 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
         _remove_stale_staging(output)
     workers.barrier()  # the other processes read the folder the main process has just settled
     try:
-        result = _bake_into(work, config, output, model, tokenizer, model_path, watch, workers,
-                            overwrite=overwrite, progress=progress, settings=resume_settings, adopted=adopted,
-                            questions=(train_questions, heldout_questions), task=task)
+        result = _bake_into(work, plan, output, model, tokenizer, watch, workers, progress=progress,
+                            settings=resume_settings, adopted=adopted, task=task)
     except OutputWriteError:
         work.release()
         raise
@@ -167,21 +178,20 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     return result
 
 
-def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer, model_path: str,
-               watch: "Stopwatch", workers, *, overwrite: bool, progress: bool, settings: ResumeSettings,
-               adopted: bool, questions, task: dict | None = None) -> BakeResult:
+def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, watch: "Stopwatch", workers, *,
+               progress: bool, settings: ResumeSettings, adopted: bool, task: dict | None = None) -> BakeResult:
     """The bake proper, reading back from `work` whatever an earlier run finished and saving as it goes."""
+    config, model_path = plan.config, plan.model_path
     state = work.state()
     checkpoint = work.trainer()
     watch.add((checkpoint or state).get("seconds", {}))
-    train_questions, heldout_questions = questions
     prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
 
     train = work.trajectories("train")
     if train is None:
         with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
             train = sample_trajectories(
-                model, tokenizer, train_questions, system_prompt=prompt,
+                model, tokenizer, plan.train_questions, system_prompt=prompt,
                 samples_per_question=config.samples_per_question, max_new_tokens=config.max_new_tokens,
                 temperature=config.temperature, batch_size=config.generation_batch_size, seed=config.seed,
                 desc="sampling training answers", progress=progress, workers=workers,
@@ -194,7 +204,7 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
         # Held-out answers estimate KL, so they must be true samples of the prompted model: T=1.
         with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
             heldout = sample_trajectories(
-                model, tokenizer, heldout_questions, system_prompt=prompt,
+                model, tokenizer, plan.heldout_questions, system_prompt=prompt,
                 samples_per_question=config.heldout_samples_per_question, max_new_tokens=config.max_new_tokens,
                 temperature=1.0, batch_size=config.generation_batch_size, seed=config.seed + 1,
                 desc="sampling held-out answers", progress=progress, workers=workers,
@@ -215,12 +225,14 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
         work.update_state(reference_kl=asdict(reference_kl), seconds=watch.seconds)
 
     epochs: list[dict] = []
+    tracker = BestCheckpoint(config.keep_best)
     first_epoch, first_step, first_losses = 1, 0, []
     if checkpoint is not None:
         load_trainable_state(model, checkpoint["lora"])
         baker.optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(checkpoint["rng"])
         epochs = list(checkpoint["epochs"])
+        tracker = BestCheckpoint.from_state(config.keep_best, checkpoint.get("tracker"))
         first_epoch, first_step, first_losses = checkpoint["epoch"], checkpoint["step"], checkpoint["losses"]
     resumed_from = {"epoch": first_epoch, "step": first_step} if adopted else None
     if adopted:
@@ -229,12 +241,21 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
             tqdm.write(f"resuming the bake in {work.path} at epoch {first_epoch}, step {first_step}")
 
     def save_trainer(epoch: int, step: int, losses: list[float]) -> None:
+        if workers.sharded:
+            return  # nothing could resume it (see above); its gathers would also have to run on every process
         work.save_trainer({
             "epoch": epoch, "step": step, "losses": list(losses), "epochs": epochs,
             "lora": trainable_state(model), "optimizer": baker.optimizer.state_dict(), "rng": rng_state(),
-            "seconds": dict(watch.seconds),
+            "seconds": dict(watch.seconds), "tracker": tracker.state(),
         })
 
+    def measure(epoch: int, step: int) -> KLEstimate:
+        with watch.phase("evaluation"):
+            kl = baker.heldout_kl(heldout)
+        tracker.observe(epoch, step, kl, model)
+        return kl
+
+    steps_per_epoch = plan.budget["steps_per_epoch"]
     stop = StopRequest()
     last_save = time.monotonic()
     stop_message = f"training state saved in {work.path}"
@@ -242,7 +263,13 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
         for epoch in range(first_epoch, config.epochs + 1):
             def after_step(step: int, losses: list[float], epoch: int = epoch) -> None:
                 nonlocal last_save
-                if stop.requested or time.monotonic() - last_save >= settings.checkpoint_seconds:
+                done = (epoch - 1) * steps_per_epoch + step
+                measured = bool(config.eval_every) and done % config.eval_every == 0 and step < steps_per_epoch
+                if measured:
+                    kl = measure(epoch, step)
+                    if progress:
+                        tqdm.write(f"epoch {epoch} step {step}: held-out KL/token {kl.per_token:.4f}")
+                if measured or stop.requested or time.monotonic() - last_save >= settings.checkpoint_seconds:
                     save_trainer(epoch, step, losses)
                     last_save = time.monotonic()
                 if stop.requested:
@@ -252,10 +279,9 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
             with watch.phase("training"):
                 loss = baker.train_epoch(train, epoch, start=first_step if resumed else 0,
                                          losses=first_losses if resumed else None, after_step=after_step)
-            with watch.phase("evaluation"):
-                kl = baker.heldout_kl(heldout)
+            kl = measure(epoch, steps_per_epoch)
             epochs.append({"epoch": epoch, "train_loss": loss, "heldout_kl": asdict(kl)})
-            work.save_epoch_adapter(model, epoch)
+            work.save_epoch_adapter(model, epoch, trainable_state(model) if workers.sharded else None)
             save_trainer(epoch + 1, 0, [])
             last_save = time.monotonic()
             if progress:
@@ -264,20 +290,24 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
             if stop.requested:
                 raise KeyboardInterrupt(stop_message)
 
+    tracker.restore(model)  # the lowest held-out KL's adapter (with keep_best), else the last one
     answer_tokens = {"generated": sum(len(t.answer_ids) for t in train + heldout),
                      "trained": sum(len(t.answer_ids) for t in train) * config.epochs}
     record = bake_record(config, model_path, teacher=work.state()["identity"].get("teacher"),
-                         questions_count=(len(train_questions), len(heldout_questions)),
-                          reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens),
-                          environment=environment(model.device), resumes=work.state().get("resumes", []),
-                          prompt_form=prompt.form, task=task)
+                         questions_count=(len(plan.train_questions), len(plan.heldout_questions)),
+                         reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens),
+                         environment={**environment(model.device), "engine": workers.engine,
+                                      "processes": workers.world},
+                         resumes=work.state().get("resumes", []), tracker=tracker, plan=plan,
+                         prompt_form=prompt.form, task=task)
+    gathered = {"state_dict": trainable_state(model)} if workers.sharded else {}  # a collective: every process
     if work.writer:
         with watch.phase("saving"), staged_directory(output, replace=True) as staging:
             # Copy, not move: a kill before the rename below must leave the work folder whole.
             skip_hidden = shutil.ignore_patterns(".*")  # a half-written epoch checkpoint's staging folder
             shutil.copytree(work.path / CHECKPOINTS_DIR, staging / CHECKPOINTS_DIR, ignore=skip_hidden)
             shutil.copytree(work.path / DATA_DIR, staging / DATA_DIR, ignore=skip_hidden)
-            model.save_pretrained(staging)
+            model.save_pretrained(staging, **gathered)
             record.save_pretrained(staging)
             BakeDir(staging).write_model_card(record)
         work.discard()  # the output is in place; a kill before this line leaves a folder the next run removes
@@ -287,9 +317,12 @@ def _bake_into(work: WorkDir, config: BakeConfig, output: Path, model, tokenizer
 def _result(output: Path, record: BakeRecord, *, reused: bool = False, resumed_from: dict | None = None) -> BakeResult:
     kl = record.kl
     epochs = [KLEstimate(**e["heldout_kl"]) for e in kl["per_epoch"]]
+    kept = (kl.get("kept") or {}).get("heldout_kl")  # the written adapter's; bakes before keep_best: the last
     return BakeResult(output=output, base_model=record.base_path, reference_kl=KLEstimate(**kl["unprompted_base"]),
-                      final_kl=epochs[-1], epoch_kl=epochs, reused=reused, resumed_from=resumed_from,
-                      status=record.status, warnings=tuple(record.warnings), prompt_form=record.prompt_form or "chat")
+                      final_kl=KLEstimate(**kept) if kept else epochs[-1], epoch_kl=epochs, reused=reused,
+                      resumed_from=resumed_from, status=record.status, warnings=tuple(record.warnings),
+                      prompt_form=record.prompt_form or "chat", kept=kl.get("kept"),
+                      training=record.extra.get("training"))
 
 
 def _forget_finished_work(work: WorkDir, config: BakeConfig) -> None:
@@ -349,14 +382,6 @@ def _with_defaults(recorded) -> dict | None:
         return BakeConfig.from_dict(recorded).to_dict()
     except (BakingError, TypeError):
         return None
-
-
-def _check_against_model(config: BakeConfig, model_path: str, trust_remote_code: bool) -> None:
-    """Settings that only the model's config can judge, checked before its weights are loaded."""
-    vocabulary = getattr(models.model_config(model_path, trust_remote_code=trust_remote_code), "vocab_size", None)
-    if config.top_k is not None and isinstance(vocabulary, int) and config.top_k > vocabulary:
-        raise BakingError(f"--top-k {config.top_k} is larger than the model's vocabulary of {vocabulary} tokens; "
-                          f"pass a smaller --top-k (e.g. 64), or omit it for the full vocabulary")
 
 
 def _check_prompt_fits(model, tokenizer, config: BakeConfig) -> None:

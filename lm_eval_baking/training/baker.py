@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..core.batching import answer_logits, answer_states, autocast, decoder_and_head, paired_batch, teacher_mode
 from ..core.chat import encode_like_lm_eval
 from ..core.kl import KLEstimate, chunked_kl_sum, forward_kl, teacher_topk, token_level_kl, topk_kl
+from ..core.lora_targets import resolve_targets
 from ..core.parallel import SINGLE, Workers
 from ..core.prompts import BakePrompt
 from ..core.sampling import Trajectory
@@ -39,6 +40,42 @@ def prompt_baking_loss(teacher, student_logits: torch.Tensor, top_k: int | None 
     return forward_kl(teacher, student_logits, top_k).sum()
 
 
+class BakingStep(torch.nn.Module):
+    """The part of a training step that needs gradients, as one module: the summed KL of a paired batch.
+
+    Teacher (adapter off, prompt in context, no gradient) and student (adapter
+    on, no prompt) both run inside `forward`, so when accelerate wraps this
+    module (DDP, FSDP, DeepSpeed) every pass over the base goes through the
+    wrapper and its hooks: DDP's gradient all-reduce, FSDP's parameter gathers.
+    """
+
+    def __init__(self, model, config: BakeConfig):
+        super().__init__()
+        self.model = model
+        self.top_k = config.top_k
+        self.kl_chunk_size = config.kl_chunk_size
+
+    def forward(self, student_ids, student_mask, student_positions, teacher_ids=None, teacher_mask=None,
+                teacher_positions=None, teacher_top_logp=None, teacher_top_index=None, teacher_top_k: int = 0):
+        """Σ KL(teacher ‖ student) over the answer positions; or, with `teacher_top_k`, only the teacher's
+        top-k (log-probs, token ids) at the teacher_* inputs (for the teacher cache)."""
+        if teacher_top_k:
+            with torch.no_grad(), teacher_mode(self.model):
+                return teacher_topk(answer_logits(self.model, teacher_ids, teacher_mask, teacher_positions),
+                                    teacher_top_k)
+        if teacher_top_logp is not None:
+            teacher = (teacher_top_logp, teacher_top_index)
+        else:
+            with torch.no_grad(), teacher_mode(self.model):
+                teacher = answer_logits(self.model, teacher_ids, teacher_mask, teacher_positions)
+        split = decoder_and_head(self.model)
+        if self.kl_chunk_size and split is not None:
+            states = answer_states(self.model, student_ids, student_mask, student_positions)
+            return chunked_kl_sum(split[1], states, teacher, self.kl_chunk_size, self.top_k)
+        student = answer_logits(self.model, student_ids, student_mask, student_positions)
+        return prompt_baking_loss(teacher, student, self.top_k)
+
+
 class PromptBaker:
     """Trains a LoRA adapter so the unprompted model matches the prompted one.
 
@@ -46,7 +83,7 @@ class PromptBaker:
     weights. (Prompt pursuit hands in a model whose earlier rounds are merged
     into the base weights, so the same class bakes every round.) `workers`
     says which share of each batch this process trains on under
-    `accelerate launch`.
+    `accelerate launch`, and prepares the training step with accelerate's engine.
     """
 
     def __init__(self, model, tokenizer, config: BakeConfig, *, progress: bool = True,
@@ -56,8 +93,10 @@ class PromptBaker:
         self.config = config
         self.progress = progress
         self.workers = workers
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=0.0)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+        # Under FSDP the prepared optimiser holds the sharded parameters that replace these.
+        self.step_module, self.optimizer = workers.prepare(BakingStep(model, config), optimizer)
         # The teacher's context is the prompt + question, the student's the question alone, both as lm_eval renders them.
         self.prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
         self._prefix_cache: dict[tuple[str, bool], list[int]] = {}
@@ -83,31 +122,22 @@ class PromptBaker:
         """Forward KL(teacher ‖ student) summed over answer tokens, divided by `n_tokens` (default: their count).
 
         A data-parallel process passes the token count of the whole global
-        batch, so the processes' gradients add up to the gradient one process
-        would compute on that batch.
+        batch, so the processes' losses add up to the loss of that batch.
         """
         batch = self._paired(trajectories)
         n_tokens = n_tokens or batch.n_answer_tokens
-        split = decoder_and_head(self.model)
+        student = (batch.student_ids, batch.student_mask, batch.student_positions)
         with autocast(self.model.device, self.config.autocast_dtype):
-            teacher = self.teacher(trajectories, batch)
-            if self.config.kl_chunk_size and split is not None:
-                states = answer_states(self.model, batch.student_ids, batch.student_mask, batch.student_positions)
-                total = chunked_kl_sum(split[1], states, teacher, self.config.kl_chunk_size, self.config.top_k)
+            if self.config.cache_teacher:
+                top_logp, top_index = self.teacher(trajectories, batch)
+                total = self.step_module(*student, teacher_top_logp=top_logp, teacher_top_index=top_index)
             else:
-                student = answer_logits(self.model, batch.student_ids, batch.student_mask, batch.student_positions)
-                total = prompt_baking_loss(teacher, student, self.config.top_k)
+                total = self.step_module(*student, batch.teacher_ids, batch.teacher_mask, batch.teacher_positions)
         return total / n_tokens
 
-    def teacher(self, trajectories: list[Trajectory], batch) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """The teacher at the batch's answer positions: adapter off, prompt in context, no gradient.
-
-        [N, V] logits, or with cache_teacher the (top-k log-probs, token ids)
-        pair, computed only for trajectories not seen in an earlier step.
-        """
-        if not self.config.cache_teacher:
-            with torch.no_grad(), teacher_mode(self.model):
-                return answer_logits(self.model, batch.teacher_ids, batch.teacher_mask, batch.teacher_positions)
+    def teacher(self, trajectories: list[Trajectory], batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """With cache_teacher: the teacher's (top-k log-probs, token ids) at the batch's answer positions,
+        computed (through the training module) only for trajectories not seen in an earlier step."""
         keys = [(t.question, tuple(t.answer_ids)) for t in trajectories]
         for key, t in zip(keys, trajectories):
             # Top-k captured while sampling from the prompted base (sample_trajectories(capture_top_k=...)).
@@ -117,9 +147,9 @@ class PromptBaker:
         missing = list({k: t for k, t in zip(keys, trajectories) if k not in self._teacher_cache}.items())
         if missing:
             todo = self._paired([t for _, t in missing])
-            with torch.no_grad(), teacher_mode(self.model):
-                logits = answer_logits(self.model, todo.teacher_ids, todo.teacher_mask, todo.teacher_positions)
-            values, index = teacher_topk(logits, self.config.top_k)
+            values, index = self.step_module(todo.student_ids, todo.student_mask, todo.student_positions,
+                                             todo.teacher_ids, todo.teacher_mask, todo.teacher_positions,
+                                             teacher_top_k=self.config.top_k)
             lengths = [len(t.answer_ids) for _, t in missing]
             for (key, _), v, i in zip(missing, values.split(lengths), index.split(lengths)):
                 self._teacher_cache[key] = (v, i)
@@ -141,33 +171,27 @@ class PromptBaker:
         return batches
 
     def train_epoch(self, trajectories: list[Trajectory], epoch: int, *, start: int = 0,
-                    losses: list[float] | None = None,
+                    losses: list[float] | None = None, epochs: int | None = None,
                     after_step: Callable[[int, list[float]], None] | None = None) -> float:
         """One pass over `trajectories` in a seeded random order; returns the mean loss.
 
         Every process forms the same global batches and trains on its share of
-        each; the LoRA gradients are then summed over the processes, so every
-        process takes the same optimiser step.
+        each; accelerate's engine (DDP & co.) averages the gradients over the
+        processes, so every process takes the same optimiser step.
 
         A resumed bake passes `start` (steps of this epoch already taken; the
         order is seeded, so the remaining batches are the same) and their
         `losses`. `after_step(step, losses)` runs after every optimiser step:
-        that is where checkpoints are written.
+        that is where checkpoints are written and mid-epoch held-out KL measured.
         """
         self.model.train()
         losses = list(losses or [])
         batches = self.batches(trajectories, epoch)
         show = self.progress and self.workers.is_main
-        bar = tqdm(batches[start:], desc=f"epoch {epoch}/{self.config.epochs}", unit="step", disable=not show,
-                   initial=start, total=len(batches))
+        bar = tqdm(batches[start:], desc=f"epoch {epoch}/{epochs or self.config.epochs}", unit="step",
+                   disable=not show, initial=start, total=len(batches))
         for step, batch in enumerate(bar, start + 1):
-            mine = self.workers.shard(batch)
-            if mine:
-                loss = self.compute_loss(mine, n_tokens=sum(len(t.answer_ids) for t in batch))
-                loss.backward()
-            else:  # a last batch smaller than the number of processes: nothing to add
-                loss = torch.zeros(())
-            loss = self._sum_over_workers(loss)
+            loss = self._step(batch)
             if not math.isfinite(loss):
                 raise BakingError(
                     f"the loss became {loss} at epoch {epoch} step {step}; lower --learning-rate "
@@ -179,22 +203,32 @@ class PromptBaker:
             bar.set_postfix(kl=f"{loss:.4f}")
             if after_step is not None:
                 after_step(step, losses)
+                self.model.train()  # a held-out KL measured there leaves the model in eval mode
         bar.close()
         self.model.eval()
         return sum(losses) / len(losses)
 
-    def _sum_over_workers(self, loss: torch.Tensor) -> float:
-        """Sum the LoRA gradients and the loss over the processes (one all-reduce); returns the batch loss."""
+    def _step(self, batch: list[Trajectory]) -> float:
+        """Forward and backward of this process's share of one global batch; returns the whole batch's loss."""
+        n_tokens = sum(len(t.answer_ids) for t in batch)
+        mine = self.workers.shard(batch)
         if not self.workers.distributed:
+            loss = self.compute_loss(mine, n_tokens=n_tokens)
+            loss.backward()
             return loss.item()
-        for p in self.trainable:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        total = loss.detach().float().reshape(1).to(self.trainable[0].device)
-        self.workers.sum_([p.grad for p in self.trainable] + [total])
-        return total.item()
+        # A last batch smaller than the number of processes leaves some with nothing: they still run one
+        # answer at weight 0, because every process must join the engine's gradient collective.
+        loss = self.compute_loss(mine, n_tokens=n_tokens) if mine else 0.0 * self.compute_loss(batch[:1])
+        # DDP, FSDP and ZeRO average gradients over the processes; each loss is this process's share of
+        # the batch's sum, so scaling by the process count makes the average that sum's gradient.
+        self.workers.backward(loss * self.workers.world)
+        return self.workers.sum(loss.item())
 
     def heldout_kl(self, heldout: list[Trajectory], *, student_is_base: bool = False) -> KLEstimate:
+        with self.workers.full_params(self.step_module):
+            return self._heldout_kl(heldout, student_is_base)
+
+    def _heldout_kl(self, heldout: list[Trajectory], student_is_base: bool) -> KLEstimate:
         return token_level_kl(
             self.model, self.tokenizer, heldout, self.prompt,
             student_is_base=student_is_base, top_k=None, batch_size=self.config.batch_size * 2,
@@ -204,16 +238,22 @@ class PromptBaker:
 
 
 def attach_lora(model, config: BakeConfig):
-    """Wrap `model` in a fresh, seeded LoRA adapter."""
+    """Wrap `model` in a fresh, seeded LoRA adapter on `config.target_modules` (keywords resolved here).
+
+    LoRA weights are fp32 even on a bf16/fp16/4-bit base (PEFT's
+    autocast_adapter_dtype), so the trained parameters and their optimiser
+    state keep full precision.
+    """
     from peft import LoraConfig, get_peft_model
 
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in config.target_modules if m not in present]
-    if missing:
-        raise BakingError(f"target modules {missing} not in this model; pick from e.g. {sorted(present)[:12]}")
+    targets = resolve_targets(model, list(config.target_modules))
+    # GPT-2's Conv1D stores its weight transposed; saying so in the adapter's config (PEFT would only warn and
+    # flip it on the layer) keeps adapter_config.json true for whoever reads the factors (chain export).
+    modules = dict(model.named_modules())
+    conv1d = any(type(modules[name]).__name__ == "Conv1D" for name in targets.modules)
     torch.manual_seed(config.seed)
     lora = LoraConfig(
         r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules), task_type="CAUSAL_LM",
+        target_modules=targets.target_modules, task_type="CAUSAL_LM", fan_in_fan_out=conv1d,
     )
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora, autocast_adapter_dtype=True)

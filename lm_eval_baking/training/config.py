@@ -1,16 +1,21 @@
 """BakeConfig: everything that decides what a bake produces.
 
 Each field carries its help text (`utils.settings.setting`), from which the CLI
-builds its `--flag`s, so a default and its explanation live here only. The
-whole config is serialised into baking.json; two bakes with equal configs
+builds its `--flag`s, so a default and its explanation live here only.
+
+Some settings are resolved per bake (training/plan.py): unset sizes come from
+the minimums (`budget`), and LoRA target keywords from the model's layer names.
+baking.json records the resolved config; two bakes with equal resolved configs
 (and the same question file and base weights) are the same bake.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, fields, replace
 
 from ..constants import BUILTIN_QUESTIONS, DEFAULT_MODEL
+from ..core.models import DTYPES  # names only: core.models imports torch inside its functions
 from ..core.prompts import FORMS, checked_messages
 from ..errors import BakingError
 from ..utils.settings import setting
@@ -18,6 +23,9 @@ from ..utils.text import listed
 
 PRECISIONS = ("bf16", "fp32")
 
+
+def _unset_or_positive(value) -> bool:
+    return value is None or value >= 1
 
 
 @dataclass
@@ -40,9 +48,21 @@ class BakeConfig:
         "(.txt one per line, .jsonl/.json objects with a \"question\" field, or .csv/.tsv with a question column)."))
     heldout_fraction: float = setting(0.2, help=(
         "Share of the questions kept out of training; the held-out KL, and baking_mckl, are measured on them."))
-    samples_per_question: int = setting(1, help="Training answers sampled per training question.")
-    heldout_samples_per_question: int = setting(1, help=(
-        "Held-out answers per held-out question (always sampled at temperature 1, so KL estimates are unbiased)."))
+    samples_per_question: int | None = setting(None, metavar="N", help=(
+        "Training answers sampled per training question (default: enough for --min-trajectories; 1 for the "
+        "built-in pool, 26 for a file of 12 questions)."))
+    heldout_samples_per_question: int | None = setting(None, metavar="N", help=(
+        "Held-out answers per held-out question, always sampled at temperature 1 so KL estimates are unbiased "
+        "(default: enough for --min-heldout-answers)."))
+    min_trajectories: int = setting(256, help=(
+        "Training answers to sample at least, when --samples-per-question is not given: small question files "
+        "get several answers per question."))
+    min_heldout_answers: int = setting(64, help=(
+        "Held-out answers to sample at least, when --heldout-samples-per-question is not given, so the held-out "
+        "KL has a standard error."))
+    min_steps: int = setting(32, help=(
+        "Optimiser steps to take at least, when --epochs is not given (epochs = steps / steps per epoch, "
+        "rounded up)."))
     max_new_tokens: int = setting(48, help="Length cap of each sampled answer, in tokens.")
     temperature: float = setting(1.0, help=(
         "Sampling temperature of the training answers. The authors found T > 1 helped on 7B models; on the "
@@ -52,12 +72,14 @@ class BakeConfig:
         "LoRA alpha; the update is scaled by alpha / rank. The authors' alpha 1 at rank 32 shrinks updates 32x; "
         "keep alpha / rank near 1-2."))
     lora_dropout: float = setting(0.0, help="Dropout on the LoRA input during training.")
-    target_modules: list[str] = setting(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], help=(
-        "Names of the modules LoRA wraps (the authors' choice: the attention projections)."))
+    target_modules: list[str] = setting(default_factory=lambda: ["attention"], help=(
+        "Layers LoRA wraps: 'attention' (the linear layers of every attention block, the authors' choice; "
+        "q_proj k_proj v_proj o_proj on Llama, c_attn attn.c_proj on GPT-2), 'all-linear' (every linear layer "
+        "but the output head), or module names as PEFT matches them. baking.json records what they resolved to."))
     learning_rate: float = setting(2e-3, help="AdamW learning rate of the LoRA weights.")
-    epochs: int = setting(1, help=(
-        "Passes over the training answers. One epoch over 256 answers removes ~83% of the pirate prompt's KL "
-        "on the default model."))
+    epochs: int | None = setting(None, metavar="N", help=(
+        "Passes over the training answers (default: enough for --min-steps). One epoch over 256 answers "
+        "removes ~83% of the pirate prompt's KL on the default model."))
     batch_size: int = setting(8, help=(
         "Answers per optimiser step. Under `accelerate launch` this is the global batch, shared out over the "
         "processes, so N processes take the same steps as one."))
@@ -73,8 +95,20 @@ class BakeConfig:
     kl_chunk_size: int | None = setting(None, metavar="N", help=(
         "Run the LM head and KL this many answer positions at a time, with activation checkpointing, so the "
         "positions x vocabulary logits never exist whole (for large vocabularies)."))
+    eval_every: int | None = setting(None, metavar="STEPS", help=(
+        "Also measure the held-out KL every this many optimiser steps (it is always measured after each "
+        "epoch); with --keep-best the best measurement's adapter is the one written."))
+    keep_best: bool = setting(True, help=(
+        "Write the adapter with the lowest held-out KL measured during training (the authors kept the best "
+        "validation KL), not necessarily the last one; every epoch's adapter stays in checkpoints/."))
     precision: str = setting("bf16", choices=PRECISIONS, help=(
         "bf16: bf16 autocast for forward passes (LoRA weights, loss and reported KL stay fp32); fp32: none."))
+    dtype: str = setting("fp32", choices=DTYPES, help=(
+        "Precision of the frozen base weights: bf16 or fp16 halve its memory (16 GB instead of 32 GB for 8B "
+        "parameters). The LoRA weights, the loss and the reported KL stay fp32."))
+    load_in_4bit: bool = setting(False, help=(
+        "QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes, CUDA only), computing in --dtype (bf16 when "
+        "fp32). About 0.52 bytes per parameter of its linear layers (NF4 with double quantisation)."))
     device: str = setting("auto", help="'auto' (CUDA when available, else CPU) or a torch device such as cpu or cuda:1.")
     generation_batch_size: int = setting(64, help=(
         "Answers sampled in parallel (KV-cached); larger is faster until memory runs out."))
@@ -91,8 +125,14 @@ class BakeConfig:
             raise BakingError("the prompt is empty; pass --prompt TEXT or --prompt-file FILE with the text to bake")
         checks = [
             (0 < self.heldout_fraction < 1, f"--heldout-fraction must be between 0 and 1 (got {self.heldout_fraction})"),
-            (self.samples_per_question >= 1, "--samples-per-question must be at least 1"),
-            (self.heldout_samples_per_question >= 1, "--heldout-samples-per-question must be at least 1"),
+            (_unset_or_positive(self.samples_per_question), "--samples-per-question must be at least 1"),
+            (_unset_or_positive(self.heldout_samples_per_question),
+             "--heldout-samples-per-question must be at least 1"),
+            (self.min_trajectories >= 1, "--min-trajectories must be at least 1"),
+            (self.min_heldout_answers >= 2, "--min-heldout-answers must be at least 2 (a standard error needs 2)"),
+            (self.min_steps >= 1, "--min-steps must be at least 1"),
+            (_unset_or_positive(self.eval_every), "--eval-every must be at least 1 step"),
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
             (self.temperature > 0, "--temperature must be above 0 (sampling, not greedy)"),
             (self.lora_rank >= 1, "--lora-rank must be at least 1"),
@@ -100,7 +140,7 @@ class BakeConfig:
             (0 <= self.lora_dropout < 1, "--lora-dropout must be at least 0 and below 1"),
             (bool(self.target_modules), "--target-modules needs at least one module name"),
             (self.learning_rate > 0, "--learning-rate must be above 0"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
+            (_unset_or_positive(self.epochs), "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.top_k is None or self.top_k >= 1, "--top-k must be at least 1 (omit it for full-vocabulary KL)"),
             (not self.cache_teacher or self.top_k is not None,
@@ -113,6 +153,40 @@ class BakeConfig:
         for ok, message in checks:
             if not ok:
                 raise BakingError(message)
+        if any(not isinstance(t, str) or not t.strip() for t in self.target_modules):
+            raise BakingError("--target-modules takes module names (or 'attention' / 'all-linear'), not empty text")
+
+    def budget(self, n_train_questions: int, n_heldout_questions: int) -> dict[str, int]:
+        """The sizes this config gives a question split: samples per question, epochs, steps.
+
+        Unset sizes come from the minimums: the built-in pool (256 training and
+        64 held-out questions) gets 1 answer per question and 1 epoch of 32
+        steps at batch 8; a 12-question file (10 + 2) gets 26 answers per
+        training question and 32 per held-out one.
+        """
+        samples = self.samples_per_question or max(1, math.ceil(self.min_trajectories / n_train_questions))
+        heldout = self.heldout_samples_per_question or max(
+            1, math.ceil(self.min_heldout_answers / n_heldout_questions))
+        trajectories = n_train_questions * samples
+        steps_per_epoch = math.ceil(trajectories / self.batch_size)
+        epochs = self.epochs or max(1, math.ceil(self.min_steps / steps_per_epoch))
+        return {"train_questions": n_train_questions, "heldout_questions": n_heldout_questions,
+                "samples_per_question": samples, "heldout_samples_per_question": heldout,
+                "trajectories": trajectories, "heldout_answers": n_heldout_questions * heldout,
+                "epochs": epochs, "steps_per_epoch": steps_per_epoch, "steps": steps_per_epoch * epochs}
+
+    def resolved(self, n_train_questions: int, n_heldout_questions: int,
+                 target_modules: list[str] | None = None) -> "BakeConfig":
+        """This config with every size and the LoRA targets made concrete: what a bake records and compares.
+
+        Two requests that resolve to the same config are the same bake; a
+        default bake of the built-in pool on the default model resolves to the
+        settings it always had (1 sample, 1 epoch, q/k/v/o).
+        """
+        sizes = self.budget(n_train_questions, n_heldout_questions)
+        return replace(self, samples_per_question=sizes["samples_per_question"],
+                       heldout_samples_per_question=sizes["heldout_samples_per_question"], epochs=sizes["epochs"],
+                       target_modules=list(target_modules) if target_modules is not None else list(self.target_modules))
 
     def to_dict(self) -> dict:
         return asdict(self)

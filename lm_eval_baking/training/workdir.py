@@ -31,6 +31,7 @@ output cannot interleave their checkpoints.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -191,13 +192,18 @@ class WorkDir:
         """Write the trainer checkpoint atomically: a kill mid-write leaves the previous one."""
         if not self.writer:
             return
+        # Serialised in memory first: torch.save reports a full disk as a RuntimeError ("iostream error"),
+        # a plain write as the OSError the caller turns into "free some disk space ... --resume".
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         with atomic_path(self.path / TRAINER, fsync=True) as tmp:
-            torch.save(checkpoint, tmp)
+            tmp.write_bytes(buffer.getbuffer())
 
-    def save_epoch_adapter(self, model, epoch: int) -> None:
+    def save_epoch_adapter(self, model, epoch: int, weights: dict | None = None) -> None:
+        """checkpoints/epoch-N; `weights` (from trainable_state, gathered by every process) when sharded."""
         if self.writer:
             with staged_directory(self.path / CHECKPOINTS_DIR / f"epoch-{epoch}", replace=True) as staging:
-                model.save_pretrained(staging)
+                model.save_pretrained(staging, **({"state_dict": weights} if weights is not None else {}))
 
 
 def describe_differences(recorded: dict, current: dict) -> str:
@@ -229,8 +235,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The LoRA weights (every trainable parameter), by name, on the CPU."""
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+    """The LoRA weights (every trainable parameter), by name, whole and on the CPU.
+
+    Under FSDP a parameter is a DTensor holding this process's shard; gathering
+    it is a collective, so every process must call this at the same point.
+    """
+    return {name: _whole(p.detach()).to("cpu", copy=True) for name, p in model.named_parameters()
+            if p.requires_grad}
 
 
 def load_trainable_state(model, weights: dict[str, torch.Tensor]) -> None:
@@ -239,7 +250,20 @@ def load_trainable_state(model, weights: dict[str, torch.Tensor]) -> None:
         raise BakingError("the saved training state does not fit this model's adapter; pass --overwrite to start over")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(weights[name])
+            if _is_dtensor(p):  # FSDP: each process keeps its own shard of the whole tensor
+                from torch.distributed.tensor import distribute_tensor
+
+                p.copy_(distribute_tensor(weights[name].to(p.to_local().device), p.device_mesh, p.placements))
+            else:
+                p.copy_(weights[name])
+
+
+def _is_dtensor(tensor) -> bool:
+    return type(tensor).__name__ == "DTensor"
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
 class StopRequest:

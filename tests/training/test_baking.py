@@ -89,7 +89,7 @@ def test_nan_loss_stops_with_advice_and_writes_nothing(tiny_model_dir, question_
     ({"prompt": "word " * 600}, "exceeds the model's context"),
     ({"model": "/no/such/model"}, "cannot load model"),
     ({"questions": "/no/such/file.txt"}, "not found"),
-    ({"target_modules": ["no_such_proj"]}, "not in this model"),
+    ({"target_modules": ["no_such_proj"]}, r"matches no linear layer .* q_proj \(2\)"),
     ({"epochs": 0}, "--epochs"),
 ])
 def test_bad_input_is_one_clear_error(tiny_model_dir, question_file, tmp_path, overrides, message):

@@ -1,4 +1,5 @@
-"""Data-parallel baking: a real 2-process `accelerate launch` on CPU (gloo) matches a 1-process bake."""
+"""Data-parallel baking: a real 2-process `accelerate launch` on CPU (gloo, DDP through accelerate's Accelerator)
+matches a 1-process bake."""
 
 import json
 import os
@@ -34,8 +35,10 @@ def test_workers_share_items_round_robin_and_put_results_back_in_order():
 
 
 def test_two_process_accelerate_bake_matches_one_process(tiny_model_dir, question_file, tmp_path):
-    # batch_size 4 is the global batch: each of the 2 processes runs 2 trajectories per step.
-    config = tiny_config(tiny_model_dir, question_file, device="cpu")
+    # batch_size 4 is the global batch: each of the 2 processes runs 2 trajectories per step. 9 training
+    # answers make the last batch of each epoch a single answer, so one process has none and must still
+    # join DDP's gradient all-reduce (at weight 0).
+    config = tiny_config(tiny_model_dir, question_file, device="cpu", samples_per_question=1, epochs=3)
     single = bake(config, tmp_path / "single", progress=False)
 
     flags = ["--prompt", PIRATE, "--output", str(tmp_path / "ddp"), "--quiet"]
@@ -58,7 +61,11 @@ def test_two_process_accelerate_bake_matches_one_process(tiny_model_dir, questio
     assert run.stdout.count("Baked adapter:") == 2  # both processes finish; only the main one wrote
 
     parallel_record = load_bake_record(tmp_path / "ddp")
-    assert parallel_record["config"] == config.to_dict()
+    assert parallel_record["config"] == load_bake_record(single.output)["config"]
+    # The training step went through accelerate's Accelerator: DDP over gloo for CPU processes.
+    assert parallel_record["environment"]["engine"] == "MULTI_CPU"
+    assert parallel_record["environment"]["processes"] == 2
+    assert load_bake_record(single.output)["environment"]["engine"] == "single"
     # Sampling was shared out batch by batch with per-batch seeds: the same trajectories as one process.
     for part in ("train", "heldout"):
         ours = [json.loads(x)["answer_ids"] for x in (tmp_path / "ddp" / "data" / f"{part}.jsonl").read_text().splitlines()]
@@ -78,3 +85,31 @@ def test_two_process_accelerate_bake_matches_one_process(tiny_model_dir, questio
     assert parallel_record["kl"]["unprompted_base"]["per_token"] == pytest.approx(single.reference_kl.per_token,
                                                                                   rel=1e-4)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging folder left behind"
+
+
+def test_fsdp_asked_on_cpu_processes_is_refused_in_one_line(tiny_model_dir, question_file, tmp_path):
+    """accelerate 1.15 enables FSDP only for GPU-like processes; on CPU it would silently run DDP instead."""
+    launch = [_accelerate(), "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "lm_eval_baking.cli", "bake", "--prompt", PIRATE,
+              "--model", str(tiny_model_dir), "--questions", str(question_file), "--device", "cpu",
+              "--output", str(tmp_path / "fsdp"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("lm-eval-baking: error:")]
+    assert errors and all("asked for FSDP, but accelerate runs these processes as MULTI_CPU" in e for e in errors)
+    assert not (tmp_path / "fsdp").exists()
+
+
+def test_training_under_torch_fsdp2_over_gloo_matches_one_process():
+    """FSDP itself on CPU: accelerate cannot select it there (test above), torch's FSDP2 can. The probe shards
+    the base as accelerate's FSDP2 plugin would and runs PromptBaker's own steps, held-out KL and gathers."""
+    probe = Path(__file__).resolve().parents[2] / "bench" / "fsdp2_cpu_probe.py"
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), str(probe)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("rank ")]
+    assert len(lines) == 2 and all(line.endswith(": match") for line in lines), lines

@@ -1,0 +1,135 @@
+"""Other architectures: tiny random models of seven decoder families bake with the default LoRA targets,
+and the adapters load in lm_eval with `peft=` (in-process HFLM for all, the real CLI for two)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_eval_baking import bake, load_bake_record
+from lm_eval_baking.core.harness import tasks_path
+
+from conftest import tiny_config
+
+LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
+
+# What the default target ('attention') must resolve to: the linear layers of each attention block, named
+# so that PEFT matches nothing else (GPT-2's MLP has a c_proj too, hence attn.c_proj).
+EXPECTED_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gpt2": ["c_attn", "attn.c_proj"],
+    "gpt_neox": ["query_key_value", "dense"],
+    "phi3": ["o_proj", "qkv_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+
+
+def tiny_architecture_config(kind: str, tokenizer):
+    """A 2-layer, 32-wide config of `kind` whose vocabulary is the default model's tokenizer."""
+    import transformers
+
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=512, **ids)
+    if kind == "gpt2":
+        return transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **ids)
+    if kind == "gpt_neox":
+        return transformers.GPTNeoXConfig(**common)
+    config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+                    "phi3": transformers.Phi3Config, "gemma": transformers.GemmaConfig,
+                    "mistral": transformers.MistralConfig}[kind]
+    extra = {"head_dim": 8} if kind == "gemma" else {}
+    return config_class(num_key_value_heads=2, **common, **extra)
+
+
+@pytest.fixture(scope="module")
+def architecture_dirs(tmp_path_factory, default_model_dir):
+    """kind -> a saved random model of that architecture, with the default model's tokenizer and chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    assert tokenizer.chat_template
+    dirs = {}
+    for kind in EXPECTED_TARGETS:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(tiny_architecture_config(kind, tokenizer))
+        assert model.config.model_type == kind
+        path = tmp_path_factory.mktemp(f"tiny-{kind}")
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs[kind] = path
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def architecture_bakes(architecture_dirs, question_file, tmp_path_factory):
+    """kind -> a bake with every default (target modules, LoRA rank and alpha, learning rate, precision)
+    except tiny_config's sizes: 12 questions, 8-token answers, 2 samples, 2 epochs of batch 4."""
+    root = tmp_path_factory.mktemp("arch-bakes")
+    defaults = dict(learning_rate=2e-3, lora_rank=16, lora_alpha=32.0, precision="bf16")
+    return {kind: bake(tiny_config(path, question_file, **defaults), root / kind, progress=False)
+            for kind, path in architecture_dirs.items()}
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED_TARGETS))
+def test_default_targets_follow_the_architecture(kind, architecture_bakes):
+    result = architecture_bakes[kind]
+    record = load_bake_record(result.output)
+    assert tiny_config(Path("x"), Path("q.txt")).target_modules == ["attention"]  # the bake asked for the default
+    targets = record["training"]["lora_targets"]
+    assert targets["requested"] == ["attention"]
+    assert targets["target_modules"] == EXPECTED_TARGETS[kind] == record["config"]["target_modules"]
+    assert targets["modules"] == 2 * len(EXPECTED_TARGETS[kind])  # every attention linear of both layers
+    adapter_config = json.loads((result.output / "adapter_config.json").read_text())
+    assert sorted(adapter_config["target_modules"]) == sorted(EXPECTED_TARGETS[kind])
+    assert adapter_config["fan_in_fan_out"] == (kind == "gpt2")  # GPT-2's Conv1D holds its weight transposed
+    from safetensors.torch import load_file
+
+    lora_a = [k for k in load_file(result.output / "adapter_model.safetensors") if "lora_A" in k]
+    assert len(lora_a) == targets["modules"]
+    assert all("attn" in k or "attention" in k for k in lora_a), lora_a
+    assert result.final_kl.per_token < result.reference_kl.per_token  # the bake moved toward the teacher
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED_TARGETS))
+def test_adapter_loads_in_lm_eval_hflm_with_peft(kind, architecture_dirs, architecture_bakes):
+    """lm_eval's own HFLM loads base + peft= adapter and scores the bake's held-out answers (baking_mckl)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    result = architecture_bakes[kind]
+    args = {"pretrained": str(architecture_dirs[kind]), "peft": str(result.output)}
+    lm = HFLM(**args, device="cpu", batch_size=8)
+    assert type(lm.model).__name__ == "PeftModelForCausalLM"
+    out = lm_eval.simple_evaluate(model=lm, tasks=["baking_mckl"], apply_chat_template=True,
+                                  task_manager=TaskManager(include_path=str(tasks_path()), metadata=args))
+    scored = out["results"]["baking_mckl"]
+    # lm_eval's Monte-Carlo KL of the baked model estimates the bake's own exact held-out KL.
+    assert scored["kl_per_token,none"] == pytest.approx(
+        result.final_kl.per_token, abs=3 * scored["kl_per_token_stderr,none"] + 1e-3)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "gpt_neox"])
+def test_adapter_loads_through_the_lm_eval_cli(kind, architecture_dirs, architecture_bakes, tmp_path):
+    result = architecture_bakes[kind]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    command = [LM_EVAL, "--model", "hf", "--model_args",
+               f"pretrained={architecture_dirs[kind]},peft={result.output}", "--device", "cpu", "--batch_size", "8",
+               "--apply_chat_template", "--include_path", str(tasks_path()), "--tasks", "baking_mckl",
+               "--output_path", str(tmp_path / "results")]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (results_file,) = (tmp_path / "results").rglob("results_*.json")
+    scored = json.loads(results_file.read_text())["results"]["baking_mckl"]
+    assert scored["kl_per_token,none"] == pytest.approx(
+        result.final_kl.per_token, abs=3 * scored["kl_per_token_stderr,none"] + 1e-3)
