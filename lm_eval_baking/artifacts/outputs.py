@@ -8,6 +8,7 @@ message suggests --overwrite for it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..constants import OWN_RECORDS, PARTIAL_SUFFIX
@@ -48,3 +49,16 @@ def check_output(output: str | Path, *, overwrite: bool, what: str, same_run=Non
 
 def is_work_folder(folder: Path) -> bool:
     return folder.name.startswith(".") and folder.name.endswith(PARTIAL_SUFFIX)
+
+
+def writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` (and its parents) and check it can be written: a command that writes its results at the
+    end calls this first, so a bad --output fails in seconds, not after an hour of evaluation."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BakingError(f"cannot create {path} ({e.strerror}); choose a writable --output") from None
+    if not os.access(path, os.W_OK):
+        raise BakingError(f"{path} is not writable; choose a writable --output")
+    return path

@@ -121,7 +121,9 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     chain = [Path(c) for c in chain]
     # What round 1 starts from: the chain's weights and the answers quality is measured against.
     start = {"chain": chain_id(chain), "reference": str(reference) if reference else None}
-    finished = None if overwrite else _finished(output, config, settings, start)
+    # A finished pursuit is reused only when its evaluator is named by a spec: two Python callables with the
+    # same name can score differently, so with one the rounds' bakes are reused but every score is recomputed.
+    finished = None if overwrite or callable(evaluator) else _finished(output, config, settings, start)
     if finished is not None:
         return finished
     if not (output / PURSUIT_RECORD).is_file() or overwrite:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from ..artifacts.bake_dir import BakeDir
+from ..artifacts.outputs import writable_dir
 from ..artifacts.safety import check_adapter
 from ..constants import CROSS_TASK_BAKES, CROSS_TASK_FORMAT, CROSS_TASK_HEATMAP, CROSS_TASK_RECORD
 from ..core import models
@@ -48,7 +48,7 @@ def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConf
     unknown = sorted(set(bakes) - set(tasks))
     if unknown:
         raise BakingError(f"--bake names task {quoted(unknown[0])}, which is not in --tasks; add it or drop the bake")
-    output_dir = _writable_dir(output_dir)  # fail now, not after an hour of baking
+    output_dir = writable_dir(output_dir)  # fail now, not after an hour of baking
     base = models.resolve_model(config.model)
     form = resolve_form(config.prompt_format, models.load_tokenizer(base, trust_remote_code=trust_remote_code))
     shots = {task: _shots(task, bakes.get(task), task_settings, base, form) for task in tasks}
@@ -133,13 +133,3 @@ def _check_same_docs(scores: dict, tasks: list[str]) -> None:
                     raise BakingError(f"lm_eval scored different docs of {quoted(task)} for {quoted(model)} at "
                                       f"{shots} shots; the comparison must be paired doc by doc")
 
-
-def _writable_dir(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BakingError(f"cannot create {path} ({e.strerror}); choose a writable --output") from None
-    if not os.access(path, os.W_OK):
-        raise BakingError(f"{path} is not writable; choose a writable --output")
-    return path

@@ -7,10 +7,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from ..artifacts.outputs import writable_dir
 from ..constants import FORGETTING_HEATMAP, FORGETTING_RECORD
-from ..errors import BakingError
 from ..evals.forgetting import DEFAULT_BATCH_SIZE, score_models
 from ..results.forgetting import DEFAULT_THRESHOLD_PCT, build_report
 from ..results.plots import report_heatmap
@@ -22,7 +21,7 @@ def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], ou
                       batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu", apply_chat_template: bool = False,
                       progress: bool = True) -> dict:
     """Evaluate base and adapters on every task; write and return the report."""
-    output_dir = _writable_dir(output_dir)  # fail now, not after an hour of evaluation
+    output_dir = writable_dir(output_dir)  # fail now, not after an hour of evaluation
     run = score_models(base_model, adapters, tasks, limit=limit, batch_size=batch_size, device=device,
                        apply_chat_template=apply_chat_template, progress=progress)
     per_doc = {adapter: {task: s.per_doc for task, s in by_task.items()} for adapter, by_task in run.scores.items()}
@@ -33,13 +32,3 @@ def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], ou
     write_bytes(output_dir / FORGETTING_HEATMAP, report_heatmap(report))
     return report
 
-
-def _writable_dir(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BakingError(f"cannot create {path} ({e.strerror}); choose a writable --output") from None
-    if not os.access(path, os.W_OK):
-        raise BakingError(f"{path} is not writable; choose a writable --output")
-    return path

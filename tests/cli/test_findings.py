@@ -12,8 +12,9 @@ from lm_eval_baking.cli import main
 
 from conftest import PIRATE
 
-TINY_BAKE = ["--samples-per-question", "2", "--max-new-tokens", "8", "--epochs", "1", "--batch-size", "4",
-             "--lora-rank", "4", "--lora-alpha", "8", "--precision", "fp32", "--quiet"]
+TINY_BAKE = ["--samples-per-question", "2", "--heldout-samples-per-question", "1", "--max-new-tokens", "8",
+             "--epochs", "1", "--batch-size", "4", "--lora-rank", "4", "--lora-alpha", "8", "--precision", "fp32",
+             "--quiet"]
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
