@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from lm_eval_baking.artifacts.lora import export_strength
 from lm_eval_baking.core.stats import false_fail_rate
 from lm_eval_baking.evals.forgetting import DEFAULT_TASKS, score_models
-from lm_eval_baking.results.forgetting import build_report, format_summary
+from lm_eval_baking.results.forgetting import build_report, format_summary, rebuild_report, stored_per_doc
 from lm_eval_baking.utils.atomic import write_json
 
 THRESHOLD_PCT = 3.4
@@ -56,7 +56,14 @@ def main() -> None:
                         help="folder for the damaged adapters")
     parser.add_argument("--replicates", type=int, default=20, help="bootstrap replicates of the false-FAIL rate")
     parser.add_argument("--output", type=Path, default=Path("bench/results/gate_calibration.json"))
+    parser.add_argument("--rejudge", action="store_true",
+                        help="judge --output's stored per-doc scores again with today's statistics (no model runs)")
     args = parser.parse_args()
+    if args.rejudge:
+        summary = json.loads(args.output.read_text())
+        report = rebuild_report(summary["report"])
+        summarise(args, report, stored_per_doc(report), report["tasks"], report["adapters"], summary["seconds"])
+        return
 
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -70,12 +77,15 @@ def main() -> None:
     tasks = fp32.tasks
     per_doc = {adapter: {t: s.per_doc for t, s in by_task.items()} for adapter, by_task in fp32.scores.items()}
     if args.forgetting:
-        earlier = json.loads(args.forgetting.read_text())["per_doc"]["base"]
-        per_doc[None] = {t: {int(d): v for d, v in earlier[t].items()} for t in tasks}
+        per_doc[None] = stored_per_doc(json.loads(args.forgetting.read_text()))[None]
     per_doc["base in bf16"] = {t: s.per_doc for t, s in bf16.scores[None].items()}
     compared = ["base in bf16", str(strength4), str(noisy)]
     report = build_report(fp32.base_model, compared, tasks, per_doc, THRESHOLD_PCT)
+    summarise(args, report, per_doc, tasks, compared, time.perf_counter() - started)
 
+
+def summarise(args, report: dict, per_doc: dict, tasks: list[str], compared: list[str], seconds: float) -> None:
+    """Verdicts, false-FAIL rates over bootstrap replicates of the pooled docs, written to --output."""
     pooled_base = [v for t in tasks for _, v in sorted(per_doc[None][t].items())]
     rates = {}
     for name in compared:
@@ -88,7 +98,7 @@ def main() -> None:
         "fail_rate_over_replicates": rates,
         "replicates": args.replicates,
         "noise_scale": NOISE,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         "report": report,
     }
     write_json(args.output, summary)

@@ -99,8 +99,9 @@ def build_report(base_model: str, adapters: list[str], tasks: list[str], per_doc
         "metrics": metrics or {},
         "threshold_pct": threshold_pct,
         "method": "paired per doc: McNemar exact (0/1 scores) or sign-flip permutation p; percentile bootstrap CIs "
-                  f"({RESAMPLES} resamples); per-task verdicts at Bonferroni-level CIs, Holm-adjusted p; group "
-                  "pooled over all docs at 95%",
+                  f"({RESAMPLES} resamples), for 0/1 scores widened to hold the exact conditional (Clopper-Pearson) "
+                  "interval; per-task verdicts at Bonferroni-level CIs, Holm-adjusted p; group pooled over all docs "
+                  "at 95%",
         "base": {task: _mean(per_doc[None][task]) for task in tasks},
         "per_adapter": {adapter: judge_adapter(per_doc[None], per_doc[adapter], threshold_pct) for adapter in adapters},
     }
@@ -110,6 +111,20 @@ def build_report(base_model: str, adapters: list[str], tasks: list[str], per_doc
                                           for task, scores in per_doc[adapter].items()}
                          for adapter in [None, *adapters]}
     return report
+
+
+def stored_per_doc(report: dict) -> dict:
+    """A forgetting.json's per-doc scores as `build_report` takes them: the base model under None."""
+    return {None if name == "base" else name: {task: {int(d): v for d, v in scores.items()}
+                                               for task, scores in by_task.items()}
+            for name, by_task in report["per_doc"].items()}
+
+
+def rebuild_report(report: dict) -> dict:
+    """A forgetting.json judged again from its own per-doc scores with today's statistics (no model runs)."""
+    rebuilt = build_report(report["base_model"], report["adapters"], report["tasks"], stored_per_doc(report),
+                           report["threshold_pct"], metrics=report.get("metrics"))
+    return {**report, **rebuilt}
 
 
 def _overall(verdicts: list[str]) -> str:

@@ -194,6 +194,44 @@ def test_binary_scores_use_mcnemar_with_the_right_discordant_counts():
     assert compare_paired([True, False], [True, True]).discordant == (0, 1)
 
 
+def test_exact_difference_ci_maps_clopper_pearson_and_agrees_with_mcnemar():
+    ci = stats.exact_difference_ci((3, 7), 50, 0.95)  # 10 discordant of 50; c = 7
+    pi = binomtest(7, 10).proportion_ci(0.95, method="exact")
+    assert ci.low == pytest.approx(10 / 50 * (2 * pi.low - 1)) and ci.high == pytest.approx(10 / 50 * (2 * pi.high - 1))
+    assert stats.exact_difference_ci((0, 0), 50, 0.95) == Interval(0.0, 0.0, 0.95)
+    for b in range(0, 13):
+        for c in range(0, 13):
+            for confidence in (0.95, bonferroni_confidence(0.95, 8)):
+                excludes = stats.exact_difference_ci((b, c), 100, confidence).excludes_zero
+                assert excludes == (mcnemar_exact(b, c) < 1 - confidence), (b, c, confidence)
+
+
+def test_few_discordant_docs_are_not_called_a_change_the_exact_test_does_not_see():
+    # Measured on the pirate bake (arithmetic_1_digit_multiplication): 6 docs lost, none gained, of 100.
+    # McNemar's p is 0.031, above the 8-task Bonferroni level 0.00625; the plain percentile bootstrap's
+    # 99.4% CI was [-0.13, -0.01] and the gate FAILed the task on it.
+    base = np.array([1.0] * 26 + [0.0] * 74)
+    other = base.copy()
+    other[:6] = 0.0
+    level = bonferroni_confidence(0.95, 8)
+    result = compare_paired(base, other, confidence=level)
+    assert result.p_value == pytest.approx(2 / 2 ** 6)
+    assert result.difference_ci.contains(0.0) and result.relative_ci.contains(0.0)
+    assert judge(result, 0.034, relative=True).verdict != Verdict.FAIL
+    # At the plain 95% level the exact test does reject, and so does the CI.
+    assert compare_paired(base, other).difference_ci.excludes_zero
+
+
+@settings(derandomize=True, deadline=None, max_examples=200, database=None)
+@given(st.integers(2, 200), st.floats(0.0, 0.29), st.floats(0.0, 0.29), st.integers(0, 2 ** 31),
+       st.sampled_from([0.95, 0.99, 0.99375]))
+def test_a_binary_ci_never_calls_a_change_mcnemar_does_not(n, p_lost, p_gained, seed, confidence):
+    base, other = paired_binary(n, 0.4, p_lost, p_gained, seed)
+    result = compare_paired(base, other, confidence=confidence)
+    if result.difference_ci.excludes_zero:
+        assert result.p_value < 1 - confidence
+
+
 def test_continuous_scores_use_the_paired_permutation_test():
     rng = np.random.default_rng(10)
     base = rng.normal(size=400)
