@@ -25,7 +25,8 @@ from .tables import (
 )
 
 FORGETTING_NOTE = ("Each adapter against the base model on the same docs (lm_eval --log_samples): McNemar's exact "
-                   "test and a paired bootstrap CI of the relative change. Per-task CIs are Bonferroni-adjusted over "
+                   "test and a paired bootstrap CI of the relative change, widened to the exact (Clopper-Pearson) "
+                   "interval for 0/1 scores. Per-task CIs are Bonferroni-adjusted over "
                    "the tasks and p is Holm-adjusted; 'all docs pooled' is the group verdict (95%). PASS: the CI's "
                    "worst case is within the allowed drop of {threshold}%; FAIL: a larger drop is established; "
                    "INCONCLUSIVE: the docs cannot tell. 'detectable drop' is the smallest drop this many docs "
