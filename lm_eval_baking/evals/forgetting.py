@@ -8,13 +8,12 @@ output), so the comparison can be paired doc by doc (`results.forgetting`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..artifacts.safety import check_adapter
 from ..core import models
 from ..core.harness import headline_metric
 from ..errors import BakingError
-from ..utils.text import first_line, quoted
+from ..utils.text import first_line, model_label, quoted
 from .lm_eval_glue import expand_tasks, task_manager_for
 
 DEFAULT_TASKS = ["baking_forgetting"]
@@ -78,7 +77,7 @@ def score_models(base_model: str, adapters: list[str], tasks: list[str], *, limi
             lm = load_lm(base_model, adapter, batch_size, device, dtype)
             run.scores[adapter] = {}
             for task in leaf_tasks:
-                bar.set_postfix_str(f"{label(adapter)} / {task}")
+                bar.set_postfix_str(f"{model_label(adapter)} / {task}")
                 run.scores[adapter][task] = evaluate_task(lm, task, task_manager, limit, apply_chat_template)
                 bar.update()
             del lm  # free this model before the next one loads
@@ -121,7 +120,3 @@ def evaluate_task(lm, task: str, task_manager, limit, apply_chat_template: bool,
     stderr = results.get(key.replace(",", "_stderr,", 1))
     return TaskScores(task, metric, per_doc, float(results[key]),
                       stderr if isinstance(stderr, (int, float)) else None)
-
-
-def label(adapter: str | None) -> str:
-    return "base" if adapter is None else Path(adapter).name or str(adapter)

@@ -24,10 +24,10 @@ INCONCLUSIVE otherwise.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from ..constants import FORGETTING_FORMAT
 from ..core.stats import Verdict, bonferroni_confidence, compare_paired, docs_needed, holm, judge
+from ..utils.text import model_label
 
 DEFAULT_THRESHOLD_PCT = 3.4
 CONFIDENCE = 0.95
@@ -156,7 +156,7 @@ def change_text(cell: dict | None) -> str:
 def format_summary(report: dict) -> str:
     """A plain-text table: one row per task, one column per adapter, then each adapter's group verdict."""
     adapters = report["adapters"]
-    names = [label(a) for a in adapters]
+    names = [model_label(a) for a in adapters]
     width = max(len("task"), *(len(short_task(t)) for t in report["tasks"]))
     cols = [max(30, len(n)) for n in names]
     header = f"{'task':<{width}}  {'base':>6}" + "".join(f"  {n:>{w}}" for n, w in zip(names, cols))
@@ -176,10 +176,6 @@ def format_summary(report: dict) -> str:
                      f"{change_text(group)}; verdict {result['verdict']} at a {report['threshold_pct']}% "
                      f"allowed drop{need_text}")
     return "\n".join(lines)
-
-
-def label(adapter: str | None) -> str:
-    return "base" if adapter is None else Path(adapter).name or str(adapter)
 
 
 def short_task(task: str) -> str:

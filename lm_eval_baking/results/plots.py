@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import math
 
+from ..utils.text import model_label
 from .collect import display_path
-from .forgetting import label as adapter_label, short_task
+from .forgetting import short_task
 from .results_files import is_number
 from .rows import Collection, Row, Skipped
 
@@ -164,7 +165,7 @@ def _painted(cell: dict | None) -> float:
 
 def report_heatmap(report: dict) -> bytes:
     """The heatmap of a forgetting.json written by `lm-eval-baking forgetting`."""
-    judged = [(adapter_label(a), report["per_adapter"][a]) for a in report["adapters"]]
+    judged = [(model_label(a), report["per_adapter"][a]) for a in report["adapters"]]
     return forgetting_heatmap(judged, report["threshold_pct"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def quoted(value, width: int | None = 60) -> str:
@@ -33,3 +34,8 @@ def first_line(error: BaseException, width: int = 160) -> str:
 def listed(names, width: int | None = None) -> str:
     """Names from files (labels, tasks, paths), comma-separated on one line (each cut to `width` if given)."""
     return ", ".join(quoted(name, width) for name in names)
+
+
+def model_label(adapter: str | None) -> str:
+    """A short name for a compared model: "base" for the base model (None), else the adapter folder's name."""
+    return "base" if adapter is None else Path(adapter).name or str(adapter)
