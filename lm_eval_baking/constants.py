@@ -42,6 +42,7 @@ SEQUENCE_RECORD = "sequence.json"
 SEQUENCE_FORMAT = "lm-eval-baking/sequence"
 COMBINED_DIR = "combined"
 REFERENCES_DIR = "references"
+JOINT_REFERENCE = "joint"  # references/joint/: the original base prompted with every prompt joined
 FORGETTING_RECORD = "forgetting.json"
 FORGETTING_FORMAT = "lm-eval-baking/forgetting"
 FORGETTING_HEATMAP = "forgetting.png"

@@ -161,6 +161,12 @@ class BakeDir:
     def train_path(self) -> Path:
         return self.path / TRAIN_DATA
 
+    def train_rows(self) -> list[dict]:
+        """data/train.jsonl: the answers this bake trained on (a later composed stage replays them)."""
+        if not self.train_path.is_file():
+            raise BakingError(f"{self.train_path} is missing; re-run the bake (`lm-eval-baking bake ... --overwrite`)")
+        return read_jsonl(self.train_path)
+
     @property
     def conversations_path(self) -> Path:
         return self.path / CONVERSATIONS

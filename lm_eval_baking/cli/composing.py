@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..compose.config import PursuitSettings
+from ..compose.config import ComposeSettings, PursuitSettings
 from ..errors import BakingError
 from ..training.config import BakeConfig, ResumeSettings
 from .baking import add_output_options, add_prompt_options, bake_config
@@ -36,6 +36,7 @@ def register(commands) -> None:
                           help="a prompt to bake (repeat, in order)")
     sequence.add_argument("--cycles", type=int, default=1, help="times to go through the prompts (default: 1)")
     add_output_options(sequence, "folder for stage-N/, references/, combined/ and sequence.json")
+    add_settings(sequence, ComposeSettings, title="composition: what each stage bakes towards")
     add_settings(sequence, ResumeSettings)
     add_settings(sequence, BakeConfig, exclude=("prompt",), title="bake settings of every stage (BakeConfig)")
     sequence.set_defaults(run=_run_sequence)
@@ -72,7 +73,8 @@ def _run_sequence(args) -> None:
     quiet_libraries()
     from ..compose.sequence import bake_sequence, format_sequence_table
 
-    result = bake_sequence(args.prompts, settings, args.output, args.cycles, overwrite=args.overwrite,
+    result = bake_sequence(args.prompts, settings, args.output, args.cycles,
+                           compose=settings_from_args(ComposeSettings, args), overwrite=args.overwrite,
                            resume=args.resume, progress=not args.quiet,
                            resume_settings=settings_from_args(ResumeSettings, args))
     print("\n" + format_sequence_table(result))

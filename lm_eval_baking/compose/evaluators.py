@@ -24,6 +24,7 @@ from typing import Protocol
 from ..artifacts.bake_dir import BakeDir
 from ..core.chat import chat_prefix
 from ..core.kl import KLEstimate, monte_carlo_kl
+from ..core.stats import Interval, ratio_of_means
 from ..core.questions import Question, load_questions, split_questions
 from ..core.sampling import Trajectory, sample_trajectories
 from ..core.scoring import continuation_logprobs
@@ -68,9 +69,13 @@ class AdherenceEvaluator:
                                      max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, progress=False)
         return [t.answer for t in greedy]
 
+    def scores(self, model, tokenizer, system_prompt: str | None = None) -> list[float]:
+        """The scorer's value for each held-out question, in order: what paired comparisons are made of."""
+        return [float(self.persona.score(a)) for a in self.answers(model, tokenizer, system_prompt)]
+
     def __call__(self, model, tokenizer, round_index: int, *, system_prompt: str | None = None) -> float:
-        answers = self.answers(model, tokenizer, system_prompt)
-        return sum(self.persona.score(a) for a in answers) / len(answers)
+        scores = self.scores(model, tokenizer, system_prompt)
+        return sum(scores) / len(scores)
 
 
 @dataclass
@@ -110,10 +115,22 @@ class QualityEvaluator:
 
     def kl(self, model, tokenizer, system_prompt: str | None = None) -> KLEstimate:
         """MC-KL(original prompted base ‖ model), the model seeing `system_prompt` (default: none)."""
-        pairs = [(chat_prefix(tokenizer, t.question, system_prompt), t.answer) for t in self.heldout]
-        scored = continuation_logprobs(model, tokenizer, pairs, batch_size=self.batch_size, progress=False)
-        return monte_carlo_kl([t.teacher_logprob for t in self.heldout], [logprob for logprob, _ in scored],
+        return monte_carlo_kl([t.teacher_logprob for t in self.heldout], self._logprobs(model, tokenizer, system_prompt),
                               [t.n_tokens for t in self.heldout])
+
+    def _logprobs(self, model, tokenizer, system_prompt: str | None) -> list[float]:
+        pairs = [(chat_prefix(tokenizer, t.question, system_prompt), t.answer) for t in self.heldout]
+        return [logprob for logprob, _ in continuation_logprobs(model, tokenizer, pairs, batch_size=self.batch_size,
+                                                                progress=False)]
+
+    def quality_with_ci(self, model, tokenizer, *, seed: int = 0) -> tuple[float, Interval]:
+        """Quality with a 95% paired-bootstrap CI over the held-out answers (each answer's MC-KL per token for
+        the model and for the unprompted base, resampled together)."""
+        model_kl = [(t.teacher_logprob - lp) / t.n_tokens for t, lp in
+                    zip(self.heldout, self._logprobs(model, tokenizer, None))]
+        base_kl = [(t.teacher_logprob - t.base_logprob) / t.n_tokens for t in self.heldout]
+        ratio, ci = ratio_of_means(model_kl, base_kl, seed=seed)
+        return 1.0 - ratio, Interval(1.0 - ci.high, 1.0 - ci.low, ci.confidence)
 
     def __call__(self, model, tokenizer, round_index: int, *, system_prompt: str | None = None) -> float:
         return 1.0 - self.kl(model, tokenizer, system_prompt).per_token / self.unprompted_kl.per_token

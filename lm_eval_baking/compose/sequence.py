@@ -10,15 +10,15 @@ Stage j bakes its prompt with the base + stages 1..j-1 merged as teacher.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..artifacts.bake_dir import BakeDir, BakeRecord
-from ..artifacts.lora import chain_id, export_chain, load_chain
+from ..artifacts.lora import export_chain, load_chain
 from ..artifacts.outputs import check_output
-from ..constants import COMBINED_DIR, REFERENCES_DIR, SEQUENCE_FORMAT, SEQUENCE_RECORD
+from ..constants import COMBINED_DIR, JOINT_REFERENCE, REFERENCES_DIR, SEQUENCE_FORMAT, SEQUENCE_RECORD
 from ..core import models
 from ..core.batching import autocast
 from ..core.sampling import Trajectory, sample_trajectories
@@ -30,7 +30,10 @@ from ..utils.atomic import staged_directory, write_json
 from ..utils.hashing import sha256_text
 from ..utils.jsonl import read_json_object
 from ..utils.text import quoted
+from .behaviour import BehaviourProbe, PromptBehaviour
+from .config import ComposeSettings
 from .evaluators import QualityEvaluator, heldout_questions
+from .targets import BakedStage, BaseTeacher, stage_target
 
 
 @dataclass
@@ -43,6 +46,12 @@ class StageRecord:
     kl_ratio: float
     quality_after: list[float]
     """Every prompt's quality (1 − KL/KL_unprompted vs the ORIGINAL base with that prompt) after this stage."""
+    joint_quality: float | None = None
+    """The same quality against the original base prompted with every prompt joined (the composition's target)."""
+    target: str = "start"
+    """Who played this stage's teacher: 'start' (the chain so far) or 'base' (the original base)."""
+    behaviour_after: dict[int, float] = field(default_factory=dict)
+    """Prompt k's persona-check score (mean over held-out questions, no prompt) after this stage."""
 
 
 @dataclass
@@ -51,6 +60,12 @@ class SequenceResult:
     prompts: list[str]
     stages: list[StageRecord]
     combined: Path
+    compose: ComposeSettings = field(default_factory=ComposeSettings)
+    joint_prompt: str = ""
+    joint_quality: dict | None = None
+    """The composed model's quality against the joint target, with its 95% CI."""
+    behaviour: dict[int, PromptBehaviour] = field(default_factory=dict)
+    """Per prompt with a persona check: its per-question scores on every model it is judged by."""
 
     def quality_after_own_stage(self) -> list[float]:
         """Each prompt's quality right after the last stage that baked it."""
@@ -96,22 +111,26 @@ def reference_answers(directory: Path, model, tokenizer, config: BakeConfig, bas
 
 
 def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Path, cycles: int = 1, *,
-                  overwrite: bool = False, resume: bool = False, progress: bool = True,
-                  resume_settings: ResumeSettings | None = None) -> SequenceResult:
+                  compose: ComposeSettings | None = None, overwrite: bool = False, resume: bool = False,
+                  progress: bool = True, resume_settings: ResumeSettings | None = None) -> SequenceResult:
     """Bake several prompts one after another into one model, optionally cycling through them.
 
-    Stage j bakes its prompt with the base + stages 1..j-1 merged as teacher.
-    Every stage uses `base_config`'s settings (its prompt is ignored) and seed,
-    so every stage holds out the same questions and none is ever trained on.
-    A stage's own data/heldout.jsonl comes from its teacher; "how well is
-    prompt k kept" needs answers of the ORIGINAL base with prompt k, which are
-    sampled once into references/prompt-k/ and give each prompt's quality
-    1 − KL(model)/KL(unprompted base) after every stage.
+    Stage j is baked into the base with stages 1..j-1 merged, towards the target
+    `compose` names (compose/targets.py; default: every prompt so far, joined, read
+    by the original base). Every stage uses `base_config`'s settings (its prompt is
+    ignored) and seed, so every stage holds out the same questions and none is ever
+    trained on. "How well is prompt k kept" is measured against answers of the
+    ORIGINAL base: with prompt k alone (references/prompt-k/, quality
+    1 − KL/KL_unprompted) and with every prompt joined (references/joint/); a
+    prompt with a built-in persona check is also scored question by question
+    (compose/behaviour.py) on the base, the prompted bases and after every stage.
     """
     if not prompts:
         raise BakingError("the prompt list is empty; pass at least one --prompt to bake")
     if not isinstance(cycles, int) or isinstance(cycles, bool) or cycles < 1:
         raise BakingError(f"--cycles must be an integer ≥ 1 (got {quoted(cycles)})")
+    compose = compose or ComposeSettings()
+    compose.validate()
     prompt_configs = []
     for k, prompt in enumerate(prompts, 1):
         try:
@@ -119,7 +138,8 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
         except BakingError as e:
             raise BakingError(f"prompt {k}: {e}") from None
     output = Path(output)
-    settings = {"prompts": list(prompts), "cycles": cycles, "bake": {**base_config.to_dict(), "prompt": None}}
+    settings = {"prompts": list(prompts), "cycles": cycles, "bake": {**base_config.to_dict(), "prompt": None},
+                "compose": asdict(compose)}
     check_output(output, overwrite=overwrite, what="sequence",
                  same_run=lambda folder: (read_json_object(folder / SEQUENCE_RECORD) or {}).get("config") == settings)
     base_model = models.resolve_model(base_config.model)
@@ -130,24 +150,49 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
     model, tokenizer = models.load_model(base_model, device=base_config.device)
     references = [reference_answers(output / REFERENCES_DIR / f"prompt-{k}", model, tokenizer, c, base_sha, progress)
                   for k, c in enumerate(prompt_configs, 1)]
+    joint_prompt = compose.joined(list(prompts))
+    joint = references[0] if joint_prompt == prompts[0] else reference_answers(
+        output / REFERENCES_DIR / JOINT_REFERENCE, model, tokenizer, replace(base_config, prompt=joint_prompt),
+        base_sha, progress)
+    probes = [BehaviourProbe(p, base_config) for p in prompts]
+    behaviour = {k: probe.start(model, tokenizer, joint_prompt) for k, probe in enumerate(probes, 1) if probe.measurable}
     schedule = [(k, prompt_configs[k - 1]) for _ in range(cycles) for k in range(1, len(prompts) + 1)]
     stages: list[StageRecord] = []
     stage_dirs: list[Path] = []
+    earlier: list[BakedStage] = []
+    base_teacher = BaseTeacher(base_model, base_config.device)
     for stage, (prompt_index, stage_config) in enumerate(tqdm(schedule, desc="sequence", unit="stage",
                                                               disable=not progress), 1):
         stage_dir = output / f"stage-{stage}"
-        result = bake(stage_config, stage_dir, overwrite=overwrite, resume=resume, progress=progress,
-                      teacher=(model, tokenizer), teacher_id=chain_id(stage_dirs), resume_settings=resume_settings)
+        target = stage_target(compose, stage_config, earlier, stage_dirs)
+        result = bake(target.config, stage_dir, overwrite=overwrite, resume=resume, progress=progress,
+                      teacher=(model, tokenizer), teacher_id=target.teacher_id, resume_settings=resume_settings,
+                      target_model=base_teacher.get(target), replay=target.replay)
         stage_dirs.append(stage_dir)
+        earlier.append(BakedStage(stage_config.prompt, [stage_dir]))
         model, _ = load_chain(base_model, stage_dirs, device=base_config.device)
+        for k, scores in behaviour.items():
+            scores.composed = probes[k - 1].scores(model, tokenizer)
+            if k == prompt_index:
+                scores.after_own_stage = scores.composed
         stages.append(StageRecord(
             stage=stage, prompt_index=prompt_index, bake=stage_dir.name, heldout_kl=result.final_kl.per_token,
             kl_ratio=result.kl_ratio, quality_after=[reference(model, tokenizer, stage) for reference in references],
+            joint_quality=joint(model, tokenizer, stage), target=target.target,
+            behaviour_after={k: _mean(b.composed) for k, b in behaviour.items()},
         ))
+    joint_quality, joint_ci = joint.quality_with_ci(model, tokenizer)
     combined = export_chain(base_model, stage_dirs, output / COMBINED_DIR, overwrite=True)
-    sequence = SequenceResult(output=output, prompts=list(prompts), stages=stages, combined=combined)
+    sequence = SequenceResult(output=output, prompts=list(prompts), stages=stages, combined=combined,
+                              compose=compose, joint_prompt=joint_prompt,
+                              joint_quality={"quality": joint_quality, "ci": [joint_ci.low, joint_ci.high]},
+                              behaviour=behaviour)
     _write_sequence_record(output, settings, base_model, len(prompts), status="done", sequence=sequence)
     return sequence
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _write_sequence_record(output: Path, settings: dict, base_model: str, n_prompts: int, *, status: str,
@@ -165,18 +210,65 @@ def _write_sequence_record(output: Path, settings: dict, base_model: str, n_prom
         "quality_after_own_stage": sequence.quality_after_own_stage() if sequence else None,
         "quality_after_sequence": sequence.quality_after_sequence() if sequence else None,
         "combined": COMBINED_DIR if sequence else None,
+        "joint_prompt": sequence.joint_prompt if sequence else None,
+        "joint_quality": sequence.joint_quality if sequence else None,
+        "behaviour": {k: b.summary() for k, b in sequence.behaviour.items()} if sequence else {},
+        "behaviour_scores": {k: b.to_dict() for k, b in sequence.behaviour.items()} if sequence else {},
     })
 
 
 def format_sequence_table(result: SequenceResult) -> str:
     header = " | ".join(f"prompt {k}" for k in range(1, len(result.prompts) + 1))
     lines = [*(f"prompt {k}: {p}" for k, p in enumerate(result.prompts, 1)), "",
-             "quality = 1 − KL/KL_unprompted against the original base with each prompt (1 = as prompted)", "",
-             f"| after stage | baked | {header} |", "| ---: | ---: |" + " ---: |" * len(result.prompts)]
+             f"compose: {result.compose.mode}" + (f" (teacher: {result.compose.joint_teacher})"
+                                                  if result.compose.mode == "joint" else ""),
+             "quality = 1 − KL/KL_unprompted against the original base with each prompt (1 = as prompted); "
+             "joint: against the original base with every prompt joined", "",
+             f"| after stage | baked | teacher | {header} | joint |",
+             "| ---: | ---: | --- |" + " ---: |" * (len(result.prompts) + 1)]
     for s in result.stages:
         cells = " | ".join(f"{q:.3f}" for q in s.quality_after)
-        lines.append(f"| {s.stage} | prompt {s.prompt_index} | {cells} |")
+        lines.append(f"| {s.stage} | prompt {s.prompt_index} | {s.target} | {cells} | {_fmt(s.joint_quality, '.3f')} |")
     own = " | ".join(f"{q:.3f}" for q in result.quality_after_own_stage())
-    lines.append(f"| own stage | | {own} |")
+    lines.append(f"| own stage | | | {own} | |")
+    if result.joint_quality:
+        q = result.joint_quality
+        lines.append(f"\ncomposed model vs the joint target: quality {q['quality']:.3f} "
+                     f"[{q['ci'][0]:.3f}, {q['ci'][1]:.3f}]")
+    if result.behaviour:
+        lines += ["", "behaviour (persona check, greedy, share of held-out questions; paired, 95% CI):", "",
+                  "| prompt | unprompted | prompted | jointly prompted | after own stage | composed "
+                  "| composed − joint | gain kept |", "| --- |" + " ---: |" * 7]
+        for k, b in sorted(result.behaviour.items()):
+            m = b.summary()
+            vs, kept = m.get("vs_joint"), m.get("kept")
+            lines.append(
+                f"| {k}: {m['persona']} | {m['unprompted']:.3f} | {m['own_prompted']:.3f} | {m['joint_prompted']:.3f} "
+                f"| {_fmt(m['after_own_stage'], '.3f')} | {_fmt(m['composed'], '.3f')} "
+                f"| {_difference(vs)} | {_share(kept)} |")
     lines.append(f"\ncombined adapter: {result.combined}")
     return "\n".join(lines)
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _difference(vs: dict | None) -> str:
+    """A paired difference whose CI holds zero is shown as none: it is not a measured change."""
+    if not vs:
+        return "–"
+    low, high = vs["ci"]
+    shown = "none" if low <= 0 <= high else f"{vs['difference']:+.3f}"
+    return f"{shown} [{low:+.3f}, {high:+.3f}]"
+
+
+def _share(kept: dict | None) -> str:
+    if not kept or kept["share"] is None:
+        return "– (no gain after its own stage)"
+    low, high = kept["ci"]
+    return f"{kept['share']:.0%} [{_pct(low)}, {_pct(high)}]"
+
+
+def _pct(value: float) -> str:
+    return "−∞" if value == float("-inf") else "+∞" if value == float("inf") else f"{value:.0%}"

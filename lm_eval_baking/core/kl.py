@@ -91,7 +91,8 @@ def _log1mexp(log_p: torch.Tensor) -> torch.Tensor:
 def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has_prompt: bool = False,
                    student_is_base: bool = False, top_k: int | None = None, batch_size: int = 16,
                    autocast_dtype: torch.dtype | None = None, progress: bool = True,
-                   desc: str = "held-out KL", workers: Workers | None = None) -> KLEstimate:
+                   desc: str = "held-out KL", workers: Workers | None = None,
+                   teacher_model=None) -> KLEstimate:
     """Exact full-vocabulary KL(prompted base ‖ model) summed along each trajectory.
 
     The teacher is `model` with its adapter off and `system_prompt` in context;
@@ -99,6 +100,10 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has
     without the prompt unless `student_has_prompt`. Lower variance than the
     Monte-Carlo estimate because it sums over the whole vocabulary at every
     position instead of using only the sampled token.
+
+    `teacher_model`, when given, is the prompted teacher instead of `model`
+    with its adapter off (a stage whose target is another model than the one
+    it starts from); `student_is_base` then still means `model`'s adapter off.
 
     `workers` (from `parallel.current()`) shares the trajectories out over
     `accelerate launch` processes; every process gets the same estimate.
@@ -121,8 +126,13 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has
             batch = paired_batch(teacher_prefixes[start:stop], student_prefixes[start:stop], answers,
                                  tokenizer.pad_token_id)
             with autocast(model.device, autocast_dtype):
-                with teacher_mode(model):
-                    teacher = answer_logits(model, batch.teacher_ids, batch.teacher_mask, batch.teacher_positions)
+                if teacher_model is not None:
+                    teacher = answer_logits(teacher_model, batch.teacher_ids, batch.teacher_mask,
+                                            batch.teacher_positions)
+                else:
+                    with teacher_mode(model):
+                        teacher = answer_logits(model, batch.teacher_ids, batch.teacher_mask,
+                                                batch.teacher_positions)
                 with teacher_mode(model) if student_is_base else contextlib.nullcontext():
                     student = answer_logits(model, batch.student_ids, batch.student_mask, batch.student_positions)
             per_position = forward_kl(teacher, student, top_k).cpu()

@@ -35,6 +35,9 @@ class Trajectory:
     teacher_logprob: float | None = None
     base_logprob: float | None = None
     n_tokens: int | None = None
+    # Training only, for replayed answers of an earlier prompt (compose mode `replay`): the system prompt
+    # the teacher reads for this answer instead of the bake's own. None (and not saved) for the bake's own.
+    teacher_prompt: str | None = None
     # In memory only, never saved: the sampling model's top-k log-probs and token ids ([n, k] each) at
     # every answer position, when sampled with `capture_top_k`. The trainer's teacher cache starts from them.
     teacher_top_k: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)

@@ -275,6 +275,19 @@ def paired_cluster_comparison(base, other, clusters, *, n_boot: int = 2000, seed
     return _compare(base, other, clusters, n_boot, seed, confidence)
 
 
+def ratio_of_means(numerator, denominator, *, n_boot: int = 2000, seed: int = 0,
+                   confidence: float = 0.95) -> tuple[float, Interval]:
+    """mean(numerator) / mean(denominator) over paired docs, with a paired-bootstrap CI: the share of a behaviour
+    gain kept, or MC-KL over the unprompted MC-KL. NaN, and resamples undefined, where the denominator is ≤ 0."""
+    num, den = _pair(numerator, denominator, ("numerator", "denominator"))
+    _check(n_boot, confidence)
+    value = float(num.mean() / den.mean()) if den.mean() > 0 else math.nan
+    if num.size < 2:
+        return value, _unbounded(confidence)
+    n_tot, d_tot, _ = _resample(np.arange(num.size), num.size, n_boot, seed, num, den)
+    return value, _percentile(_divide(n_tot, d_tot), confidence)
+
+
 def trend(x, y, clusters, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> tuple[float, Interval]:
     """Least-squares slope of y on x (e.g. adherence per turn) with a cluster-bootstrap CI."""
     x, y = _pair(x, y, ("x", "y"))

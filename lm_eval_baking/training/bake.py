@@ -34,10 +34,11 @@ from ..utils.atomic import staged_directory
 from .baker import PromptBaker, attach_lora
 from .config import BakeConfig, ResumeSettings
 from .plan import BakePlan, plan_bake
+from .replay import Replay
 from .record import BestCheckpoint, Stopwatch, bake_record, environment, questions_sha256
 from .workdir import (
-    OutputWriteError, StopRequest, WorkDir, load_trainable_state, rng_state, set_rng_state,
-    trainable_state,
+    OutputWriteError, StopRequest, WorkDir, load_trainable_state, rng_state, safetensors_error, set_rng_state,
+    trainable_state, write_error,
 )
 
 @dataclass
@@ -75,7 +76,7 @@ class BakeResult:
 def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked", *, overwrite: bool = False,
          resume: bool = False, progress: bool = True, teacher=None, teacher_id: str | None = None,
          trust_remote_code: bool = False, resume_settings: ResumeSettings | None = None,
-         task: dict | None = None, **settings) -> BakeResult:
+         task: dict | None = None, target_model=None, replay: Replay | None = None, **settings) -> BakeResult:
     """Bake `config.prompt` into a LoRA adapter written to `output` (atomically).
 
     `bake(prompt="You are a pirate.", output="adapters/pirate")` works too:
@@ -91,6 +92,9 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     merged in. It must be a plain (non-PEFT) model; it is modified in place.
     The adapter still names `config.model` as its base. `teacher_id` names the
     teacher's weights, so a resume cannot mix two teachers' work.
+
+    `target_model` (a plain model) plays the prompted teacher instead of `teacher`'s weights, which the
+    student starts from; `replay` mixes earlier prompts' answers in (see `Replay`). Name both in `teacher_id`.
 
     `task` is recorded as baking.json's `task` when the prompt is an lm_eval task's few-shot context
     (workflows/task_bake.py builds it).
@@ -149,21 +153,22 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
                 work.create(identity)
         except OSError as e:
             work.release()
-            raise _write_error(e, work) from None
+            raise write_error(e, work) from None
         _remove_stale_staging(output)
     workers.barrier()  # the other processes read the folder the main process has just settled
     try:
         result = _bake_into(work, plan, output, model, tokenizer, watch, workers, progress=progress,
-                            settings=resume_settings, adopted=adopted, task=task)
+                            settings=resume_settings, adopted=adopted, task=task, target_model=target_model,
+                            replay=replay)
     except OutputWriteError:
         work.release()
         raise
     except BakingError:
         work.discard()  # e.g. the loss diverged: these settings can never finish, so nothing is worth resuming
         raise
-    except (OSError, _safetensors_error()) as e:
+    except (OSError, safetensors_error()) as e:
         work.release()
-        raise _write_error(e, work) from None
+        raise write_error(e, work) from None
     except KeyboardInterrupt:
         work.release()
         if work.writer and work.exists() and not (work.path / "data" / "train.jsonl").is_file():
@@ -179,9 +184,11 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
 
 
 def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, watch: "Stopwatch", workers, *,
-               progress: bool, settings: ResumeSettings, adopted: bool, task: dict | None = None) -> BakeResult:
+               progress: bool, settings: ResumeSettings, adopted: bool, task: dict | None = None,
+               target_model=None, replay: Replay | None = None) -> BakeResult:
     """The bake proper, reading back from `work` whatever an earlier run finished and saving as it goes."""
     config, model_path = plan.config, plan.model_path
+    sampler = model if target_model is None else target_model  # the prompted model whose answers are baked
     state = work.state()
     checkpoint = work.trainer()
     watch.add((checkpoint or state).get("seconds", {}))
@@ -191,12 +198,14 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
     if train is None:
         with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
             train = sample_trajectories(
-                model, tokenizer, plan.train_questions, system_prompt=prompt,
+                sampler, tokenizer, plan.train_questions, system_prompt=prompt,
                 samples_per_question=config.samples_per_question, max_new_tokens=config.max_new_tokens,
                 temperature=config.temperature, batch_size=config.generation_batch_size, seed=config.seed,
                 desc="sampling training answers", progress=progress, workers=workers,
                 capture_top_k=config.top_k if config.cache_teacher else None,
             )
+        if replay is not None:
+            train = replay.mix(train, config.seed)
         work.save_trajectories("train", train)
         work.update_state(seconds=watch.seconds)
     heldout = work.trajectories("heldout")
@@ -204,19 +213,19 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
         # Held-out answers estimate KL, so they must be true samples of the prompted model: T=1.
         with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
             heldout = sample_trajectories(
-                model, tokenizer, plan.heldout_questions, system_prompt=prompt,
+                sampler, tokenizer, plan.heldout_questions, system_prompt=prompt,
                 samples_per_question=config.heldout_samples_per_question, max_new_tokens=config.max_new_tokens,
                 temperature=1.0, batch_size=config.generation_batch_size, seed=config.seed + 1,
                 desc="sampling held-out answers", progress=progress, workers=workers,
             )
         with watch.phase("scoring"):
-            score_heldout(model, tokenizer, heldout, prompt, batch_size=config.batch_size * 2,
+            score_heldout(sampler, tokenizer, heldout, prompt, batch_size=config.batch_size * 2,
                           progress=progress, workers=workers)
         work.save_trajectories("heldout", heldout)
         work.update_state(seconds=watch.seconds)
 
     model = attach_lora(model, config)  # seeded: the same fresh adapter in every run, before any restore
-    baker = PromptBaker(model, tokenizer, config, progress=progress, workers=workers)
+    baker = PromptBaker(model, tokenizer, config, progress=progress, workers=workers, teacher_model=target_model)
     if state.get("reference_kl"):
         reference_kl = KLEstimate(**state["reference_kl"])
     else:
@@ -345,21 +354,6 @@ def _remove_stale_staging(output: Path) -> None:
     output = output.absolute()
     for stale in output.parent.glob(f".{output.name}.staging-*"):
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _safetensors_error() -> type:
-    from safetensors import SafetensorError
-
-    return SafetensorError
-
-
-def _write_error(error: Exception, work: WorkDir) -> OutputWriteError:
-    """A write that failed (disk full, read-only...) as one line; the work folder stays for --resume."""
-    where = getattr(error, "filename", None) or work.output
-    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-    kept = f"the work done so far is kept in {work.path}; " if work.exists() else ""
-    return OutputWriteError(f"cannot write {where} ({reason}); {kept}free some disk space or pick a writable "
-                            "--output, then rerun the same command with --resume")
 
 
 def _existing_bake(output: Path, config: BakeConfig, overwrite: bool, teacher_id: str | None) -> BakeResult | None:

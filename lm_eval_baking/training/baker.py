@@ -49,25 +49,36 @@ class BakingStep(torch.nn.Module):
     wrapper and its hooks: DDP's gradient all-reduce, FSDP's parameter gathers.
     """
 
-    def __init__(self, model, config: BakeConfig):
+    def __init__(self, model, config: BakeConfig, teacher_model=None):
         super().__init__()
         self.model = model
+        # A tuple, so torch does not register the frozen teacher as a submodule (its weights must stay out of
+        # the optimiser, of accelerate's wrapping and of the saved adapter).
+        self._teacher_model = (teacher_model,)
         self.top_k = config.top_k
         self.kl_chunk_size = config.kl_chunk_size
+
+    def teacher_logits(self, ids, mask, positions) -> torch.Tensor:
+        """The prompted teacher's answer logits: the separate teacher model when there is one, else the
+        student's own weights with the adapter off."""
+        separate = self._teacher_model[0]
+        if separate is not None:
+            return answer_logits(separate, ids, mask, positions)
+        with teacher_mode(self.model):
+            return answer_logits(self.model, ids, mask, positions)
 
     def forward(self, student_ids, student_mask, student_positions, teacher_ids=None, teacher_mask=None,
                 teacher_positions=None, teacher_top_logp=None, teacher_top_index=None, teacher_top_k: int = 0):
         """Σ KL(teacher ‖ student) over the answer positions; or, with `teacher_top_k`, only the teacher's
         top-k (log-probs, token ids) at the teacher_* inputs (for the teacher cache)."""
         if teacher_top_k:
-            with torch.no_grad(), teacher_mode(self.model):
-                return teacher_topk(answer_logits(self.model, teacher_ids, teacher_mask, teacher_positions),
-                                    teacher_top_k)
+            with torch.no_grad():
+                return teacher_topk(self.teacher_logits(teacher_ids, teacher_mask, teacher_positions), teacher_top_k)
         if teacher_top_logp is not None:
             teacher = (teacher_top_logp, teacher_top_index)
         else:
-            with torch.no_grad(), teacher_mode(self.model):
-                teacher = answer_logits(self.model, teacher_ids, teacher_mask, teacher_positions)
+            with torch.no_grad():
+                teacher = self.teacher_logits(teacher_ids, teacher_mask, teacher_positions)
         split = decoder_and_head(self.model)
         if self.kl_chunk_size and split is not None:
             states = answer_states(self.model, student_ids, student_mask, student_positions)
@@ -81,38 +92,50 @@ class PromptBaker:
 
     `model` is a PEFT model: with its adapter disabled it is the teacher's
     weights. (Prompt pursuit hands in a model whose earlier rounds are merged
-    into the base weights, so the same class bakes every round.) `workers`
+    into the base weights, so the same class bakes every round.) A composed
+    stage whose target is another model (the original base prompted with
+    every prompt so far) passes it as `teacher_model`. `workers`
     says which share of each batch this process trains on under
     `accelerate launch`, and prepares the training step with accelerate's engine.
     """
 
     def __init__(self, model, tokenizer, config: BakeConfig, *, progress: bool = True,
-                 workers: Workers = SINGLE):
+                 workers: Workers = SINGLE, teacher_model=None):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
         self.progress = progress
         self.workers = workers
+        self.teacher_model = teacher_model
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
         # Under FSDP the prepared optimiser holds the sharded parameters that replace these.
-        self.step_module, self.optimizer = workers.prepare(BakingStep(model, config), optimizer)
+        self.step_module, self.optimizer = workers.prepare(BakingStep(model, config, teacher_model), optimizer)
         # The teacher's context is the prompt + question, the student's the question alone, both as lm_eval renders them.
         self.prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
-        self._prefix_cache: dict[tuple[str, bool], list[int]] = {}
+        self._prefix_cache: dict[tuple[str, str | None], list[int]] = {}
+        self._replayed_prompts: dict[str, BakePrompt] = {}
         # (question, answer ids) -> teacher top-k (log-probs, token ids) at its answer positions; see cache_teacher.
-        self._teacher_cache: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._teacher_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def prefix(self, question: str, with_prompt: bool) -> list[int]:
-        key = (question, with_prompt)
+    def prefix(self, question: str, with_prompt: bool, teacher_prompt: str | None = None) -> list[int]:
+        """Token ids of the context: the bake's prompt (or a replayed answer's `teacher_prompt`) + the
+        question for the teacher, the question alone for the student."""
+        key = (question, (teacher_prompt or "") if with_prompt else None)
         if key not in self._prefix_cache:
-            context = self.prompt.context(self.tokenizer, question, prompted=with_prompt)
+            prompt = self.prompt
+            if teacher_prompt is not None:
+                if teacher_prompt not in self._replayed_prompts:
+                    self._replayed_prompts[teacher_prompt] = BakePrompt.from_setting(
+                        teacher_prompt, self.config.prompt_format, self.tokenizer)
+                prompt = self._replayed_prompts[teacher_prompt]
+            context = prompt.context(self.tokenizer, question, prompted=with_prompt)
             self._prefix_cache[key] = encode_like_lm_eval(self.tokenizer, context)
         return self._prefix_cache[key]
 
     def _paired(self, trajectories: list[Trajectory]):
         return paired_batch(
-            [self.prefix(t.question, True) for t in trajectories],
+            [self.prefix(t.question, True, t.teacher_prompt) for t in trajectories],
             [self.prefix(t.question, False) for t in trajectories],
             [t.answer_ids for t in trajectories],
             self.tokenizer.pad_token_id,
@@ -138,7 +161,7 @@ class PromptBaker:
     def teacher(self, trajectories: list[Trajectory], batch) -> tuple[torch.Tensor, torch.Tensor]:
         """With cache_teacher: the teacher's (top-k log-probs, token ids) at the batch's answer positions,
         computed (through the training module) only for trajectories not seen in an earlier step."""
-        keys = [(t.question, tuple(t.answer_ids)) for t in trajectories]
+        keys = [(t.question, tuple(t.answer_ids), t.teacher_prompt) for t in trajectories]
         for key, t in zip(keys, trajectories):
             # Top-k captured while sampling from the prompted base (sample_trajectories(capture_top_k=...)).
             if key not in self._teacher_cache and t.teacher_top_k is not None \
@@ -234,6 +257,7 @@ class PromptBaker:
             student_is_base=student_is_base, top_k=None, batch_size=self.config.batch_size * 2,
             autocast_dtype=None, progress=self.progress,  # fp32: these are the reported numbers
             desc="held-out KL (base)" if student_is_base else "held-out KL", workers=self.workers,
+            teacher_model=self.teacher_model,
         )
 
 

@@ -293,3 +293,18 @@ class StopRequest:
             yield self
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def safetensors_error() -> type:
+    from safetensors import SafetensorError
+
+    return SafetensorError
+
+
+def write_error(error: Exception, work: WorkDir) -> OutputWriteError:
+    """A write that failed (disk full, read-only...) as one line; the work folder stays for --resume."""
+    where = getattr(error, "filename", None) or work.output
+    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    kept = f"the work done so far is kept in {work.path}; " if work.exists() else ""
+    return OutputWriteError(f"cannot write {where} ({reason}); {kept}free some disk space or pick a writable "
+                            "--output, then rerun the same command with --resume")

@@ -17,6 +17,7 @@ from lm_eval_baking.artifacts.lora import export_chain, export_strength, load_ch
 from lm_eval_baking.cli import composing
 from lm_eval_baking.compose.evaluators import LmEvalEvaluator, QualityEvaluator, resolve_evaluator
 from lm_eval_baking.compose.pursuit import pursue
+from lm_eval_baking.compose.config import ComposeSettings
 from lm_eval_baking.compose.sequence import bake_sequence
 from lm_eval_baking.core.sampling import Trajectory
 
@@ -272,7 +273,7 @@ def test_strength_command_line(two_rounds, pursuit_dir, tmp_path, capsys):
 
 def test_sequence_of_two_prompts(tiny_model_dir, question_file, tmp_path):
     result = bake_sequence([PIRATE, FRENCH], tiny_config(tiny_model_dir, question_file), tmp_path / "seq",
-                           progress=False)
+                           compose=ComposeSettings(mode="sequential"), progress=False)
     record = json.loads((tmp_path / "seq" / "sequence.json").read_text())
     assert [(s["stage"], s["prompt_index"], s["bake"]) for s in record["stages"]] == [(1, 1, "stage-1"),
                                                                                       (2, 2, "stage-2")]
