@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lm_eval_baking.artifacts.lora import export_strength
-from lm_eval_baking.core.stats import false_fail_rate
+from lm_eval_baking.core.verdicts import false_fail_rate
 from lm_eval_baking.evals.forgetting import DEFAULT_TASKS, score_models
 from lm_eval_baking.results.forgetting import build_report, format_summary, rebuild_report, stored_per_doc
 from lm_eval_baking.utils.atomic import write_json

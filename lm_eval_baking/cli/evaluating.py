@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.verdicts import EXIT_CODES
 from ..evals.config import ConversationSettings, ForgettingSettings, TaskPromptSettings
 from ..training.config import BakeConfig
 from ..workflows.settings import CrossTaskSettings
@@ -102,11 +103,11 @@ def _run_forgetting(args) -> int:
     )
     print(format_summary(report))
     print(f"\nWrote {Path(args.output) / FORGETTING_RECORD} and {Path(args.output) / FORGETTING_HEATMAP}")
-    return {"PASS": 0, "FAIL": 1}.get(report["verdict"], 3)
+    return EXIT_CODES[report["verdict"]]
 
 
 def _run_cross_task(args) -> int:
-    from ..results.cross_task import EXIT_CODES, format_summary
+    from ..results.cross_task import format_summary
 
     settings = settings_from_args(CrossTaskSettings, args)
     task_settings = settings_from_args(TaskPromptSettings, args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..core.verdicts import EXIT_CODES
 from ..results.gate import NAMED_THRESHOLDS
 
 
@@ -71,7 +72,7 @@ def _run_report(args) -> None:
 
 
 def _run_check(args) -> int:
-    from ..results.gate import EXIT_CODES, check, format_checks, named_threshold, overall, parse_bound
+    from ..results.gate import check, format_checks, named_threshold, overall, parse_bound
 
     thresholds = [named_threshold(option, getattr(args, option[2:].replace("-", "_")))
                   for option, *_ in NAMED_THRESHOLDS if getattr(args, option[2:].replace("-", "_")) is not None]
@@ -90,7 +91,7 @@ def _run_check(args) -> int:
 def _run_check_matrix(args) -> int:
     from ..constants import CROSS_TASK_RECORD
     from ..errors import BakingError
-    from ..results.cross_task import EXIT_CODES, format_summary, judge_report
+    from ..results.cross_task import format_summary, judge_report
     from ..utils.jsonl import read_json_object
 
     path = args.report / CROSS_TASK_RECORD if args.report.is_dir() else args.report

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..core.stats import compare_paired, ratio_of_means
-from ..evals.personas import persona_for_prompt
+from ..evals.personas import Persona, personas_for_prompt
 from ..training.config import BakeConfig
 from .evaluators import AdherenceEvaluator, heldout_questions
 
@@ -58,27 +58,96 @@ class PromptBehaviour:
 
 
 class BehaviourProbe:
-    """Greedy answers to the held-out questions, scored by the prompt's persona check (one per prompt)."""
+    """Greedy answers to the held-out questions, scored by one of the prompt's persona checks."""
 
-    def __init__(self, prompt: str, config: BakeConfig):
-        persona = persona_for_prompt(prompt)
+    def __init__(self, prompt: str, persona: Persona, config: BakeConfig):
         self.prompt = prompt
-        self.evaluator = None if persona is None else AdherenceEvaluator(
-            persona, heldout_questions(config), max_new_tokens=config.max_new_tokens,
-            batch_size=config.generation_batch_size)
+        self.evaluator = AdherenceEvaluator(persona, heldout_questions(config), max_new_tokens=config.max_new_tokens,
+                                            batch_size=config.generation_batch_size)
+
+    @classmethod
+    def for_prompt(cls, prompt: str, config: BakeConfig) -> list["BehaviourProbe"]:
+        """One probe per built-in persona check of `prompt` (none for a prompt without one)."""
+        return [cls(prompt, persona, config) for persona in personas_for_prompt(prompt)]
 
     @property
-    def measurable(self) -> bool:
-        return self.evaluator is not None
+    def name(self) -> str:
+        return self.evaluator.persona.name
 
     def scores(self, model, tokenizer, system_prompt: str | None = None) -> list[float]:
         return self.evaluator.scores(model, tokenizer, system_prompt)
 
     def start(self, model, tokenizer, joint_prompt: str) -> PromptBehaviour:
         """The three base-model score lists (no prompt, this prompt, every prompt joined)."""
-        return PromptBehaviour(self.prompt, self.evaluator.persona.name, self.scores(model, tokenizer),
+        return PromptBehaviour(self.prompt, self.name, self.scores(model, tokenizer),
                                self.scores(model, tokenizer, self.prompt), self.scores(model, tokenizer, joint_prompt))
 
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+class CompositionTracker:
+    """Every prompt's persona checks: on the base models once, then on the composed model after each stage.
+
+    `prompts` maps a label (a stage name, or the prompt's number) to its prompt; results are keyed
+    "LABEL:PERSONA", since a prompt may have several checks (or none, and then no entry).
+    """
+
+    def __init__(self, prompts: dict[str, str], config: BakeConfig, joint_prompt: str, model, tokenizer):
+        self.probes = {f"{label}:{probe.name}": (label, probe) for label, prompt in prompts.items()
+                       for probe in BehaviourProbe.for_prompt(prompt, config)}
+        self.behaviour = {key: probe.start(model, tokenizer, joint_prompt) for key, (_, probe) in self.probes.items()}
+
+    def after_stage(self, model, tokenizer, label: str) -> dict[str, float]:
+        """Score the composed model after the stage that baked `label`'s prompt; returns each check's mean."""
+        for key, scores in self.behaviour.items():
+            own_label, probe = self.probes[key]
+            scores.composed = probe.scores(model, tokenizer)
+            if own_label == label:
+                scores.after_own_stage = scores.composed
+        return {key: _mean(b.composed) for key, b in self.behaviour.items()}
+
+    def summaries(self) -> dict[str, dict]:
+        return {key: b.summary() for key, b in self.behaviour.items()}
+
+    def scores(self) -> dict[str, dict]:
+        return {key: b.to_dict() for key, b in self.behaviour.items()}
+
+
+def format_behaviour_table(summaries: dict[str, dict]) -> list[str]:
+    """Markdown rows of what each prompt's checks kept; a difference whose CI holds zero is shown as none."""
+    if not summaries:
+        return []
+    lines = ["behaviour (persona check, greedy, share of held-out questions; paired, 95% CI):", "",
+             "| prompt: check | unprompted | prompted | jointly prompted | after own stage | composed "
+             "| composed − joint | gain kept |", "| --- |" + " ---: |" * 7]
+    for key, m in summaries.items():
+        lines.append(f"| {key} | {m['unprompted']:.3f} | {m['own_prompted']:.3f} | {m['joint_prompted']:.3f} "
+                     f"| {_fmt(m['after_own_stage'])} | {_fmt(m['composed'])} | {format_difference(m.get('vs_joint'))} "
+                     f"| {format_share(m.get('kept'))} |")
+    return lines
+
+
+def format_difference(vs: dict | None) -> str:
+    """A paired difference whose CI holds zero is shown as none: it is not a measured change."""
+    if not vs:
+        return "–"
+    low, high = vs["ci"]
+    shown = "none" if low <= 0 <= high else f"{vs['difference']:+.3f}"
+    return f"{shown} [{low:+.3f}, {high:+.3f}]"
+
+
+def format_share(kept: dict | None) -> str:
+    if not kept or kept["share"] is None:
+        return "– (no gain after its own stage)"
+    low, high = kept["ci"]
+    return f"{kept['share']:.0%} [{_pct(low)}, {_pct(high)}]"
+
+
+def _pct(value: float) -> str:
+    return "−∞" if value == float("-inf") else "+∞" if value == float("inf") else f"{value:.0%}"
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"

@@ -38,7 +38,7 @@ class PursuitSettings:
                               f"(got {quoted(self.min_improvement)})")
 
 
-COMPOSE_MODES = ("joint", "replay", "sequential")
+COMPOSE_MODES = ("joint", "replay", "merge", "sequential")
 JOINT_TEACHERS = ("base", "chain")
 
 
@@ -53,6 +53,7 @@ class ComposeSettings:
     mode: str = setting("joint", choices=COMPOSE_MODES, flag="compose", help=(
         "joint: stage n's teacher reads every prompt baked so far, joined in order into one system message; "
         "replay: stage n also trains on earlier stages' answers, each with its own prompt as the teacher's; "
+        "merge: each prompt is baked from the base (on its own earlier cycles only) and the adapters are summed; "
         "sequential: stage n's teacher reads its own prompt only (earlier prompts may be overwritten)."))
     joint_teacher: str = setting("base", choices=JOINT_TEACHERS, help=(
         "joint mode: whose weights read the joined prompts. base: the original base (the target a user means "

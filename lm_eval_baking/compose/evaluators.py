@@ -75,6 +75,8 @@ class AdherenceEvaluator:
 
     def __call__(self, model, tokenizer, round_index: int, *, system_prompt: str | None = None) -> float:
         scores = self.scores(model, tokenizer, system_prompt)
+        if system_prompt is None:
+            self.last_scores = scores  # pursuit pairs each round with the one before, question by question
         return sum(scores) / len(scores)
 
 

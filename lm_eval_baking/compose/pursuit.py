@@ -25,7 +25,10 @@ from ..training.bake import bake
 from ..training.config import BakeConfig, ResumeSettings
 from ..utils.atomic import write_json
 from ..utils.jsonl import read_json_object
+from ..core.stats import compare_paired
+from .behaviour import format_difference
 from .config import PursuitSettings
+from .targets import StageTarget
 from .evaluators import Evaluator, checked_score, evaluator_name, evaluator_spec, reprompted_score, resolve_evaluator
 
 
@@ -43,6 +46,11 @@ class RoundScore:
     """The round's own held-out KL per token to its teacher (the previous round, prompted)."""
     kl_ratio: float | None = None
     """heldout_kl / KL of its teacher without the prompt: how completely this round baked."""
+    difference: float | None = None
+    """score − the previous round's, paired over the held-out questions (evaluators with per-question scores)."""
+    difference_ci: list[float] | None = None
+    """Its 95% CI; a difference whose CI holds zero is not shown as a change."""
+    question_scores: list[float] | None = None
 
 
 STOP_REASONS = {
@@ -90,8 +98,8 @@ def _same_pursuit(config: BakeConfig):
 
 def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_improvement: float = 0.01,
            evaluator=None, overwrite: bool = False, resume: bool = False, progress: bool = True,
-           resume_settings: ResumeSettings | None = None, chain=(), reference: str | Path | None = None
-           ) -> PursuitResult:
+           resume_settings: ResumeSettings | None = None, chain=(), reference: str | Path | None = None,
+           target: StageTarget | None = None, target_model=None) -> PursuitResult:
     """Prompt pursuit: bake `config.prompt` again and again into the baked model.
 
     Round 1 is `bake(config)` into `output/round-1`; round i+1 bakes the same
@@ -109,8 +117,13 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     base with it merged (a pipeline stage after earlier stages). `reference`
     is a folder of held-out answers of the ORIGINAL base with this prompt, which
     "quality" and our lm_eval tasks compare against; by default round 1's, which
-    are those answers when there is no chain.
+    are those answers when there is no chain. `target` (compose/targets.py) is
+    what round 1 bakes towards after earlier stages (its settings replace
+    `config`; `target_model` is the original base when the target says so);
+    later rounds pursue the prompt on the model baked so far.
     """
+    if target is not None:
+        config = target.config
     config.validate()
     settings = PursuitSettings(max_rounds, min_improvement, evaluator_name(evaluator) if callable(evaluator)
                                else evaluator_spec(evaluator, config.prompt))
@@ -120,7 +133,10 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     base_model = models.resolve_model(config.model)
     chain = [Path(c) for c in chain]
     # What round 1 starts from: the chain's weights and the answers quality is measured against.
+    first_teacher = target.teacher_id if target is not None else chain_id(chain)
     start = {"chain": chain_id(chain), "reference": str(reference) if reference else None}
+    if first_teacher != start["chain"]:
+        start["target"] = first_teacher  # only when it differs, so earlier pursuits' records still match
     # A finished pursuit is reused only when its evaluator is named by a spec: two Python callables with the
     # same name can score differently, so with one the rounds' bakes are reused but every score is recomputed.
     finished = None if overwrite or callable(evaluator) else _finished(output, config, settings, start)
@@ -138,8 +154,11 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     bar = tqdm(range(1, max_rounds + 1), desc="pursuit", unit="round", disable=not progress)
     for round_index in bar:
         round_dir = output / f"round-{round_index}"
+        first = round_index == 1
         result = bake(config, round_dir, overwrite=overwrite, resume=resume, progress=progress, teacher=teacher,
-                      teacher_id=chain_id(chain + round_dirs), resume_settings=resume_settings)
+                      teacher_id=first_teacher if first else chain_id(chain + round_dirs),
+                      resume_settings=resume_settings, target_model=target_model if first else None,
+                      replay=target.replay if first and target is not None else None)
         round_dirs.append(round_dir)
         kept = f"; rounds 1-{round_index} are kept in {output}"
         if score_fn is None:
@@ -149,14 +168,17 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
             model, tokenizer = load_chain(base_model, chain, device=config.device)
             rounds.append(RoundScore(
                 round=0, bake=None, score=checked_score(score_fn, model, tokenizer, 0, kept=kept),
+                question_scores=getattr(score_fn, "last_scores", None),
                 reprompted_score=reprompted_score(score_fn, model, tokenizer, config.prompt, 0, kept=kept)))
             model = merge_adapters(model, [round_dir], base_model=base_model)
         else:
             model, _ = load_chain(base_model, chain + round_dirs, device=config.device)
         score = checked_score(score_fn, model, tokenizer, round_index, kept=kept)
         improvement = None if round_index == 1 else relative_improvement(rounds[-1].score, score)
+        questions = getattr(score_fn, "last_scores", None)
         rounds.append(RoundScore(
             round=round_index, bake=round_dir.name, score=score, improvement=improvement,
+            question_scores=questions, **_paired_difference(rounds[-1].question_scores, questions),
             reprompted_score=reprompted_score(score_fn, model, tokenizer, config.prompt, round_index, kept=kept),
             heldout_kl=result.final_kl.per_token, kl_ratio=result.kl_ratio,
         ))
@@ -175,6 +197,14 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     return PursuitResult(output=output, base_model=base_model, rounds=rounds, stop_reason=stop_reason,
                          best_round=best.round, pursued=pursued, settings=settings,
                          round_dirs=round_dirs[:best.round])
+
+
+def _paired_difference(previous: list[float] | None, current: list[float] | None) -> dict:
+    if not previous or not current or len(previous) != len(current):
+        return {}
+    comparison = compare_paired(previous, current)
+    return {"difference": comparison.difference,
+            "difference_ci": [comparison.difference_ci.low, comparison.difference_ci.high]}
 
 
 def _finished(output: Path, config: BakeConfig, settings: PursuitSettings, start: dict) -> PursuitResult | None:
@@ -217,15 +247,23 @@ def _write_pursuit_record(output: Path, config: BakeConfig, settings: PursuitSet
 
 def format_pursuit_table(result: PursuitResult) -> str:
     lines = [f"score: {result.settings.evaluator} (higher is better)", "",
-             "| round | score | improvement | with prompt again | held-out KL to teacher | KL ratio |",
+             "| round | score | vs previous round (paired, 95% CI) | with prompt again | held-out KL to teacher | KL ratio |",
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in result.rounds:
         label = "base" if r.round == 0 else str(r.round) + (" (best)" if r.round == result.best_round else "")
-        lines.append(f"| {label} | {r.score:.4f} | {_fmt(r.improvement, '+.1%')} | {_fmt(r.reprompted_score, '.4f')} "
+        lines.append(f"| {label} | {r.score:.4f} | {round_change(r)} | {_fmt(r.reprompted_score, '.4f')} "
                      f"| {_fmt(r.heldout_kl, '.4f')} | {_fmt(r.kl_ratio, '.1%')} |")
     lines.append(f"\nstopped: {STOP_REASONS[result.stop_reason]}; best round {result.best_round} "
                  f"exported to {result.pursued}")
     return "\n".join(lines)
+
+
+def round_change(r: RoundScore) -> str:
+    """A round's change from the one before: the paired difference with its CI ("none" when the CI holds
+    zero), else the relative change of the scores."""
+    if r.difference_ci is not None:
+        return format_difference({"difference": r.difference, "ci": r.difference_ci})
+    return _fmt(r.improvement, '+.1%')
 
 
 def _fmt(value, spec: str) -> str:

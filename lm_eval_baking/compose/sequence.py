@@ -1,6 +1,7 @@
 """Prompt sequences: several prompts baked one after another into one model, optionally in cycles.
 
-Stage j bakes its prompt with the base + stages 1..j-1 merged as teacher.
+Stage j bakes its prompt into the base with stages 1..j-1 merged (in merge mode, only the
+earlier stages of the same prompt), towards the target its compose mode names.
 
     OUTPUT/references/prompt-k/   held-out answers of the ORIGINAL base prompted with prompt k
     OUTPUT/stage-1/ ... stage-N/  one bake per stage, each into the model with the earlier stages merged
@@ -30,7 +31,7 @@ from ..utils.atomic import staged_directory, write_json
 from ..utils.hashing import sha256_text
 from ..utils.jsonl import read_json_object
 from ..utils.text import quoted
-from .behaviour import BehaviourProbe, PromptBehaviour
+from .behaviour import CompositionTracker, format_behaviour_table
 from .config import ComposeSettings
 from .evaluators import QualityEvaluator, heldout_questions
 from .targets import BakedStage, BaseTeacher, stage_target
@@ -50,8 +51,8 @@ class StageRecord:
     """The same quality against the original base prompted with every prompt joined (the composition's target)."""
     target: str = "start"
     """Who played this stage's teacher: 'start' (the chain so far) or 'base' (the original base)."""
-    behaviour_after: dict[int, float] = field(default_factory=dict)
-    """Prompt k's persona-check score (mean over held-out questions, no prompt) after this stage."""
+    behaviour_after: dict[str, float] = field(default_factory=dict)
+    """Each "K:PERSONA" check's score (mean over held-out questions, no prompt) after this stage."""
 
 
 @dataclass
@@ -64,8 +65,8 @@ class SequenceResult:
     joint_prompt: str = ""
     joint_quality: dict | None = None
     """The composed model's quality against the joint target, with its 95% CI."""
-    behaviour: dict[int, PromptBehaviour] = field(default_factory=dict)
-    """Per prompt with a persona check: its per-question scores on every model it is judged by."""
+    behaviour: CompositionTracker | None = None
+    """Every prompt's persona checks, question by question, on every model it is judged by."""
 
     def quality_after_own_stage(self) -> list[float]:
         """Each prompt's quality right after the last stage that baked it."""
@@ -154,8 +155,8 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
     joint = references[0] if joint_prompt == prompts[0] else reference_answers(
         output / REFERENCES_DIR / JOINT_REFERENCE, model, tokenizer, replace(base_config, prompt=joint_prompt),
         base_sha, progress)
-    probes = [BehaviourProbe(p, base_config) for p in prompts]
-    behaviour = {k: probe.start(model, tokenizer, joint_prompt) for k, probe in enumerate(probes, 1) if probe.measurable}
+    tracker = CompositionTracker({str(k): p for k, p in enumerate(prompts, 1)}, base_config, joint_prompt, model,
+                                 tokenizer)
     schedule = [(k, prompt_configs[k - 1]) for _ in range(cycles) for k in range(1, len(prompts) + 1)]
     stages: list[StageRecord] = []
     stage_dirs: list[Path] = []
@@ -165,34 +166,30 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
                                                               disable=not progress), 1):
         stage_dir = output / f"stage-{stage}"
         target = stage_target(compose, stage_config, earlier, stage_dirs)
+        # The student starts from the chain so far (the model already loaded), except in merge mode.
+        start = model if target.start == stage_dirs else load_chain(base_model, target.start,
+                                                                       device=base_config.device)[0]
         result = bake(target.config, stage_dir, overwrite=overwrite, resume=resume, progress=progress,
-                      teacher=(model, tokenizer), teacher_id=target.teacher_id, resume_settings=resume_settings,
+                      teacher=(start, tokenizer), teacher_id=target.teacher_id, resume_settings=resume_settings,
                       target_model=base_teacher.get(target), replay=target.replay)
         stage_dirs.append(stage_dir)
         earlier.append(BakedStage(stage_config.prompt, [stage_dir]))
         model, _ = load_chain(base_model, stage_dirs, device=base_config.device)
-        for k, scores in behaviour.items():
-            scores.composed = probes[k - 1].scores(model, tokenizer)
-            if k == prompt_index:
-                scores.after_own_stage = scores.composed
+        behaviour_after = tracker.after_stage(model, tokenizer, str(prompt_index))
         stages.append(StageRecord(
             stage=stage, prompt_index=prompt_index, bake=stage_dir.name, heldout_kl=result.final_kl.per_token,
             kl_ratio=result.kl_ratio, quality_after=[reference(model, tokenizer, stage) for reference in references],
             joint_quality=joint(model, tokenizer, stage), target=target.target,
-            behaviour_after={k: _mean(b.composed) for k, b in behaviour.items()},
+            behaviour_after=behaviour_after,
         ))
     joint_quality, joint_ci = joint.quality_with_ci(model, tokenizer)
     combined = export_chain(base_model, stage_dirs, output / COMBINED_DIR, overwrite=True)
     sequence = SequenceResult(output=output, prompts=list(prompts), stages=stages, combined=combined,
                               compose=compose, joint_prompt=joint_prompt,
                               joint_quality={"quality": joint_quality, "ci": [joint_ci.low, joint_ci.high]},
-                              behaviour=behaviour)
+                              behaviour=tracker)
     _write_sequence_record(output, settings, base_model, len(prompts), status="done", sequence=sequence)
     return sequence
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def _write_sequence_record(output: Path, settings: dict, base_model: str, n_prompts: int, *, status: str,
@@ -212,8 +209,8 @@ def _write_sequence_record(output: Path, settings: dict, base_model: str, n_prom
         "combined": COMBINED_DIR if sequence else None,
         "joint_prompt": sequence.joint_prompt if sequence else None,
         "joint_quality": sequence.joint_quality if sequence else None,
-        "behaviour": {k: b.summary() for k, b in sequence.behaviour.items()} if sequence else {},
-        "behaviour_scores": {k: b.to_dict() for k, b in sequence.behaviour.items()} if sequence else {},
+        "behaviour": sequence.behaviour.summaries() if sequence and sequence.behaviour else {},
+        "behaviour_scores": sequence.behaviour.scores() if sequence and sequence.behaviour else {},
     })
 
 
@@ -236,39 +233,10 @@ def format_sequence_table(result: SequenceResult) -> str:
         lines.append(f"\ncomposed model vs the joint target: quality {q['quality']:.3f} "
                      f"[{q['ci'][0]:.3f}, {q['ci'][1]:.3f}]")
     if result.behaviour:
-        lines += ["", "behaviour (persona check, greedy, share of held-out questions; paired, 95% CI):", "",
-                  "| prompt | unprompted | prompted | jointly prompted | after own stage | composed "
-                  "| composed − joint | gain kept |", "| --- |" + " ---: |" * 7]
-        for k, b in sorted(result.behaviour.items()):
-            m = b.summary()
-            vs, kept = m.get("vs_joint"), m.get("kept")
-            lines.append(
-                f"| {k}: {m['persona']} | {m['unprompted']:.3f} | {m['own_prompted']:.3f} | {m['joint_prompted']:.3f} "
-                f"| {_fmt(m['after_own_stage'], '.3f')} | {_fmt(m['composed'], '.3f')} "
-                f"| {_difference(vs)} | {_share(kept)} |")
+        lines += ["", *format_behaviour_table(result.behaviour.summaries())]
     lines.append(f"\ncombined adapter: {result.combined}")
     return "\n".join(lines)
 
 
 def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
-
-
-def _difference(vs: dict | None) -> str:
-    """A paired difference whose CI holds zero is shown as none: it is not a measured change."""
-    if not vs:
-        return "–"
-    low, high = vs["ci"]
-    shown = "none" if low <= 0 <= high else f"{vs['difference']:+.3f}"
-    return f"{shown} [{low:+.3f}, {high:+.3f}]"
-
-
-def _share(kept: dict | None) -> str:
-    if not kept or kept["share"] is None:
-        return "– (no gain after its own stage)"
-    low, high = kept["ci"]
-    return f"{kept['share']:.0%} [{_pct(low)}, {_pct(high)}]"
-
-
-def _pct(value: float) -> str:
-    return "−∞" if value == float("-inf") else "+∞" if value == float("inf") else f"{value:.0%}"

@@ -9,7 +9,11 @@ with every earlier stage merged (the student's start) and its target is one of:
 - joint: a model prompted with every prompt so far, joined into one system message;
   the original base (`joint_teacher: base`) or the start (`chain`);
 - replay: the original base with the stage's own prompt, on a share of its own
-  answers, and with each earlier prompt on that prompt's stored answers.
+  answers, and with each earlier prompt on that prompt's stored answers;
+- merge: the student starts from the base with only this prompt's earlier stages
+  merged (other prompts' adapters are left out), prompted with its own prompt; the
+  composition is the sum of every stage's adapter (task arithmetic, as LoRA Soups'
+  concatenation), so no stage trains against another prompt's weights.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ class StageTarget:
     replay: Replay | None
     teacher_id: str | None
     """Names the student's start and the target, so a resumed bake cannot mix two targets' work."""
+    start: list[Path]
+    """The bakes merged into the base the student starts from: the chain so far, or in merge mode only the
+    earlier bakes of this stage's prompt."""
 
 
 @dataclass
@@ -49,22 +56,26 @@ class BakedStage:
 def stage_target(settings: ComposeSettings, config: BakeConfig, earlier: list[BakedStage],
                  chain: list[Path]) -> StageTarget:
     """The target of the stage baking `config.prompt` after the `earlier` stages (whose kept bakes are `chain`)."""
+    chain = list(chain)
     start = chain_id(chain)
+    if settings.mode == "merge":
+        own = [bake for stage in earlier if stage.prompt == config.prompt for bake in stage.bakes]
+        return StageTarget(config, "start", None, chain_id(own), own)
     if not earlier or settings.mode == "sequential":
-        return StageTarget(config, "start", None, start)
+        return StageTarget(config, "start", None, start, chain)
     if settings.mode == "joint":
         prompt = settings.joined([s.prompt for s in earlier] + [config.prompt])
         joint = replace(config, prompt=prompt)
         if settings.joint_teacher == "chain":
-            return StageTarget(joint, "start", None, start)
-        return StageTarget(joint, "base", None, f"{start} -> base prompted jointly")
+            return StageTarget(joint, "start", None, start, chain)
+        return StageTarget(joint, "base", None, f"{start} -> base prompted jointly", chain)
     replayed = [_replayed(stage) for stage in earlier if stage.prompt != config.prompt]
     trajectories = [t for stage in replayed for t in stage]
     if not trajectories:  # every earlier stage baked this same prompt (a later cycle of one prompt)
-        return StageTarget(config, "base", None, f"{start} -> base")
+        return StageTarget(config, "base", None, f"{start} -> base", chain)
     digest = sha256_text("\n".join(f"{t.teacher_prompt}\t{t.question}\t{t.answer}" for t in trajectories))
     return StageTarget(config, "base", Replay(settings.replay_weight, trajectories),
-                       f"{start} -> base, replay {settings.replay_weight:g} of {digest[:16]}")
+                       f"{start} -> base, replay {settings.replay_weight:g} of {digest[:16]}", chain)
 
 
 def _replayed(stage: BakedStage) -> list[Trajectory]:

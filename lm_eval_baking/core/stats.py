@@ -12,8 +12,7 @@ clusters of docs), never on two independent means, which would waste most of the
 * ``paired_cluster_comparison`` / ``cluster_bootstrap_ci`` / ``trend`` - the same when docs come in
   correlated groups (the turns of one conversation): resample whole clusters, flip whole clusters.
 * ``ratio_quality_ci`` - the Monte-Carlo KL quality ``1 - sum(model_kl) / sum(base_kl)``.
-* ``judge`` - PASS only when even the worst end of the CI is within an allowed worsening, FAIL only when
-  even the best end is beyond it, else INCONCLUSIVE with the docs that would resolve it.
+* Verdicts on these comparisons (PASS / FAIL / INCONCLUSIVE) live in ``core.verdicts``.
 * ``minimum_detectable_difference`` (MDE) - the smallest true difference a two-sided paired test at
   ``alpha`` finds with probability ``power``: a smaller one may exist unseen. ``docs_needed`` inverts it.
 
@@ -27,7 +26,6 @@ identical floats. With fewer than two docs (or clusters) the intervals are ``(-i
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -56,7 +54,7 @@ class Interval:
         return not self.contains(0.0)
 
 
-def _unbounded(confidence: float) -> Interval:
+def unbounded_interval(confidence: float) -> Interval:
     return Interval(-_INF, _INF, confidence)
 
 
@@ -98,7 +96,7 @@ def _scores(values, name: str) -> np.ndarray:
     return array
 
 
-def _pair(base, other, names=("base", "other")) -> tuple[np.ndarray, np.ndarray]:
+def paired_scores(base, other, names=("base", "other")) -> tuple[np.ndarray, np.ndarray]:
     a, b = _scores(base, names[0]), _scores(other, names[1])
     if a.size != b.size:
         raise ValueError(f"{names[0]} and {names[1]} must cover the same docs: got {a.size} and {b.size} values")
@@ -152,7 +150,7 @@ def cluster_bootstrap_ci(values, clusters, *, n_boot: int = 2000, seed: int = 0,
     _check(n_boot, confidence)
     codes, g = _units(clusters, x.size)
     if g < 2:
-        return _unbounded(confidence)
+        return unbounded_interval(confidence)
     total, docs = _resample(codes, g, n_boot, seed, x)
     return _percentile(total / docs, confidence)
 
@@ -164,10 +162,10 @@ def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, confidence: float
 
 def ratio_quality_ci(model_kl, base_kl, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Interval:
     """CI of the MC-KL quality 1 - sum(model_kl) / sum(base_kl), resampling the (model, base) pairs jointly."""
-    model, base = _pair(model_kl, base_kl, ("model_kl", "base_kl"))
+    model, base = paired_scores(model_kl, base_kl, ("model_kl", "base_kl"))
     _check(n_boot, confidence)
     if model.size < 2:
-        return _unbounded(confidence)
+        return unbounded_interval(confidence)
     m, b, _ = _resample(*_units(None, model.size), n_boot, seed, model, base)
     # Single-sample MC-KL terms can be negative; a resample whose base total is not positive has
     # no meaningful quality, so it is left undefined (and widens the interval) rather than flipped.
@@ -204,7 +202,7 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 
 def _compare(base, other, clusters, n_boot, seed, confidence) -> PairedComparison:
-    base, other = _pair(base, other)
+    base, other = paired_scores(base, other)
     _check(n_boot, confidence)
     codes, g = _units(clusters, base.size)
     d, n = other - base, base.size
@@ -221,7 +219,7 @@ def _compare(base, other, clusters, n_boot, seed, confidence) -> PairedCompariso
     else:
         p, test = _sign_flip_p(d, n_boot, seed), "paired-permutation"
     if g < 2:
-        diff_ci, sd = _unbounded(confidence), 0.0
+        diff_ci, sd = unbounded_interval(confidence), 0.0
         rel_ci = None if relative is None else diff_ci
     else:
         d_tot, b_tot, docs = _resample(codes, g, n_boot, seed, d, base)
@@ -279,18 +277,18 @@ def ratio_of_means(numerator, denominator, *, n_boot: int = 2000, seed: int = 0,
                    confidence: float = 0.95) -> tuple[float, Interval]:
     """mean(numerator) / mean(denominator) over paired docs, with a paired-bootstrap CI: the share of a behaviour
     gain kept, or MC-KL over the unprompted MC-KL. NaN, and resamples undefined, where the denominator is ≤ 0."""
-    num, den = _pair(numerator, denominator, ("numerator", "denominator"))
+    num, den = paired_scores(numerator, denominator, ("numerator", "denominator"))
     _check(n_boot, confidence)
     value = float(num.mean() / den.mean()) if den.mean() > 0 else math.nan
     if num.size < 2:
-        return value, _unbounded(confidence)
+        return value, unbounded_interval(confidence)
     n_tot, d_tot, _ = _resample(np.arange(num.size), num.size, n_boot, seed, num, den)
     return value, _percentile(_divide(n_tot, d_tot), confidence)
 
 
 def trend(x, y, clusters, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> tuple[float, Interval]:
     """Least-squares slope of y on x (e.g. adherence per turn) with a cluster-bootstrap CI."""
-    x, y = _pair(x, y, ("x", "y"))
+    x, y = paired_scores(x, y, ("x", "y"))
     _check(n_boot, confidence)
     codes, g = _units(clusters, x.size)
     xc, yc = x - x.mean(), y - y.mean()  # centred, so the sums of squares below do not cancel
@@ -299,7 +297,7 @@ def trend(x, y, clusters, *, n_boot: int = 2000, seed: int = 0, confidence: floa
         raise ValueError("x is constant: a slope of y on x is undefined")
     slope = float(np.sum(xc * yc)) / sxx
     if g < 2:
-        return slope, _unbounded(confidence)
+        return slope, unbounded_interval(confidence)
     sx, sy, sxx_b, sxy, docs = _resample(codes, g, n_boot, seed, xc, yc, xc * xc, xc * yc)
     var = sxx_b - sx * sx / docs
     # A resample with no spread in x has no slope: undefined, not zero.
@@ -338,76 +336,8 @@ def docs_needed(sd_difference: float, effect: float, alpha: float = 0.05, power:
     return None if effect == 0 else max(2, math.ceil((z * sd_difference / abs(effect)) ** 2))
 
 
-class Verdict(str, enum.Enum):
-    PASS = "PASS"
-    FAIL = "FAIL"
-    INCONCLUSIVE = "INCONCLUSIVE"
-
-
-@dataclass(frozen=True)
-class Judgement:
-    verdict: Verdict
-    change: float
-    ci: Interval
-    threshold: float
-    relative: bool
-    docs_to_resolve: int | None
-    reason: str
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "verdict": self.verdict.value}
-
-
-def judge(comparison: PairedComparison, threshold: float, *, relative: bool,
-          higher_is_better: bool = True) -> Judgement:
-    """PASS / FAIL / INCONCLUSIVE of a comparison against an allowed worsening `threshold` (> 0)."""
-    if not (math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold is the allowed worsening and must be a finite number > 0, got {threshold!r}")
-    confidence = comparison.difference_ci.confidence
-    fmt = (lambda v: f"{v:+.1%}") if relative else (lambda v: f"{v:+.4g}")
-    if relative and comparison.relative_change is None:
-        return Judgement(Verdict.INCONCLUSIVE, float("nan"), _unbounded(confidence), threshold, True, None,
-                         "base mean is 0, so a relative change is undefined; use an absolute threshold")
-    change, ci = ((comparison.relative_change, comparison.relative_ci) if relative
-                  else (comparison.difference, comparison.difference_ci))
-    if not higher_is_better:  # a rise is the worsening: flip so that negative always means worse
-        change, ci = -change, Interval(-ci.high, -ci.low, ci.confidence)
-    worst, best, limit = ci.low, ci.high, -threshold
-    docs = None
-    if worst >= limit:
-        verdict, reason = Verdict.PASS, f"worst case {fmt(worst)} is within {fmt(limit)}"
-    elif best < limit:
-        verdict, reason = Verdict.FAIL, f"best case {fmt(best)} is beyond {fmt(limit)}"
-    else:
-        verdict = Verdict.INCONCLUSIVE
-        reason = f"worst case {fmt(worst)} is beyond {fmt(limit)}, best case {fmt(best)} within it"
-        half = (ci.high - ci.low) / 2.0
-        if math.isfinite(half) and change != limit:
-            # The half-width shrinks as 1/sqrt(n) (rounding first, so float noise cannot add a doc);
-            # n or fewer is an artefact of a lopsided percentile CI: an INCONCLUSIVE asks for more.
-            docs = max(comparison.n + 1, math.ceil(round(comparison.n * (half / abs(change - limit)) ** 2, 6)))
-            reason += f"; about {docs} docs would resolve it"
-    return Judgement(verdict, float(change), ci, threshold, relative, docs, reason)
-
-
 def bonferroni_confidence(confidence: float, m: int) -> float:
     """Per-member CI level that keeps a family of m CIs at `confidence` jointly."""
     if not 0.0 < confidence < 1.0 or int(m) != m or m < 1:
         raise ValueError(f"need 0 < confidence < 1 and a family size m >= 1, got {confidence!r} and {m!r}")
     return 1.0 - (1.0 - confidence) / m
-
-
-def false_fail_rate(base, other, threshold: float, *, relative: bool, replicates: int = 20, seed: int = 0,
-                    n_boot: int = 1000, confidence: float = 0.95, higher_is_better: bool = True) -> float:
-    """Share of doc-resampled replicates of (base, other) that ``judge`` FAILs: ~0 for a harmless bake."""
-    base, other = _pair(base, other)
-    if int(replicates) != replicates or replicates < 1:
-        raise ValueError(f"replicates must be a positive integer, got {replicates!r}")
-    rng = np.random.default_rng(seed)
-    fails = 0
-    for r in range(replicates):
-        idx = rng.integers(0, base.size, size=base.size)
-        comparison = compare_paired(base[idx], other[idx], n_boot=n_boot, seed=seed + r + 1, confidence=confidence)
-        verdict = judge(comparison, threshold, relative=relative, higher_is_better=higher_is_better).verdict
-        fails += verdict is Verdict.FAIL
-    return fails / replicates

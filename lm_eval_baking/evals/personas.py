@@ -195,10 +195,13 @@ def get_persona(name: str, extra: dict[str, Persona] | None = None) -> Persona:
 
 def persona_for_prompt(prompt: str, candidates: dict[str, Persona] | None = None) -> Persona | None:
     """The persona whose system prompt is exactly `prompt` (surrounding whitespace ignored), if any."""
-    for persona in (candidates or BUILTIN_PERSONAS).values():
-        if persona.system_prompt.strip() == prompt.strip():
-            return persona
-    return None
+    return next(iter(personas_for_prompt(prompt, candidates)), None)
+
+
+def personas_for_prompt(prompt: str, candidates: dict[str, Persona] | None = None) -> list[Persona]:
+    """Every persona whose system prompt is exactly `prompt` (one prompt may have several checks: pirate's
+    opening word and pirate_speech's words anywhere)."""
+    return [p for p in (candidates or BUILTIN_PERSONAS).values() if p.system_prompt.strip() == prompt.strip()]
 
 
 def load_persona_file(path: str | Path) -> dict[str, Persona]:

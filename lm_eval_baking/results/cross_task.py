@@ -2,7 +2,7 @@
 
     cell (baked on A, evaluated on B), A ≠ B: the change of B's score, doc by doc against the base
         model 0-shot (core.stats.compare_paired), judged against an allowed relative drop
-        (default 3.4%, the bound the project brief claims for baking) with core.stats.judge.
+        (default 3.4%, the bound the project brief claims for baking) with core.verdicts.judge.
     cell (A, A), the diagonal: the bake's gain on its own task over the base model 0-shot, the
         base model's own k-shot gain, and the share of that gain the bake keeps
         (gain / k-shot gain), each with a paired CI; judged against a least share (default 0.5).
@@ -21,7 +21,8 @@ import math
 import numpy as np
 
 from ..constants import CROSS_TASK_FORMAT
-from ..core.stats import Verdict, bonferroni_confidence, compare_paired, judge, ratio_quality_ci
+from ..core.stats import bonferroni_confidence, compare_paired, ratio_quality_ci
+from ..core.verdicts import Verdict, combine, judge
 from ..errors import BakingError
 from ..utils.text import listed, quoted
 
@@ -29,7 +30,6 @@ DEFAULT_THRESHOLD_PCT = 3.4
 DEFAULT_MIN_SHARE = 0.5
 DEFAULT_CONFIDENCE = 0.95
 N_BOOT = 2000
-EXIT_CODES = {Verdict.PASS.value: 0, Verdict.FAIL.value: 1, Verdict.INCONCLUSIVE.value: 3}
 
 
 def build_matrix(tasks: list[str], scores: dict, *, threshold_pct: float = DEFAULT_THRESHOLD_PCT,
@@ -48,8 +48,7 @@ def build_matrix(tasks: list[str], scores: dict, *, threshold_pct: float = DEFAU
                                  else _off_diagonal(scores, baked, evaluated, level, threshold_pct))
                      for evaluated in tasks} for baked in tasks}
     verdicts = [cell["verdict"] for row in cells.values() for cell in row.values()]
-    overall = (Verdict.FAIL if Verdict.FAIL.value in verdicts else
-               Verdict.INCONCLUSIVE if Verdict.INCONCLUSIVE.value in verdicts else Verdict.PASS).value
+    overall = combine(verdicts)
     return {"tasks": tasks, "cells": cells, "verdict": overall, "threshold_pct": threshold_pct,
             "min_share": min_share, "confidence": confidence, "cell_confidence": level,
             "counts": {v.value: verdicts.count(v.value) for v in Verdict}}

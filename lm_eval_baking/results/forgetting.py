@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 
 from ..constants import FORGETTING_FORMAT
-from ..core.stats import Verdict, bonferroni_confidence, compare_paired, docs_needed, holm, judge
+from ..core.stats import bonferroni_confidence, compare_paired, docs_needed, holm
+from ..core.verdicts import Verdict, combine, judge
 from ..utils.text import model_label
 
 DEFAULT_THRESHOLD_PCT = 3.4
@@ -105,7 +106,7 @@ def build_report(base_model: str, adapters: list[str], tasks: list[str], per_doc
         "base": {task: _mean(per_doc[None][task]) for task in tasks},
         "per_adapter": {adapter: judge_adapter(per_doc[None], per_doc[adapter], threshold_pct) for adapter in adapters},
     }
-    report["verdict"] = _overall([report["per_adapter"][a]["verdict"] for a in adapters])
+    report["verdict"] = combine([report["per_adapter"][a]["verdict"] for a in adapters])
     report["passed"] = report["verdict"] == Verdict.PASS.value
     report["per_doc"] = {"base" if adapter is None else adapter: {task: {str(d): s for d, s in sorted(scores.items())}
                                           for task, scores in per_doc[adapter].items()}
@@ -125,14 +126,6 @@ def rebuild_report(report: dict) -> dict:
     rebuilt = build_report(report["base_model"], report["adapters"], report["tasks"], stored_per_doc(report),
                            report["threshold_pct"], metrics=report.get("metrics"))
     return {**report, **rebuilt}
-
-
-def _overall(verdicts: list[str]) -> str:
-    if Verdict.FAIL.value in verdicts:
-        return Verdict.FAIL.value
-    if verdicts and all(v == Verdict.PASS.value for v in verdicts):
-        return Verdict.PASS.value
-    return Verdict.INCONCLUSIVE.value
 
 
 def _mean(scores: dict[int, float]) -> float:

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 
 from ..constants import FORGETTING_GROUP
+from ..core.verdicts import Verdict, combine
 from ..errors import BakingError
 from ..utils.text import listed, quoted
 from .collect import collect
@@ -40,8 +41,7 @@ DOMAINS = {"kl": (0.0, math.inf), "quality": (-math.inf, 1.0), "adherence": (0.0
            FORGETTING: (-math.inf, 100.0), "forgetting_acc": (0.0, 1.0)}
 # Scores that cannot leave their range; estimates (MC-KL can come out below 0) keep their CIs as computed.
 BOUNDED_SCORES = {"adherence", "forgetting_acc"}
-PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
-EXIT_CODES = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
+PASS, FAIL, INCONCLUSIVE = Verdict.PASS.value, Verdict.FAIL.value, Verdict.INCONCLUSIVE.value
 
 
 @dataclass(frozen=True)
@@ -302,8 +302,7 @@ def _stderr(m: Measurement) -> float | None:
 
 
 def overall(checks: list[Check]) -> str:
-    verdicts = {c.verdict for c in checks}
-    return FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+    return combine(c.verdict for c in checks)
 
 
 def format_checks(checks: list[Check]) -> str:

@@ -14,23 +14,28 @@ checkpoints, lm_eval runs are stamped), so a killed pipeline is simply run again
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..artifacts.lora import export_chain, load_chain
 from ..artifacts.outputs import check_output
-from ..compose.evaluators import QualityEvaluator
-from ..compose.pursuit import pursue
+from ..compose.behaviour import CompositionTracker, format_behaviour_table
+from ..compose.evaluators import QualityEvaluator, evaluator_name, resolve_evaluator
+from ..compose.pursuit import RoundScore, pursue, round_change
 from ..compose.sequence import reference_answers
-from ..constants import ADAPTER_WEIGHTS, DRIFT_TASK, MCKL_TASK, PIPELINE_FORMAT, PIPELINE_RECORD
+from ..compose.targets import BakedStage, BaseTeacher, stage_target
+from ..constants import ADAPTER_WEIGHTS, DRIFT_TASK, JOINT_REFERENCE, MCKL_TASK, PIPELINE_FORMAT, PIPELINE_RECORD
 from ..core import models
 from ..core.harness import LmEvalRun
+from ..core.stats import compare_paired
+from ..core.verdicts import EXIT_CODES
 from ..evals.drift import prepare_drift_data
 from ..results.collect import collect
-from ..results.gate import EXIT_CODES, Check, Threshold, format_checks, judge_forgetting_row, judge_value, overall
+from ..results.gate import Check, Threshold, format_checks, judge_forgetting_row, judge_value, overall
 from ..results.report import build_report
+from ..results.rows import Measurement
 from ..utils.atomic import write_json
 from .lm_eval_runs import ensure_forgetting_data, run_lm_eval
 from .recipe import Recipe
@@ -51,6 +56,12 @@ class StageResult:
     stop_reason: str
     quality_after: dict[str, float] = field(default_factory=dict)
     """Every stage prompt's quality (vs the original base with that prompt) after this stage."""
+    joint_quality: float | None = None
+    """The same against the original base prompted with every stage's prompt joined (the composition's target)."""
+    target: str = "start"
+    """Who read round 1's prompt: 'start' (the chain so far) or 'base' (the original base)."""
+    behaviour_after: dict[str, float] = field(default_factory=dict)
+    """Each "STAGE:PERSONA" check's score (held-out questions, no prompt) after this stage."""
 
 
 @dataclass
@@ -62,19 +73,22 @@ class PipelineResult:
     verdict: str
     seconds: dict[str, float]
     report: Path
+    behaviour: dict[str, dict] = field(default_factory=dict)
+    """Per "STAGE:PERSONA" check: what the composed adapter kept (compose/behaviour.py), with paired CIs."""
+    pursued: dict[str, dict] = field(default_factory=dict)
+    """Per pursued stage: its evaluator's score of the adapter minus the prompted base's, paired."""
 
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.verdict]
 
     def quality_kept(self) -> dict[str, dict]:
-        """Per prompt: quality after its own (last) stage, after the whole pipeline, and the share kept."""
+        """Per prompt: quality after its own (last) stage and after the whole pipeline (the share kept is
+        judged on behaviour, question by question: `behaviour`)."""
         kept = {}
         for name in {s.name for s in self.stages}:
             own = [s for s in self.stages if s.name == name][-1].quality_after[name]
-            final = self.stages[-1].quality_after[name]
-            kept[name] = {"after_own_stage": own, "after_pipeline": final,
-                          "kept": final / own if own > 0 else None}
+            kept[name] = {"after_own_stage": own, "after_pipeline": self.stages[-1].quality_after[name]}
         return kept
 
 
@@ -84,7 +98,7 @@ def run_pipeline(recipe: Recipe, *, overwrite: bool = False, progress: bool = Tr
     check_output(output, overwrite=overwrite, what="pipeline",
                  same_run=lambda folder: (folder / PIPELINE_RECORD).is_file())
     seconds: dict[str, float] = {}
-    steps = tqdm(total=4 + len(recipe.schedule()), desc="pipeline", unit="step", disable=not progress,
+    steps = tqdm(total=5 + len(recipe.schedule()), desc="pipeline", unit="step", disable=not progress,
                  bar_format="{desc}: {n}/{total} steps |{bar:20}| {elapsed}")
 
     def timed(name: str):
@@ -94,23 +108,38 @@ def run_pipeline(recipe: Recipe, *, overwrite: bool = False, progress: bool = Tr
         return _Timer(name, seconds, steps)
 
     base = models.resolve_model(recipe.model)
+    device = recipe.bake.get("device", "auto")
     _write_record(output, recipe, "running")
     with timed("references"):
-        references = _references(recipe, base, progress)
-    stages, chain = [], []
+        model, tokenizer = models.load_model(base, device=device)
+        references = _references(recipe, base, model, tokenizer, progress)
+        tracker = CompositionTracker({s.name: s.prompt for s in recipe.stages}, recipe.stage_config(recipe.stages[0]),
+                                     recipe.joint_prompt(), model, tokenizer)
+    stages, chain, earlier = [], [], []
+    base_teacher = BaseTeacher(base, device)
     for index, (cycle, stage) in enumerate(recipe.schedule(), 1):
         with timed(f"stage {index}: {stage.name} (cycle {cycle})"):
             folder = output / "stages" / f"{index:02d}-{stage.name}-c{cycle}"
             pursuit = stage.pursuit
-            result = pursue(recipe.stage_config(stage), folder, chain=chain, reference=references[stage.name],
+            target = stage_target(recipe.compose, recipe.stage_config(stage), earlier, chain)
+            result = pursue(recipe.stage_config(stage), folder, chain=target.start, reference=references[stage.name],
                             max_rounds=pursuit.max_rounds if pursuit else 1,
                             min_improvement=pursuit.min_improvement if pursuit else 0.0,
                             evaluator=pursuit.evaluator if pursuit else "quality",
-                            overwrite=overwrite, resume=True, progress=progress)
+                            overwrite=overwrite, resume=True, progress=progress,
+                            target=target, target_model=base_teacher.get(target))
             chain += result.round_dirs
+            earlier.append(BakedStage(stage.prompt, result.round_dirs))
+            model, tokenizer = load_chain(base, chain, device=device)
+            qualities = {name: QualityEvaluator.from_bake(folder)(model, tokenizer, 0)
+                         for name, folder in references.items()}
             stages.append(StageResult(index, cycle, stage.name, str(folder), [asdict(r) for r in result.rounds],
                                       result.best_round, result.stop_reason,
-                                      _qualities(recipe, base, chain, references)))
+                                      {name: q for name, q in qualities.items() if name != JOINT_REFERENCE},
+                                      qualities.get(JOINT_REFERENCE), target.target,
+                                      tracker.after_stage(model, tokenizer, stage.name)))
+    with timed("pursued stages against the prompt"):
+        pursued = _pursued_against_prompt(recipe, base, model, tokenizer, references, progress)
     with timed("export"):
         adapter = export_chain(base, chain, output / "adapter", overwrite=True)
     with timed("lm_eval"):
@@ -120,29 +149,53 @@ def run_pipeline(recipe: Recipe, *, overwrite: bool = False, progress: bool = Tr
                               title=f"lm-eval-baking pipeline: {recipe.source or output}",
                               forgetting_threshold_pct=(recipe.validation.forgetting.max_drop_pct
                                                         if recipe.validation.forgetting else None))
-    checks = all_checks(recipe, adapter)
+    checks = all_checks(recipe, adapter, pursued)
     steps.close()
-    result = PipelineResult(output, adapter, stages, checks, overall(checks) if checks else "PASS", seconds,
-                            report.html)
+    result = PipelineResult(output, adapter, stages, checks, overall(checks), seconds,
+                            report.html, tracker.summaries(), pursued)
     _write_record(output, recipe, "done", result)
     return result
 
 
-def _references(recipe: Recipe, base: str, progress: bool) -> dict[str, Path]:
-    """Each stage prompt's held-out answers from the original base: quality is always measured against them."""
-    model, tokenizer = models.load_model(base, device=recipe.bake.get("device", "auto"))
+def _references(recipe: Recipe, base: str, model, tokenizer, progress: bool) -> dict[str, Path]:
+    """Each stage prompt's held-out answers from the original base, and (several stages) those of the base with
+    every prompt joined, under JOINT_REFERENCE: quality is always measured against them."""
     sha = models.model_fingerprint(base)
     folders = {}
     for stage in recipe.stages:
         folder = recipe.output / "references" / stage.name
         reference_answers(folder, model, tokenizer, recipe.stage_config(stage), sha, progress)
         folders[stage.name] = folder
+    if len(recipe.stages) > 1:
+        folder = recipe.output / "references" / JOINT_REFERENCE
+        joint = replace(recipe.stage_config(recipe.stages[0]), prompt=recipe.joint_prompt())
+        reference_answers(folder, model, tokenizer, joint, sha, progress)
+        folders[JOINT_REFERENCE] = folder
     return folders
 
 
-def _qualities(recipe: Recipe, base: str, chain: list[Path], references: dict[str, Path]) -> dict[str, float]:
-    model, tokenizer = load_chain(base, chain, device=recipe.bake.get("device", "auto"))
-    return {name: QualityEvaluator.from_bake(folder)(model, tokenizer, 0) for name, folder in references.items()}
+def _pursued_against_prompt(recipe: Recipe, base: str, model, tokenizer, references: dict[str, Path],
+                            progress: bool) -> dict[str, dict]:
+    """Each pursued stage judged on its own evaluator: the composed model (`model`, no prompt) minus the base
+    prompted with the stage's prompt, paired on the held-out questions. Pursuit means to go beyond the prompted
+    base, so this, not the quality against it, is what a pursued stage is judged by. Only evaluators that
+    score question by question (adherence) can be paired; other stages are left out (the pipeline doc)."""
+    evaluators = {s.name: resolve_evaluator(s.pursuit.evaluator, recipe.stage_config(s), references[s.name])
+                  for s in recipe.stages if s.pursuit is not None}
+    evaluators = {name: e for name, e in evaluators.items() if hasattr(e, "scores")}
+    if not evaluators:
+        return {}
+    prompted_base, _ = models.load_model(base, device=recipe.bake.get("device", "auto"))
+    out = {}
+    for stage in (s for s in recipe.stages if s.name in evaluators):
+        evaluator = evaluators[stage.name]
+        comparison = compare_paired(evaluator.scores(prompted_base, tokenizer, stage.prompt),
+                                    evaluator.scores(model, tokenizer))
+        out[stage.name] = {"evaluator": evaluator_name(evaluator), "prompted_base": comparison.base_mean,
+                           "adapter": comparison.other_mean, "difference": comparison.difference,
+                           "ci": [comparison.difference_ci.low, comparison.difference_ci.high],
+                           "p_value": comparison.p_value, "questions": comparison.n}
+    return out
 
 
 def _validate(recipe: Recipe, base: str, adapter: Path, references: dict[str, Path]) -> None:
@@ -150,15 +203,13 @@ def _validate(recipe: Recipe, base: str, adapter: Path, references: dict[str, Pa
     v, lm_eval_dir = recipe.validation, recipe.output / "lm_eval"
     common = dict(base=base, device=v.device, batch_size=v.batch_size, log_samples=True)
     weights = adapter / ADAPTER_WEIGHTS
-    for stage in recipe.stages:
-        reference = references[stage.name]
+    # The adapter against each reference: every stage prompt's, and all of them joined (the composition's
+    # target). The base and the prompted base would score quality 0 and 1 by definition (baking_mckl's tests).
+    for name, reference in references.items():
         heldout = reference / "data" / "heldout.jsonl"
-        # The base and the prompted base on the same answers are the leaderboard's 0 and 1 of quality.
-        for name, peft, prompt, inputs in (("adapter", str(adapter), None, [weights, heldout]),
-                                           ("base", None, None, [heldout]), ("prompted-base", None, stage.prompt, [heldout])):
-            run_lm_eval(LmEvalRun(tasks=[MCKL_TASK], adapter=peft, system_instruction=prompt, dtype=MCKL_DTYPE,
-                                  metadata={"bake": str(reference)}, **common),
-                        lm_eval_dir / "mckl" / stage.name / name, inputs, f"MC-KL of the {name} ({stage.name})")
+        run_lm_eval(LmEvalRun(tasks=[MCKL_TASK], adapter=str(adapter), dtype=MCKL_DTYPE,
+                              metadata={"bake": str(reference)}, **common),
+                    lm_eval_dir / "mckl" / name / "adapter", [weights, heldout], f"MC-KL of the adapter ({name})")
     if v.drift:
         d = v.drift
         reference = references[d.stage]
@@ -183,16 +234,27 @@ def _validate(recipe: Recipe, base: str, adapter: Path, references: dict[str, Pa
                         lm_eval_dir / "forgetting" / name, inputs, f"forgetting of the {name}")
 
 
-def all_checks(recipe: Recipe, adapter: Path) -> list[Check]:
-    """Every check the recipe asks for, on the exported adapter, each three-way on its 95% CI."""
+def all_checks(recipe: Recipe, adapter: Path, pursued: dict[str, dict] | None = None) -> list[Check]:
+    """Every check the recipe asks for, on the exported adapter, each three-way on its 95% CI.
+
+    MC-KL quality and KL are judged against the composition's target (the original base with every stage's
+    prompt joined; the stage's own prompt for a one-stage recipe), a pursued stage on its evaluator against
+    the prompted base (`pursued`), drift and forgetting as their tasks give them.
+    """
     v, lm_eval_dir, checks = recipe.validation, recipe.output / "lm_eval", []
-    for stage in recipe.stages:
-        row = _adapter_row(collect([lm_eval_dir / "mckl" / stage.name]), adapter)
-        label = f"{stage.name} prompt"
-        if v.min_quality is not None:
-            checks.append(judge_value("quality", label, row.get("quality") if row else None, "min", v.min_quality))
-        if v.max_kl is not None:
-            checks.append(judge_value("kl", label, row.get("kl") if row else None, "max", v.max_kl))
+    target = JOINT_REFERENCE if len(recipe.stages) > 1 else recipe.stages[0].name
+    label = "all prompts joined" if len(recipe.stages) > 1 else f"{recipe.stages[0].name} prompt"
+    row = _adapter_row(collect([lm_eval_dir / "mckl" / target]), adapter)
+    if v.min_quality is not None:
+        checks.append(judge_value("quality", label, row.get("quality") if row else None, "min", v.min_quality))
+    if v.max_kl is not None:
+        checks.append(judge_value("kl", label, row.get("kl") if row else None, "max", v.max_kl))
+    if v.min_pursued_difference is not None:
+        for name, p in (pursued or {}).items():
+            m = Measurement(p["difference"], ci=tuple(p["ci"]), higher_is_better=True, source=p["evaluator"])
+            checks.append(judge_value("pursued", f"{name} ({p['evaluator']}) − prompted base", m, "min",
+                                      v.min_pursued_difference, p["questions"],
+                                      note=f"adapter {p['adapter']:.3f}, prompted base {p['prompted_base']:.3f}"))
     if v.drift:
         row = _adapter_row(collect([lm_eval_dir / "drift"]), adapter)
         docs = len(row.samples.get(DRIFT_TASK, {})) if row else None
@@ -219,18 +281,25 @@ def format_pipeline(result: PipelineResult) -> str:
     lines = []
     for s in result.stages:
         lines += [f"stage {s.index}: {s.name} (cycle {s.cycle}), best round {s.best_round}, stopped: {s.stop_reason}",
-                  "| round | score | improvement | with prompt again | held-out KL to teacher |",
+                  "| round | score | vs previous round (paired, 95% CI) | with prompt again | held-out KL to teacher |",
                   "| ---: | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {'start' if r['round'] == 0 else r['round']} | {r['score']:.4f} | {_fmt(r['improvement'], '+.1%')} "
-                  f"| {_fmt(r['reprompted_score'], '.4f')} | {_fmt(r['heldout_kl'], '.4f')} |" for r in s.rounds]
+        lines += [f"| {'start' if r['round'] == 0 else r['round']} | {r['score']:.4f} | "
+                  f"{round_change(RoundScore(**r))} | {_fmt(r['reprompted_score'], '.4f')} "
+                  f"| {_fmt(r['heldout_kl'], '.4f')} |" for r in s.rounds]
         lines.append("")
-    lines += ["quality of each prompt (1 - KL/KL_unprompted against the original base with that prompt):",
-              "| prompt | after its own stage | after the pipeline | kept |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {name} | {q['after_own_stage']:.3f} | {q['after_pipeline']:.3f} | {_fmt(q['kept'], '.0%')} |"
-              for name, q in sorted(result.quality_kept().items())]
+    names = sorted(result.stages[-1].quality_after)
+    lines += ["quality of each prompt after each stage (1 - KL/KL_unprompted against the original base with that "
+              "prompt; joint: with every prompt joined; teacher: who read round 1's prompt):",
+              "| after stage | teacher | " + " | ".join(names) + " | joint |",
+              "| --- | --- |" + " ---: |" * (len(names) + 1)]
+    lines += [f"| {s.index}: {s.name} | {s.target} | " + " | ".join(f"{s.quality_after[n]:.3f}" for n in names)
+              + f" | {_fmt(s.joint_quality, '.3f')} |" for s in result.stages]
+    if result.behaviour:
+        lines += ["", *format_behaviour_table(result.behaviour)]
     lines += ["", format_checks(result.checks) if result.checks else "no checks in the recipe's validation",
-              "", f"adapter: {result.adapter}", f"report:  {result.report}",
-              f"wall time: {sum(result.seconds.values()) / 60:.1f} min"]
+              "", f"adapter: {result.adapter}", f"report:  {result.report}", "", "| step | seconds |", "| --- | ---: |",
+              *(f"| {step} | {seconds:.0f} |" for step, seconds in result.seconds.items()),
+              f"\nwall time: {sum(result.seconds.values()) / 60:.1f} min"]
     return "\n".join(lines)
 
 
@@ -245,7 +314,10 @@ def _write_record(output: Path, recipe: Recipe, status: str, result: PipelineRes
         "status": status,
         "recipe": str(recipe.source) if recipe.source else None,
         "stages": [asdict(s) for s in result.stages] if result else [],
+        "compose": asdict(recipe.compose),
         "quality_kept": result.quality_kept() if result else None,
+        "behaviour": result.behaviour if result else {},
+        "pursued": result.pursued if result else {},
         "checks": [asdict(c) for c in result.checks] if result else [],
         "verdict": result.verdict if result else None,
         "seconds": result.seconds if result else {},

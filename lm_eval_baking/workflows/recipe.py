@@ -3,6 +3,7 @@
     model: default                    # base model: 'default', a HF id or a directory
     output: runs/agent                # everything the pipeline writes goes under here
     cycles: 2                         # go through the stages this many times
+    compose: {mode: joint}            # what every stage bakes towards: joint, replay, merge or sequential
     bake:                             # BakeConfig settings of every stage's bake (the prompt comes from the stage)
       max_new_tokens: 32
     stages:
@@ -29,7 +30,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..compose.config import PursuitSettings
+from ..compose.config import ComposeSettings, PursuitSettings
 from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
 from ..errors import BakingError
 from ..evals.config import ConversationSettings
@@ -75,6 +76,8 @@ class Validation:
     batch_size: int = 8
     min_quality: float | None = None
     max_kl: float | None = None
+    min_pursued_difference: float | None = 0.0
+    """A pursued stage's evaluator score of the adapter minus the prompted base's (paired), at least this."""
     drift: DriftCheck | None = None
     forgetting: ForgettingCheck | None = None
 
@@ -89,9 +92,14 @@ class Recipe:
     """BakeConfig settings every stage shares (its prompt comes from the stage)."""
     validation: Validation
     source: Path | None = None
+    compose: ComposeSettings = field(default_factory=ComposeSettings)
 
     def stage_config(self, stage: Stage) -> BakeConfig:
         return BakeConfig(prompt=stage.prompt, model=self.model, **self.bake)
+
+    def joint_prompt(self) -> str:
+        """Every stage's prompt joined as `compose` says: the target of the whole composition."""
+        return self.compose.joined([stage.prompt for stage in self.stages])
 
     def schedule(self) -> list[tuple[int, Stage]]:
         """(cycle, stage) in the order they are baked."""
@@ -122,7 +130,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def parse_recipe(data, *, base_dir: Path = Path("."), source: Path | None = None) -> Recipe:
     """A Recipe from already-parsed YAML/JSON; relative paths are taken from `base_dir` (default: here)."""
-    top = _mapping(data, "the recipe", {"model", "output", "stages", "cycles", "bake", "validation"})
+    top = _mapping(data, "the recipe", {"model", "output", "stages", "cycles", "compose", "bake", "validation"})
     model = _text(top.get("model", DEFAULT_MODEL), "model")
     if "output" not in top:
         raise RecipeError("recipe key 'output' is missing; name the folder the pipeline writes to, e.g. "
@@ -140,8 +148,13 @@ def parse_recipe(data, *, base_dir: Path = Path("."), source: Path | None = None
     if duplicated:
         raise RecipeError(f"recipe key 'stages': the name {quoted(duplicated[0])} is used twice; give every stage "
                           "its own name")
+    compose = _mapping(top.get("compose") or {}, "compose", {f.name for f in fields(ComposeSettings)})
+    try:
+        compose = ComposeSettings(**compose)
+    except (BakingError, TypeError) as e:
+        raise RecipeError(f"recipe key 'compose': {e}") from None
     recipe = Recipe(model=model, output=output, stages=stages, cycles=cycles, bake=bake,
-                    validation=_validation(top.get("validation") or {}, names), source=source)
+                    validation=_validation(top.get("validation") or {}, names), source=source, compose=compose)
     for stage in stages:  # every stage's bake settings, checked now rather than after the first bake
         try:
             recipe.stage_config(stage)
@@ -178,13 +191,17 @@ def _stage(raw, where: str, base_dir: Path) -> Stage:
 
 
 def _validation(raw, stage_names: list[str]) -> Validation:
-    top = _mapping(raw, "validation", {"device", "batch_size", "mckl", "drift", "forgetting"})
+    top = _mapping(raw, "validation", {"device", "batch_size", "mckl", "pursued", "drift", "forgetting"})
     validation = Validation(device=_text(top.get("device", "cpu"), "validation.device"),
                             batch_size=_whole(top.get("batch_size", 8), "validation.batch_size", minimum=1))
     if top.get("mckl") is not None:
         mckl = _mapping(top["mckl"], "validation.mckl", {"min_quality", "max_kl"})
         validation.min_quality = _number(mckl.get("min_quality"), "validation.mckl.min_quality", high=1.0)
         validation.max_kl = _number(mckl.get("max_kl"), "validation.mckl.max_kl", low=0.0)
+    if "pursued" in top:
+        pursued = _mapping(top["pursued"] or {}, "validation.pursued", {"min_difference"})
+        validation.min_pursued_difference = _number(pursued.get("min_difference"), "validation.pursued.min_difference",
+                                                    low=-1.0, high=1.0)
     if top.get("drift") is not None:
         drift = _mapping(top["drift"], "validation.drift",
                          {"stage", "persona", "max_drift", "min_adherence", "conversations", "turns",

@@ -1,4 +1,4 @@
-"""Composition modes (joint, replay, sequential): what each stage bakes towards, on the tiny model."""
+"""Composition modes (joint, replay, merge, sequential): what each stage bakes towards, on the tiny model."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from conftest import FRENCH, PIRATE, tiny_config
 from lm_eval_baking import bake
+from lm_eval_baking.artifacts.lora import chain_id
 from lm_eval_baking.compose.behaviour import PromptBehaviour
 from lm_eval_baking.compose.config import ComposeSettings
 from lm_eval_baking.compose.sequence import bake_sequence, format_sequence_table
@@ -31,7 +32,7 @@ def test_joined_prompts_keep_order_and_drop_repeats():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(mode="both"), "compose mode both is not known; use one of joint, replay, sequential"),
+    (dict(mode="both"), "compose mode both is not known; use one of joint, replay, merge, sequential"),
     (dict(joint_teacher="teacher"), "joint_teacher"),
     (dict(join_template="{prompt}"), "must hold"),
     (dict(join_template="{earlier} {prompt} {x}"), "may hold only"),
@@ -74,7 +75,7 @@ def composed(tiny_model_dir, question_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("compose")
     modes = {"joint-base": ComposeSettings(), "joint-chain": ComposeSettings(joint_teacher="chain"),
              "replay": ComposeSettings(mode="replay", replay_weight=0.5),
-             "sequential": ComposeSettings(mode="sequential")}
+             "merge": ComposeSettings(mode="merge"), "sequential": ComposeSettings(mode="sequential")}
     return root, {name: bake_sequence([PIRATE, FRENCH], config, root / name, compose=settings, progress=False)
                   for name, settings in modes.items()}
 
@@ -92,6 +93,33 @@ def test_each_mode_bakes_its_own_target(composed):
     # Stage 1 has nothing before it: the same plain bake in every mode.
     first = {name: _record(root / name / "stage-1")["kl"] for name in results}
     assert all(kl == first["sequential"] for kl in first.values())
+
+
+def test_merge_bakes_each_prompt_from_the_base_and_sums_the_adapters(composed, tiny_model_dir, question_file,
+                                                                      tmp_path):
+    root, results = composed
+    stage2 = _record(root / "merge" / "stage-2")
+    # Stage 2 starts from the bare base (no teacher weights named), reading only its own prompt ...
+    assert stage2["config"]["prompt"] == FRENCH and stage2.get("teacher") is None
+    assert [s.target for s in results["merge"].stages] == ["start", "start"]
+    # ... so it is the same bake as French baked alone, and different from the sequential stage 2.
+    alone = bake(tiny_config(tiny_model_dir, question_file, epochs=1, prompt=FRENCH), tmp_path / "alone",
+                 progress=False)
+    assert stage2["kl"] == _record(alone.output)["kl"]
+    assert stage2["kl"] != _record(root / "sequential" / "stage-2")["kl"]
+    # The composed adapter is the sum of both: one standard PEFT adapter of rank r1 + r2.
+    combined = json.loads((results["merge"].combined / "adapter_config.json").read_text())
+    ranks = [json.loads((root / "merge" / f"stage-{k}" / "adapter_config.json").read_text())["r"] for k in (1, 2)]
+    assert combined["r"] == sum(ranks)
+
+
+def test_merge_cycles_bake_a_prompt_again_on_its_own_stages_only(tiny_model_dir, question_file, tmp_path):
+    config = tiny_config(tiny_model_dir, question_file, epochs=1)
+    bake_sequence([PIRATE, FRENCH], config, tmp_path / "m", cycles=2, compose=ComposeSettings(mode="merge"),
+                  progress=False)
+    teachers = [_record(tmp_path / "m" / f"stage-{k}").get("teacher") for k in (1, 2, 3, 4)]
+    assert teachers[:2] == [None, None]
+    assert teachers[2] == chain_id([tmp_path / "m" / "stage-1"]) and teachers[3] == chain_id([tmp_path / "m" / "stage-2"])
 
 
 def test_replay_mixes_in_the_earlier_prompts_answers_with_its_prompt(composed):
@@ -114,7 +142,7 @@ def test_the_sequence_record_measures_every_prompt_against_the_joint_target(comp
     assert low <= record["joint_quality"]["quality"] <= high
     assert all(math.isfinite(s["joint_quality"]) for s in record["stages"])
     # Both prompts are built-in personas: scored question by question on every model.
-    assert set(record["behaviour"]) == {"1", "2"}
+    assert set(record["behaviour"]) == {"1:pirate", "1:pirate_speech", "2:french"}
     for k, summary in record["behaviour"].items():
         scores = record["behaviour_scores"][k]
         assert len(scores["unprompted"]) == len(scores["composed"]) == summary["questions"] > 0
@@ -130,7 +158,7 @@ def test_a_difference_whose_ci_holds_zero_is_shown_as_none():
     summary = same.summary()
     low, high = summary["vs_joint"]["ci"]
     assert low < 0 < high
-    from lm_eval_baking.compose.sequence import _difference, _share
+    from lm_eval_baking.compose.behaviour import format_difference as _difference, format_share as _share
     assert _difference(summary["vs_joint"]).startswith("none")
     assert summary["kept"]["share"] == pytest.approx(7 / 8)
     assert _share(summary["kept"]).startswith("88%")

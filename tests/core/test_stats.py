@@ -18,12 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from lm_eval_baking.core import stats
+from lm_eval_baking.core import stats, verdicts
 from lm_eval_baking.core.stats import (
-    Interval, Judgement, PairedComparison, Verdict, bonferroni_confidence, bootstrap_ci, cluster_bootstrap_ci,
-    compare_paired, docs_needed, false_fail_rate, holm, judge, mcnemar_exact, minimum_detectable_difference,
+    Interval, PairedComparison, bonferroni_confidence, bootstrap_ci, cluster_bootstrap_ci,
+    compare_paired, docs_needed, holm, mcnemar_exact, minimum_detectable_difference,
     paired_cluster_comparison, ratio_quality_ci, trend,
 )
+from lm_eval_baking.core.verdicts import EXIT_CODES, Judgement, Verdict, combine, false_fail_rate, judge
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=60, database=None)
@@ -524,7 +525,7 @@ def test_files_are_torch_free_and_the_package_docstring_is_one_line():
         '"""The lowest layer: tokenization, forward passes, KL maths, sampling, scoring, statistics."""']
     assert (ROOT / "lm_eval_baking/results/__init__.py").read_text().splitlines() == [
         '"""Reports and the CI gate: results files in, tables, plots and verdicts out. No torch."""']
-    for path in ("lm_eval_baking/core/stats.py", "lm_eval_baking/results/evaluate_module.py",
+    for path in ("lm_eval_baking/core/stats.py", "lm_eval_baking/core/verdicts.py", "lm_eval_baking/results/evaluate_module.py",
                  "lm_eval_baking/results/paired_comparison/paired_comparison.py"):
         tree = ast.parse((ROOT / path).read_text())
         nodes = list(ast.walk(tree))
@@ -532,4 +533,14 @@ def test_files_are_torch_free_and_the_package_docstring_is_one_line():
         imported |= {node.module.split(".")[0] for node in nodes if isinstance(node, ast.ImportFrom) and node.module}
         assert "torch" not in imported, path
     assert isinstance(judge(comparison(0.0, (-0.1, 0.1)), 0.2, relative=False), Judgement)
-    assert stats.Verdict("PASS") is Verdict.PASS and Verdict.FAIL == "FAIL"
+    assert verdicts.Verdict("PASS") is Verdict.PASS and Verdict.FAIL == "FAIL"
+
+
+def test_verdicts_combine_one_way_everywhere_and_nothing_checked_is_not_a_pass():
+    assert combine([]) == "INCONCLUSIVE"
+    assert combine(["PASS", "PASS"]) == "PASS"
+    assert combine(["PASS", Verdict.INCONCLUSIVE]) == "INCONCLUSIVE"
+    assert combine(["INCONCLUSIVE", "FAIL", "PASS"]) == "FAIL"
+    with pytest.raises(ValueError):
+        combine(["MAYBE"])
+    assert EXIT_CODES == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}

@@ -1,7 +1,8 @@
 """The leaderboard report and the `check` gate, on real lm_eval output.
 
 Everything reads the files of one run of the tiny pipeline (conftest's `tiny_pipeline`): its bakes and pursuits,
-and the real `lm_eval` CLI on our three tasks for the exported adapter, the base and the prompted base. The tiny
+and the real `lm_eval` CLI on our three tasks for the exported adapter (drift and forgetting also for the base
+and the prompted base). The tiny
 model is random, so the numbers mean nothing; the tests check shapes, labels, verdicts and exit codes.
 """
 
@@ -21,7 +22,7 @@ from lm_eval_baking.results.collect import collect
 from lm_eval_baking.results.report import build_report
 from lm_eval_baking.results.rows import FORGETTING
 
-from conftest import PIRATE
+from conftest import FRENCH
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +64,13 @@ def test_report_has_one_row_per_variant_with_every_column(run):
     output, result = run
     collection = collect([output / "lm_eval", output / "stages"])
     labels = {row.label: row for row in collection.rows}
-    # MC-KL against each prompt's reference is its own evaluation: its own row for the base, the prompted base and
-    # the adapter; drift shares the french rows; forgetting has the plain base and adapter rows.
-    assert len(collection.rows) == 8
-    prompted = labels["base + prompt (vs pirate)"]
-    assert prompted.variant.system_instruction == PIRATE and prompted.kind == "prompted base"
-    assert abs(prompted.get("kl").value) < 1e-3 and prompted.get("quality").value == pytest.approx(1.0, abs=1e-3)
-    assert labels["base (vs pirate)"].get("quality").value == pytest.approx(0.0, abs=1e-3)
+    # MC-KL against each prompt's reference and against all prompts joined is its own evaluation of the adapter
+    # (the base and the prompted base score 0 and 1 by definition: baking_mckl's own tests); drift adds the
+    # prompted base (french); forgetting has the plain base and the adapter rows.
+    assert len(collection.rows) == 6, [(r.label, r.kind) for r in collection.rows]
+    assert {label.rsplit(" (vs ", 1)[-1] for label in labels if "(vs " in label} == {"pirate)", "french)", "joint)"}, list(labels)
+    prompted = labels["base + prompt (vs french)"]
+    assert prompted.variant.system_instruction == FRENCH and prompted.kind == "prompted base" and prompted.drift
     adapter = next(row for label, row in labels.items() if label.endswith("adapter (vs french)"))
     assert adapter.get("kl").stderr is not None and adapter.get("quality") is not None
     assert adapter.drift and adapter.drift["french"]["conversations"] == 2 and set(adapter.drift_curve) == {1, 25}
@@ -85,7 +86,7 @@ def test_report_files_markdown_html_and_plots(run, tmp_path):
     output, _ = run
     report = build_report([output / "lm_eval", output / "stages"], tmp_path / "report")
     markdown = report.markdown.read_text()
-    assert "| base + prompt (vs pirate) | prompted base |" in markdown and "MC-KL / token" in markdown
+    assert "| base + prompt (vs french) | prompted base |" in markdown and "MC-KL / token" in markdown
     assert "## Forgetting, paired per doc" in markdown and "## Persona drift" in markdown
     for plot in ("kl_per_epoch.png", "pursuit_rounds.png", "drift_by_turn.png", "forgetting_1.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000
@@ -129,7 +130,7 @@ def test_report_command_prints_the_leaderboard_and_the_paths(run, tmp_path, caps
     output, _ = run
     code, out, _ = _cli(["report", output / "lm_eval", "--output", tmp_path / "r"], capsys)
     assert code == 0
-    assert "| base + prompt (vs pirate) | prompted base |" in out and str(tmp_path / "r" / "report.html") in out
+    assert "| base + prompt (vs french) | prompted base |" in out and str(tmp_path / "r" / "report.html") in out
 
 
 @pytest.mark.parametrize("make_input, message", [
@@ -200,9 +201,9 @@ def test_check_table_names_metric_variant_value_and_limit(run, capsys):
     # The tiny model's quality is noise around 0: its CI may reach 0.99 (inconclusive), never pass it.
     verdict = next(v for v in ("FAIL", "INCONCLUSIVE") if v in rows[0].split())
     assert rows[0].startswith("quality") and "≥ 0.99" in rows[0] and code == {"FAIL": 1, "INCONCLUSIVE": 3}[verdict]
-    code, out, _ = _cli(["check", output / "lm_eval", "--min", "quality=-100", "--variant",
-                         "base + prompt (vs pirate)"], capsys)
-    assert code in (0, 3) and "base + prompt (vs pirate)" in out and "adapter" not in out
+    pirate = next(row.label for row in collect([output / "lm_eval"]).rows if row.label.endswith("(vs pirate)"))
+    code, out, _ = _cli(["check", output / "lm_eval", "--min", "quality=-100", "--variant", pirate], capsys)
+    assert code in (0, 3) and pirate in out and "(vs french)" not in out and "(vs joint)" not in out
     code, out, _ = _cli(["check", output / "lm_eval", "--min-quality", "0.99", "--inconclusive", "fail"], capsys)
     assert code == 1
 

@@ -70,12 +70,17 @@ def test_the_pipeline_bakes_every_stage_of_every_cycle_on_top_of_the_earlier_one
     assert [r["prompt"] for r in rounds][0] == PIRATE
     kept = result.quality_kept()
     assert set(kept) == {"pirate", "french"} and kept["french"]["after_pipeline"] == result.stages[-1].quality_after["french"]
+    # Joint composition (the default): stages after the first are read by the original base with both prompts.
+    assert [s.target for s in result.stages] == ["start", "base", "base", "base"]
+    assert all(s.joint_quality is not None for s in result.stages)
+    assert set(result.behaviour) == {"pirate:pirate", "pirate:pirate_speech", "french:french"}
+    assert record["behaviour"] == result.behaviour and record["compose"]["mode"] == "joint"
 
 
 def test_every_check_is_three_way_with_its_ci_and_sets_the_exit_code(tiny_pipeline):
     _, result = tiny_pipeline
     by_metric = {(c.metric, c.variant): c for c in result.checks}
-    assert {("quality", "pirate prompt"), ("quality", "french prompt"), ("kl", "pirate prompt"), ("kl", "french prompt"),
+    assert {("quality", "all prompts joined"), ("kl", "all prompts joined"),
             ("drift", "french persona"), ("forgetting", next(c.variant for c in result.checks
                                                              if c.metric == "forgetting"))} <= set(by_metric)
     for check in result.checks:
@@ -107,7 +112,7 @@ def test_a_pipeline_killed_in_the_middle_of_a_stage_resumes_it(tiny_model_dir, q
 
     def killed_in_the_second_stage(self, *args, **kwargs):
         epochs.append(self.config.prompt)
-        if self.config.prompt == FRENCH:
+        if FRENCH in self.config.prompt:  # joint mode: stage 2 bakes the joined prompt
             raise KeyboardInterrupt
         return train_epoch(self, *args, **kwargs)
 
@@ -130,4 +135,5 @@ def test_the_pipeline_command_prints_the_tables_and_exits_with_the_verdict(tiny_
     code = main(["pipeline", str(path), "--quiet"])
     out = capsys.readouterr().out
     assert code == result.exit_code
-    assert "stage 4: french (cycle 2)" in out and "after its own stage" in out and "inconclusive:" in out
+    assert "stage 4: french (cycle 2)" in out and "after own stage" in out and "inconclusive:" in out
+    assert "| step | seconds |" in out
