@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   run the demo recipe (recipes/demo.yaml) on the embedded default model: bake a pirate
-#               instruction and a Spanish persona in two cycles with pursuit, validate with the lm_eval CLI,
+#               instruction and a Spanish persona into one adapter with pursuit, validate with the lm_eval CLI,
 #               write the report (reports/demo/report/report.html) and the all-checks verdict
 #   make test   run the test suite (installs Debian's chromium first: one test renders the report)
 PYTHON ?= python3

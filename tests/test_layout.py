@@ -126,6 +126,23 @@ def test_no_module_is_over_400_lines():
     assert not long, "\n".join(long)
 
 
+def test_verdict_names_exit_codes_and_the_forgetting_bound_have_one_home():
+    """Verdict strings, the verdict exit-code table and the forgetting bound (3.4%) are written as literals
+    only in core/verdicts.py; everything else imports them."""
+    home = PACKAGE / "core" / "verdicts.py"
+    found = []
+    for path in sources():
+        if path == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            value = node.value if isinstance(node, ast.Constant) else None
+            if value == 3.4 and isinstance(value, float) or value in ("PASS", "FAIL", "INCONCLUSIVE"):
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {value!r}")
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "EXIT_CODES" for t in node.targets):
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: EXIT_CODES defined")
+    assert not found, "\n".join(found)
+
+
 def test_argparse_lives_in_the_cli_only():
     outside = [str(p.relative_to(PACKAGE.parent)) for p in sources()
                if "cli" not in p.relative_to(PACKAGE).parts and "argparse" in p.read_text("utf-8")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..core.verdicts import EXIT_CODES
+from ..core.verdicts import EXIT_CODES, MAX_FORGETTING_DROP_PCT, Verdict
 from ..results.gate import NAMED_THRESHOLDS
 
 
@@ -17,7 +17,7 @@ def register(commands) -> None:
                         help="folder for report.md, report.html, report.json and the plots (replaced as a whole)")
     report.add_argument("--title", default="lm-eval-baking report", help="the report's title")
     report.add_argument("--forgetting-threshold", type=float, default=None,
-                        help="drop (%%) the forgetting heatmap marks as failing (default: 3.4)")
+                        help=f"drop (%%) the forgetting heatmap marks as failing (default: {MAX_FORGETTING_DROP_PCT})")
     report.set_defaults(run=_run_report)
 
     check = commands.add_parser(
@@ -51,7 +51,8 @@ def register(commands) -> None:
     matrix.add_argument("report", type=Path, metavar="CROSS_TASK",
                         help="a cross-task output folder or its cross_task.json")
     matrix.add_argument("--threshold", type=float, default=None, metavar="PCT",
-                        help="largest allowed relative drop (%%) of another task's score (default: the run's, 3.4)")
+                        help=f"largest allowed relative drop (%%) of another task's score (default: the run's, "
+                             f"{MAX_FORGETTING_DROP_PCT})")
     matrix.add_argument("--min-share", type=float, default=None, metavar="S",
                         help="least share of the k-shot gain a bake must keep on its own task (default: the run's, 0.5)")
     matrix.set_defaults(run=_run_check_matrix)
@@ -83,7 +84,7 @@ def _run_check(args) -> int:
     print(format_checks(checks))
     sys.stdout.flush()
     verdict = overall(checks)
-    if verdict == "INCONCLUSIVE" and args.inconclusive:
+    if verdict == Verdict.INCONCLUSIVE and args.inconclusive:
         return 0 if args.inconclusive == "pass" else 1
     return EXIT_CODES[verdict]
 

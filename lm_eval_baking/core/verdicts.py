@@ -26,6 +26,10 @@ class Verdict(str, enum.Enum):
     INCONCLUSIVE = "INCONCLUSIVE"
 
 
+# The allowed relative drop (%) of another task's score after a bake: the bound the project brief claims
+# for baking, a target under test. Every forgetting check's default (flags, recipes, reports) is this one.
+MAX_FORGETTING_DROP_PCT = 3.4
+
 # 2 is bad input (cli.main): a verdict never exits 2.
 EXIT_CODES = {Verdict.PASS.value: 0, Verdict.FAIL.value: 1, Verdict.INCONCLUSIVE.value: 3}
 

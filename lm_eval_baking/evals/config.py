@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT
 from ..errors import BakingError
 from ..utils.settings import setting
 
@@ -83,7 +84,7 @@ class ForgettingSettings:
     model: str = setting(DEFAULT_MODEL, help="Base model the adapters were baked on: 'default', a HF id or a directory.")
     tasks: list[str] = setting(default_factory=lambda: [FORGETTING_GROUP], help=(
         "lm_eval tasks or groups to score on; groups are expanded into their tasks."))
-    threshold_pct: float = setting(3.4, flag="threshold", help=(
+    threshold_pct: float = setting(MAX_FORGETTING_DROP_PCT, flag="threshold", help=(
         "Largest allowed relative drop of a task's score, in percent of the base model's score."))
     limit: float | None = setting(None, metavar="N", help=(
         "Docs per task: a count, or a fraction below 1 (for quick checks only: verdicts need every doc)."))

@@ -22,11 +22,11 @@ import numpy as np
 
 from ..constants import CROSS_TASK_FORMAT
 from ..core.stats import bonferroni_confidence, compare_paired, ratio_quality_ci
-from ..core.verdicts import Verdict, combine, judge
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT, Verdict, combine, judge
 from ..errors import BakingError
 from ..utils.text import listed, quoted
 
-DEFAULT_THRESHOLD_PCT = 3.4
+DEFAULT_THRESHOLD_PCT = MAX_FORGETTING_DROP_PCT
 DEFAULT_MIN_SHARE = 0.5
 DEFAULT_CONFIDENCE = 0.95
 N_BOOT = 2000

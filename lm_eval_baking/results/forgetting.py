@@ -27,10 +27,10 @@ import math
 
 from ..constants import FORGETTING_FORMAT
 from ..core.stats import bonferroni_confidence, compare_paired, docs_needed, holm
-from ..core.verdicts import Verdict, combine, judge
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT, Verdict, combine, judge
 from ..utils.text import model_label
 
-DEFAULT_THRESHOLD_PCT = 3.4
+DEFAULT_THRESHOLD_PCT = MAX_FORGETTING_DROP_PCT
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 
+from ..core.verdicts import Verdict
 from ..utils.text import model_label
 from .collect import display_path
 from .forgetting import short_task
@@ -197,7 +198,7 @@ def cross_task_heatmap(report: dict) -> bytes:
     ax.set_yticks(range(n), names)
     ax.set_xlabel("evaluated 0-shot")
     ax.set_ylabel("baked with its k-shot prompt")
-    mark = {"PASS": "PASS", "FAIL": "FAIL", "INCONCLUSIVE": "?"}
+    mark = {**{v: v.value for v in Verdict}, Verdict.INCONCLUSIVE: "?"}
     for row, baked in enumerate(tasks):
         for col, evaluated in enumerate(tasks):
             cell = matrix["cells"][baked][evaluated]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..compose.config import ComposeSettings, PursuitSettings
 from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT
 from ..errors import BakingError
 from ..evals.config import ConversationSettings
 from ..training.config import BakeConfig
@@ -66,7 +67,7 @@ class DriftCheck:
 @dataclass
 class ForgettingCheck:
     tasks: list[str]
-    max_drop_pct: float = 3.4
+    max_drop_pct: float = MAX_FORGETTING_DROP_PCT
     max_docs: int | None = 200
 
 
@@ -233,11 +234,11 @@ def _validation(raw, stage_names: list[str]) -> Validation:
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
             raise RecipeError("recipe key 'validation.forgetting.tasks' must list lm_eval tasks or groups, e.g. "
                               "[baking_forgetting]")
-        drop = _number(forgetting.get("max_drop_pct", 3.4), "validation.forgetting.max_drop_pct")
+        drop = _number(forgetting.get("max_drop_pct", ForgettingCheck.max_drop_pct), "validation.forgetting.max_drop_pct")
         if not drop > 0:
             raise RecipeError("recipe key 'validation.forgetting.max_drop_pct' must be above 0: it is the largest "
-                              "allowed drop in %, e.g. 3.4")
-        max_docs = forgetting.get("max_docs", 200)
+                              f"allowed drop in %, e.g. {MAX_FORGETTING_DROP_PCT}")
+        max_docs = forgetting.get("max_docs", ForgettingCheck.max_docs)
         validation.forgetting = ForgettingCheck(
             tasks=tasks, max_drop_pct=drop,
             max_docs=None if max_docs is None else _whole(max_docs, "validation.forgetting.max_docs", minimum=1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT
 from ..errors import BakingError
 from ..utils.settings import setting
 
@@ -16,9 +17,10 @@ class CrossTaskSettings:
         "Docs per task: lm_eval's first N test docs (the same docs for every model, so every comparison is "
         "paired); omit for all of them."))
     eval_batch_size: int = setting(16, help="lm_eval batch size of the evaluations.")
-    threshold_pct: float = setting(3.4, flag="threshold", help=(
+    threshold_pct: float = setting(MAX_FORGETTING_DROP_PCT, flag="threshold", help=(
         "Largest allowed relative drop of another task's 0-shot score after a bake, in percent of the base "
-        "model's 0-shot score (3.4% is the bound the project brief claims; a target under test)."))
+        f"model's 0-shot score ({MAX_FORGETTING_DROP_PCT}% is the bound the project brief claims; a target under "
+        "test)."))
     min_share: float = setting(0.5, help=(
         "Least share of the base model's k-shot gain a bake must keep on its own task, 0-shot."))
 
