@@ -40,17 +40,16 @@ def main() -> None:
     args = parser.parse_args()
     config = BakeConfig(prompt=args.prompts[0], max_new_tokens=args.max_new_tokens)
     model, tokenizer = models.load_model(models.resolve_model(config.model), device="cpu")
-    probes = [p for prompt in args.prompts for p in BehaviourProbe.for_prompt(prompt, config)]
+    probes = {k: p for k, prompt in enumerate(args.prompts, 1) if (p := BehaviourProbe.for_prompt(prompt, config))}
     # Both orders: a later instruction may win on a small model.
     joints = {f"{t!r}, {order}": ComposeSettings(join_template=t).joined(prompts)
               for t in TEMPLATES for order, prompts in (("in order", args.prompts),
                                                         ("reversed", args.prompts[::-1]))}
     rows = {"alone": {}, **{name: {} for name in joints}}
-    for probe in probes:
-        key = f"{args.prompts.index(probe.prompt) + 1}:{probe.name}"
-        rows["alone"][key] = _summary(probe.scores(model, tokenizer, probe.prompt))
-        for name, joint in joints.items():
-            rows[name][key] = _summary(probe.scores(model, tokenizer, joint))
+    for k, probe in probes.items():
+        for system, row in [(probe.prompt, rows["alone"]), *((joint, rows[name]) for name, joint in joints.items())]:
+            scores = probe.scores(model, tokenizer, system)
+            row.update({f"{k}:{check}": _summary(values) for check, values in scores.items()})
     keys = list(rows["alone"])
     print("| system prompt | " + " | ".join(keys) + " |\n| --- |" + " ---: |" * len(keys))
     for name, row in rows.items():

@@ -58,29 +58,31 @@ class PromptBehaviour:
 
 
 class BehaviourProbe:
-    """Greedy answers to the held-out questions, scored by one of the prompt's persona checks."""
+    """Greedy answers to the held-out questions, answered once per model and scored by each of the prompt's
+    persona checks (the pirate prompt has two: the opening word and pirate words anywhere)."""
 
-    def __init__(self, prompt: str, persona: Persona, config: BakeConfig):
-        self.prompt = prompt
-        self.evaluator = AdherenceEvaluator(persona, heldout_questions(config), max_new_tokens=config.max_new_tokens,
+    def __init__(self, prompt: str, personas: list[Persona], config: BakeConfig):
+        self.prompt, self.personas = prompt, personas
+        self.evaluator = AdherenceEvaluator(personas[0], heldout_questions(config),
+                                            max_new_tokens=config.max_new_tokens,
                                             batch_size=config.generation_batch_size)
 
     @classmethod
-    def for_prompt(cls, prompt: str, config: BakeConfig) -> list["BehaviourProbe"]:
-        """One probe per built-in persona check of `prompt` (none for a prompt without one)."""
-        return [cls(prompt, persona, config) for persona in personas_for_prompt(prompt)]
+    def for_prompt(cls, prompt: str, config: BakeConfig) -> "BehaviourProbe | None":
+        """The probe of `prompt`'s built-in persona checks; None for a prompt without one."""
+        personas = personas_for_prompt(prompt)
+        return cls(prompt, personas, config) if personas else None
 
-    @property
-    def name(self) -> str:
-        return self.evaluator.persona.name
+    def scores(self, model, tokenizer, system_prompt: str | None = None) -> dict[str, list[float]]:
+        """Each check's score per held-out question, in order, from one set of greedy answers."""
+        answers = self.evaluator.answers(model, tokenizer, system_prompt)
+        return {p.name: [float(p.score(a)) for a in answers] for p in self.personas}
 
-    def scores(self, model, tokenizer, system_prompt: str | None = None) -> list[float]:
-        return self.evaluator.scores(model, tokenizer, system_prompt)
-
-    def start(self, model, tokenizer, joint_prompt: str) -> PromptBehaviour:
-        """The three base-model score lists (no prompt, this prompt, every prompt joined)."""
-        return PromptBehaviour(self.prompt, self.name, self.scores(model, tokenizer),
-                               self.scores(model, tokenizer, self.prompt), self.scores(model, tokenizer, joint_prompt))
+    def start(self, model, tokenizer, joint_prompt: str) -> dict[str, PromptBehaviour]:
+        """Each check's three base-model score lists (no prompt, this prompt, every prompt joined)."""
+        unprompted, own, joint = (self.scores(model, tokenizer, system) for system in (None, self.prompt, joint_prompt))
+        return {name: PromptBehaviour(self.prompt, name, unprompted[name], own[name], joint[name])
+                for name in unprompted}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -95,17 +97,19 @@ class CompositionTracker:
     """
 
     def __init__(self, prompts: dict[str, str], config: BakeConfig, joint_prompt: str, model, tokenizer):
-        self.probes = {f"{label}:{probe.name}": (label, probe) for label, prompt in prompts.items()
-                       for probe in BehaviourProbe.for_prompt(prompt, config)}
-        self.behaviour = {key: probe.start(model, tokenizer, joint_prompt) for key, (_, probe) in self.probes.items()}
+        self.probes = {label: probe for label, prompt in prompts.items()
+                       if (probe := BehaviourProbe.for_prompt(prompt, config)) is not None}
+        self.behaviour = {f"{label}:{name}": behaviour for label, probe in self.probes.items()
+                          for name, behaviour in probe.start(model, tokenizer, joint_prompt).items()}
 
     def after_stage(self, model, tokenizer, label: str) -> dict[str, float]:
         """Score the composed model after the stage that baked `label`'s prompt; returns each check's mean."""
-        for key, scores in self.behaviour.items():
-            own_label, probe = self.probes[key]
-            scores.composed = probe.scores(model, tokenizer)
-            if own_label == label:
-                scores.after_own_stage = scores.composed
+        for own_label, probe in self.probes.items():
+            for name, scores in probe.scores(model, tokenizer).items():
+                behaviour = self.behaviour[f"{own_label}:{name}"]
+                behaviour.composed = scores
+                if own_label == label:
+                    behaviour.after_own_stage = scores
         return {key: _mean(b.composed) for key, b in self.behaviour.items()}
 
     def summaries(self) -> dict[str, dict]:

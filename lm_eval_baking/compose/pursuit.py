@@ -21,15 +21,15 @@ from ..artifacts.lora import chain_id, export_chain, load_chain, merge_adapters
 from ..artifacts.outputs import check_output
 from ..constants import ADAPTER_WEIGHTS, PURSUED_DIR, PURSUIT_FORMAT, PURSUIT_RECORD
 from ..core import models
+from ..core.stats import compare_paired
 from ..training.bake import bake
 from ..training.config import BakeConfig, ResumeSettings
 from ..utils.atomic import write_json
 from ..utils.jsonl import read_json_object
-from ..core.stats import compare_paired
 from .behaviour import format_difference
 from .config import PursuitSettings
-from .targets import StageTarget
 from .evaluators import Evaluator, checked_score, evaluator_name, evaluator_spec, reprompted_score, resolve_evaluator
+from .targets import StageTarget
 
 
 @dataclass

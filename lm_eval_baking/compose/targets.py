@@ -92,8 +92,12 @@ class BaseTeacher:
         self.base_model, self.device, self._model = base_model, device, None
 
     def get(self, target: StageTarget):
-        if target.target != "base":
-            return None
+        """The base when `target` needs it as its teacher, else None."""
+        return self.model() if target.target == "base" else None
+
+    def model(self):
+        """The original base (frozen), loaded on first use: the teacher of 'base' targets, and the prompted
+        base that pursued stages are compared with."""
         if self._model is None:
             self._model, _ = models.load_model(self.base_model, device=self.device)
             self._model.requires_grad_(False)

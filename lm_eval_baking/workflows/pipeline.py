@@ -139,7 +139,7 @@ def run_pipeline(recipe: Recipe, *, overwrite: bool = False, progress: bool = Tr
                                       qualities.get(JOINT_REFERENCE), target.target,
                                       tracker.after_stage(model, tokenizer, stage.name)))
     with timed("pursued stages against the prompt"):
-        pursued = _pursued_against_prompt(recipe, base, model, tokenizer, references, progress)
+        pursued = _pursued_against_prompt(recipe, base_teacher, model, tokenizer, references)
     with timed("export"):
         adapter = export_chain(base, chain, output / "adapter", overwrite=True)
     with timed("lm_eval"):
@@ -174,8 +174,8 @@ def _references(recipe: Recipe, base: str, model, tokenizer, progress: bool) -> 
     return folders
 
 
-def _pursued_against_prompt(recipe: Recipe, base: str, model, tokenizer, references: dict[str, Path],
-                            progress: bool) -> dict[str, dict]:
+def _pursued_against_prompt(recipe: Recipe, base_teacher: BaseTeacher, model, tokenizer,
+                            references: dict[str, Path]) -> dict[str, dict]:
     """Each pursued stage judged on its own evaluator: the composed model (`model`, no prompt) minus the base
     prompted with the stage's prompt, paired on the held-out questions. Pursuit means to go beyond the prompted
     base, so this, not the quality against it, is what a pursued stage is judged by. Only evaluators that
@@ -185,7 +185,7 @@ def _pursued_against_prompt(recipe: Recipe, base: str, model, tokenizer, referen
     evaluators = {name: e for name, e in evaluators.items() if hasattr(e, "scores")}
     if not evaluators:
         return {}
-    prompted_base, _ = models.load_model(base, device=recipe.bake.get("device", "auto"))
+    prompted_base = base_teacher.model()
     out = {}
     for stage in (s for s in recipe.stages if s.name in evaluators):
         evaluator = evaluators[stage.name]
