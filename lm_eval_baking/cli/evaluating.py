@@ -68,11 +68,8 @@ def _run_drift_data(args) -> None:
     quiet_libraries()
     from ..evals.drift import lm_eval_commands, prepare_drift_data
 
-    data = prepare_drift_data(
-        args.bake_dir, args.personas, settings.turns, args.probes_at, persona_file=args.persona_file,
-        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed,
-        conversations=settings.conversations, progress=not args.quiet,
-    )
+    data = prepare_drift_data(args.bake_dir, args.personas, settings, args.probes_at, persona_file=args.persona_file,
+                              progress=not args.quiet)
     names = [p.name for p in data.personas]
     reused = [name for name in names if name not in data.generated]
     print(f"\nPersonas: {', '.join(names)}"

@@ -48,6 +48,10 @@ class ConversationSettings:
     conversations: int = setting(5, help=(
         "Conversations per persona, each with its own opener and topics: drift's confidence intervals resample "
         "whole conversations, so more conversations give tighter intervals."))
+    user_context_turns: int = setting(2, help=(
+        "Agent turns the simulated user reads before it replies (0: the whole conversation). It only asks about "
+        "the turn's topic, so a short view serves; the whole one is re-read every turn and makes generation "
+        "several times slower (docs/performance.md)."))
     user_prompt: str = setting(USER_SIMULATOR_PROMPT, help=(
         "System prompt of the simulated user; {topic} is replaced by a new everyday topic each turn."))
 
@@ -63,6 +67,8 @@ class ConversationSettings:
             raise BakingError("--temperature must be 0 (greedy) or above")
         if self.conversations < 1:
             raise BakingError("--conversations must be at least 1")
+        if self.user_context_turns < 0:
+            raise BakingError("--user-context-turns must be 0 (the whole conversation) or more")
 
     @property
     def opener(self) -> str:

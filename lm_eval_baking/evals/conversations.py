@@ -2,8 +2,9 @@
 
 The agent is the model with the persona's system prompt; the simulated user is
 the same model with a user-simulator prompt that names a new everyday topic
-each turn, reading the history with the roles swapped. Many conversations are
-generated in lockstep: one left-padded batch per turn and side.
+each turn, reading the latest turns with the roles swapped. Many conversations
+are generated in lockstep, one batch per side; the agents' KV cache is kept
+from turn to turn.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..core.batching import autocast, pad
+from ..core.batching import autocast
 from ..core.chat import encode_like_lm_eval
+from ..core.kv_batch import CachedBatch
 from ..core.models import model_context_length
 from ..core.sampling import cut_at_eos, eos_ids
 from ..errors import BakingError
@@ -27,22 +29,35 @@ def generate_conversations(model, tokenizer, system_prompts: list[str], settings
     `conversation_ids[i]` picks the i-th conversation's opener and topics
     (default: 0 for all). Returns message lists [user, assistant, user, ...]
     with `settings.turns` assistant messages and no system message.
+
+    The agents keep one KV cache across turns (core.kv_batch): each turn feeds
+    only the messages added since their last reply, so a turn costs its new
+    tokens, not the whole history. The simulated user's system prompt names a
+    new topic every turn, which changes its view from the first tokens on, so
+    its side has no cache to keep; it reads the last `settings.user_context_turns`
+    agent turns (0: all of them, as the agent does).
     """
     ids = conversation_ids or [0] * len(system_prompts)
     histories = [[{"role": "user", "content": settings.opener_of(k)}] for k in ids]
+    stop_ids = eos_ids(tokenizer, model)
+    agents = CachedBatch(model, tokenizer.pad_token_id, len(system_prompts))
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(settings.seed)
     try:
         with autocast(model.device, autocast_dtype):
             for turn in tqdm(range(1, settings.turns + 1), desc="conversation turns", unit="turn", disable=not progress):
                 agent_views = [[_system(prompt)] + history for prompt, history in zip(system_prompts, histories)]
-                for history, reply in zip(histories, generate_replies(model, tokenizer, agent_views, settings)):
+                agents.sync([_encode_view(tokenizer, view) for view in agent_views])
+                for history, reply in zip(histories, _replies(agents, tokenizer, settings, stop_ids)):
                     history.append({"role": "assistant", "content": reply})
+                agents.rollback()  # the reply comes back as the next turn's text, tokenized as the template gives it
                 if turn == settings.turns:
                     break
-                user_views = [[_system(settings.user_system_prompt(turn, k))] + swap_roles(history)
+                user_views = [[_system(settings.user_system_prompt(turn, k))] + user_window(history, settings)
                               for k, history in zip(ids, histories)]
-                for history, reply in zip(histories, generate_replies(model, tokenizer, user_views, settings)):
+                users = CachedBatch(model, tokenizer.pad_token_id, len(user_views))
+                users.extend([_encode_view(tokenizer, view) for view in user_views])
+                for history, reply in zip(histories, _replies(users, tokenizer, settings, stop_ids)):
                     history.append({"role": "user", "content": reply})
     finally:
         torch.random.set_rng_state(rng_state)
@@ -59,26 +74,22 @@ def swap_roles(messages: list[dict]) -> list[dict]:
     return [{"role": swapped[m["role"]], "content": m["content"]} for m in messages]
 
 
-@torch.no_grad()
-def generate_replies(model, tokenizer, conversations: list[list[dict]], settings: ConversationSettings) -> list[str]:
-    """The next assistant message of each conversation, generated as one left-padded batch."""
-    prompts = [
-        encode_like_lm_eval(tokenizer, tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True))
-        for c in conversations
-    ]
-    input_ids, attention_mask = pad(prompts, tokenizer.pad_token_id, left=True)
-    stop_ids = eos_ids(tokenizer, model)
-    sampling = (dict(do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0)
-                if settings.temperature > 0 else dict(do_sample=False))
-    output = model.generate(
-        input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-        max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=sorted(stop_ids), **sampling,
-    )
-    return [
-        tokenizer.decode(cut_at_eos(row[input_ids.shape[1]:].tolist(), stop_ids), skip_special_tokens=True).strip()
-        for row in output
-    ]
+def user_window(history: list[dict], settings: ConversationSettings) -> list[dict]:
+    """What the simulated user reads: the last `user_context_turns` agent messages and its own replies between
+    them (all of the history for 0), roles swapped. It always opens with an agent message, shown as "user"."""
+    turns = settings.user_context_turns
+    return swap_roles(history[-(2 * turns - 1):] if turns else history)
+
+
+def _encode_view(tokenizer, messages: list[dict]) -> list[int]:
+    return encode_like_lm_eval(tokenizer, tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                        add_generation_prompt=True))
+
+
+def _replies(batch: CachedBatch, tokenizer, settings: ConversationSettings, stop_ids: set[int]) -> list[str]:
+    """The next message of every row of `batch`, as text."""
+    answers = batch.generate(settings.max_new_tokens, settings.temperature, stop_ids)
+    return [tokenizer.decode(cut_at_eos(ids, stop_ids), skip_special_tokens=True).strip() for ids in answers]
 
 
 def check_context(model, tokenizer, system_prompts: list[str], probes: list[str],

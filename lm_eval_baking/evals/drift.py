@@ -131,20 +131,20 @@ def resolve_personas(bake_prompt: str, personas: list[str | Persona] | None = No
     return [match]
 
 
-def prepare_drift_data(bake_dir: str | os.PathLike, personas: list[str | Persona] | None = None, turns: int = 30,
-                       probes_at=DEFAULT_PROBES_AT, *, persona_file: str | os.PathLike | None = None,
-                       max_new_tokens: int = 40, temperature: float = 0.7, seed: int = 0, conversations: int = 5,
-                       progress: bool = True) -> DriftData:
+def prepare_drift_data(bake_dir: str | os.PathLike, personas: list[str | Persona] | None = None,
+                       settings: ConversationSettings | None = None, probes_at=DEFAULT_PROBES_AT, *,
+                       persona_file: str | os.PathLike | None = None, progress: bool = True) -> DriftData:
     """Generate (or reuse) each persona's conversations and write the drift docs into `bake_dir/data/`.
 
     `personas`: names (built-in or from `persona_file`) or Persona objects; by
-    default the persona whose system prompt is the bake's prompt. A stored
+    default the persona whose system prompt is the bake's prompt. `settings`
+    decide the conversations (default: ConversationSettings()). A stored
     conversation is reused when its system prompt and settings match.
     """
     folder = BakeDir(bake_dir)
     record = folder.record()
-    settings = ConversationSettings(turns, max_new_tokens, temperature, seed, conversations)
-    probes_at = _check_probes_at(probes_at, turns)
+    settings = settings or ConversationSettings()
+    probes_at = _check_probes_at(probes_at, settings.turns)
     chosen = resolve_personas(record.prompt, personas, persona_file)
     base_model = record.base_path
     stored = _read_conversations(folder)

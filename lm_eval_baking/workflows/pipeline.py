@@ -143,7 +143,7 @@ def run_pipeline(recipe: Recipe, *, overwrite: bool = False, progress: bool = Tr
     with timed("export"):
         adapter = export_chain(base, chain, output / "adapter", overwrite=True)
     with timed("lm_eval"):
-        _validate(recipe, base, adapter, references)
+        _validate(recipe, base, adapter, references, progress)
     with timed("report"):
         report = build_report([output / "lm_eval", output / "stages"], output / "report",
                               title=f"lm-eval-baking pipeline: {recipe.source or output}",
@@ -198,7 +198,7 @@ def _pursued_against_prompt(recipe: Recipe, base_teacher: BaseTeacher, model, to
     return out
 
 
-def _validate(recipe: Recipe, base: str, adapter: Path, references: dict[str, Path]) -> None:
+def _validate(recipe: Recipe, base: str, adapter: Path, references: dict[str, Path], progress: bool) -> None:
     """The real lm_eval CLI: MC-KL for every stage's prompt, drift and forgetting as the recipe asks."""
     v, lm_eval_dir = recipe.validation, recipe.output / "lm_eval"
     common = dict(base=base, device=v.device, batch_size=v.batch_size, log_samples=True)
@@ -213,10 +213,7 @@ def _validate(recipe: Recipe, base: str, adapter: Path, references: dict[str, Pa
     if v.drift:
         d = v.drift
         reference = references[d.stage]
-        conversation = d.conversations
-        prepare_drift_data(reference, [d.persona], conversation.turns, d.probes_at,
-                           max_new_tokens=conversation.max_new_tokens, temperature=conversation.temperature,
-                           seed=conversation.seed, conversations=conversation.conversations, progress=False)
+        prepare_drift_data(reference, [d.persona], d.conversations, d.probes_at, progress=progress)
         metadata = {"bake": str(reference), "sampled_answers": d.sampled_answers}
         prompt = next(s.prompt for s in recipe.stages if s.name == d.stage)
         docs = [reference / "data" / "drift_docs.jsonl"]

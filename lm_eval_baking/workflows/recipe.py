@@ -206,14 +206,15 @@ def _validation(raw, stage_names: list[str]) -> Validation:
     if top.get("drift") is not None:
         drift = _mapping(top["drift"], "validation.drift",
                          {"stage", "persona", "max_drift", "min_adherence", "conversations", "turns",
-                          "max_new_tokens", "temperature", "seed", "probes_at", "sampled_answers"})
+                          "max_new_tokens", "temperature", "seed", "user_context_turns", "probes_at", "sampled_answers"})
         stage = _text(drift.get("stage"), "validation.drift.stage")
         if stage not in stage_names:
             raise RecipeError(f"recipe key 'validation.drift.stage': no stage {quoted(stage)}; use one of "
                               f"{listed(stage_names)}")
         try:
             conversations = ConversationSettings(**{k: drift[k] for k in
-                                                    ("conversations", "turns", "max_new_tokens", "temperature", "seed")
+                                                    ("conversations", "turns", "max_new_tokens", "temperature", "seed",
+                                                     "user_context_turns")
                                                     if k in drift})
         except (BakingError, TypeError) as e:
             raise RecipeError(f"recipe key 'validation.drift': {e}") from None

@@ -14,7 +14,7 @@ from lm_eval_baking import BakeConfig, BakingError, bake
 from lm_eval_baking.cli import evaluating
 from lm_eval_baking.constants import CONVERSATIONS as CONVERSATIONS_FILE, DRIFT_DOCS as DOCS_FILE
 from lm_eval_baking.evals.config import ConversationSettings
-from lm_eval_baking.evals.conversations import generate_conversations, swap_roles
+from lm_eval_baking.evals.conversations import generate_conversations, swap_roles, user_window
 from lm_eval_baking.evals.drift import TASK_NAME, first_turn_adherence, lm_eval_commands, prepare_drift_data
 from lm_eval_baking.evals.lm_tasks import drift_dataset as load_drift_dataset
 from lm_eval_baking.results.drift import adherence_curve
@@ -27,7 +27,7 @@ from lm_eval_baking.evals.similarity import reference_similarity
 from conftest import PIRATE
 
 # Tiny turns keep 25 turns inside the tiny model's 512-token context and the test fast.
-TINY_TURNS = dict(turns=25, probes_at=(1, 3, 25), max_new_tokens=2, conversations=1)
+TINY_TURNS = dict(settings=ConversationSettings(turns=25, max_new_tokens=2, conversations=1), probes_at=(1, 3, 25))
 
 GOOD_AND_BAD = {
     "pirate": ("**Ahoy!** The sea be calm, matey.", "Hello! The sea is calm."),
@@ -133,6 +133,60 @@ def test_conversations_alternate_without_system_prompt_and_are_seeded(tiny_model
         assert messages[0]["content"] == settings.opener
 
 
+def _conversations_by_rereading(model, tokenizer, system_prompts, settings):
+    """The oracle: every turn of both sides re-reads its whole view through a plain generate() call."""
+    import torch
+
+    from lm_eval_baking.core.batching import pad
+    from lm_eval_baking.core.sampling import cut_at_eos, eos_ids
+
+    def replies(views):
+        prompts = [tokenizer.encode(tokenizer.apply_chat_template(v, tokenize=False, add_generation_prompt=True))
+                   for v in views]
+        ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
+        stop = eos_ids(tokenizer, model)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
+                             do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
+        return [tokenizer.decode(cut_at_eos(r[ids.shape[1]:].tolist(), stop), skip_special_tokens=True).strip()
+                for r in out]
+
+    histories = [[{"role": "user", "content": settings.opener_of(0)}] for _ in system_prompts]
+    torch.manual_seed(settings.seed)
+    for turn in range(1, settings.turns + 1):
+        views = [[{"role": "system", "content": p}] + h for p, h in zip(system_prompts, histories)]
+        for h, r in zip(histories, replies(views)):
+            h.append({"role": "assistant", "content": r})
+        if turn < settings.turns:
+            views = [[{"role": "system", "content": settings.user_system_prompt(turn)}] + swap_roles(h)
+                     for h in histories]
+            for h, r in zip(histories, replies(views)):
+                h.append({"role": "user", "content": r})
+    return histories
+
+
+def test_cached_conversations_are_the_ones_rereading_every_turn_gives(tiny_model_dir):
+    """With the simulated user reading the whole history, keeping the agents' cache changes nothing (fp32)."""
+    from lm_eval_baking.core.models import load_model
+
+    model, tokenizer = load_model(tiny_model_dir)
+    prompts = [PIRATE, "Always respond in French.", "Be brief."]
+    settings = ConversationSettings(turns=6, max_new_tokens=5, seed=3, user_context_turns=0)
+    assert generate_conversations(model, tokenizer, prompts, settings, progress=False) == \
+        _conversations_by_rereading(model, tokenizer, prompts, settings)
+
+
+def test_the_simulated_user_reads_its_last_turns_with_roles_swapped():
+    history = [{"role": "user", "content": f"u{i}"} if i % 2 == 0 else {"role": "assistant", "content": f"a{i}"}
+               for i in range(6)]
+    assert user_window(history, ConversationSettings(user_context_turns=2)) == [
+        {"role": "user", "content": "a3"}, {"role": "assistant", "content": "u4"}, {"role": "user", "content": "a5"}]
+    assert user_window(history, ConversationSettings(user_context_turns=0)) == swap_roles(history)
+    assert user_window(history[:2], ConversationSettings(user_context_turns=5)) == swap_roles(history[:2])
+    with pytest.raises(BakingError, match="--user-context-turns must be 0"):
+        ConversationSettings(user_context_turns=-1)
+
+
 def test_first_turn_adherence_reports_prompted_and_unprompted_rates(tiny_model_dir):
     from lm_eval_baking.core.models import load_model
 
@@ -169,8 +223,7 @@ def test_drift_data_holds_the_conversation_and_one_doc_per_turn_and_probe(pirate
 
 def test_drift_data_reuses_a_matching_conversation(pirate_bake):
     conversation = (pirate_bake / CONVERSATIONS_FILE).read_text()
-    data = prepare_drift_data(pirate_bake, turns=25, probes_at=(0, 25), max_new_tokens=2, conversations=1,
-                              progress=False)
+    data = prepare_drift_data(pirate_bake, settings=TINY_TURNS["settings"], probes_at=(0, 25), progress=False)
     assert data.generated == [] and data.n_docs == 2 * len(DEFAULT_PROBES)
     assert (pirate_bake / CONVERSATIONS_FILE).read_text() == conversation
     prepare_drift_data(pirate_bake, **TINY_TURNS, progress=False)  # restore the docs other tests use
@@ -178,8 +231,8 @@ def test_drift_data_reuses_a_matching_conversation(pirate_bake):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(personas=["ninja"]), "unknown persona 'ninja'"),
-    (dict(turns=3, probes_at=(1, 5)), "between 0 and --turns 3"),
-    (dict(turns=400, probes_at=(1,), max_new_tokens=40), "context"),
+    (dict(settings=ConversationSettings(turns=3), probes_at=(1, 5)), "between 0 and --turns 3"),
+    (dict(settings=ConversationSettings(turns=400, max_new_tokens=40), probes_at=(1,)), "context"),
 ])
 def test_drift_data_bad_inputs(pirate_bake, kwargs, message):
     with pytest.raises(BakingError, match=message):

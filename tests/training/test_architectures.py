@@ -133,3 +133,39 @@ def test_adapter_loads_through_the_lm_eval_cli(kind, architecture_dirs, architec
     scored = json.loads(results_file.read_text())["results"]["baking_mckl"]
     assert scored["kl_per_token,none"] == pytest.approx(
         result.final_kl.per_token, abs=3 * scored["kl_per_token_stderr,none"] + 1e-3)
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_TARGETS))
+def test_cached_batch_continues_exactly_as_generate_does(kind, default_model_dir):
+    """The KV cache kept across calls (prefix shared, rows fed unequal chunks, padding in the middle, a rollback)
+    samples the tokens one generate() call over the whole sequences samples, on every architecture (fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lm_eval_baking.core.batching import pad
+    from lm_eval_baking.core.kv_batch import CachedBatch
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_architecture_config(kind, tokenizer)).eval()
+    rows = [tokenizer.encode("Hello there, how are you doing today? I am"), tokenizer.encode("The sea is"),
+            tokenizer.encode("One two three four five six")]
+    stop = {tokenizer.eos_token_id}
+    batch = CachedBatch(model, tokenizer.pad_token_id, len(rows))
+    batch.extend([rows[0][:3], rows[1], []])
+    batch.extend([rows[0][3:], [], rows[2]])
+    ids, mask = pad(rows, tokenizer.pad_token_id, left=True)
+    for temperature in (0.0, 0.8):
+        torch.manual_seed(1)
+        cached = batch.generate(7, temperature, stop)
+        batch.rollback()
+        torch.manual_seed(1)
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else \
+            dict(do_sample=False)
+        plain = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=7, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=sorted(stop), **sampling)
+        assert cached == [row[ids.shape[1]:].tolist() for row in plain], temperature
+    assert batch.tokens == rows
+    assert batch.sync([rows[0] + [5], rows[1], rows[2][:2]]) is False  # row 2 shrank: read again from scratch
+    assert batch.tokens == [rows[0] + [5], rows[1], rows[2][:2]]
+    assert batch.sync([rows[0] + [5, 6], rows[1] + [7], rows[2][:2]]) is True

@@ -1,0 +1,92 @@
+"""Benchmark: a training step alone and next to one busy process, under several thread settings.
+
+A bake's training step (the default model with the default LoRA, bf16
+autocast, batch 8 of 64-token sequences, forward, backward, AdamW) is timed
+in a fresh process per setting: once on the idle machine, once next to a
+neighbour that keeps the CPUs busy as a niced test run does (`nice -n 10`, a
+matmul loop on torch's default threads). The ratio busy / idle is what the
+neighbour costs; a fair share on 2 cores is about 2x.
+
+    python bench/contention.py            # writes bench/results/contention.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SETTINGS = {
+    "default (torch's threads, OpenMP's default wait policy)": {},
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
+}
+NEIGHBOUR = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
+STEPS = 4
+
+
+def step_times() -> list[float]:
+    """Seconds per training step, after one warm-up step (run in the worker process)."""
+    import torch
+
+    from lm_eval_baking import BakeConfig
+    from lm_eval_baking.core import models
+    from lm_eval_baking.training.baker import attach_lora
+
+    config = BakeConfig(prompt="x")
+    model, _ = models.load_model(models.resolve_model(config.model), device="cpu")
+    model = attach_lora(model, config)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    torch.manual_seed(0)
+    ids = torch.randint(100, 10000, (8, 64))
+    times = []
+    for _ in range(STEPS + 1):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def timed(env: dict, busy: bool) -> dict:
+    neighbour = subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", NEIGHBOUR]) if busy else None
+    try:
+        time.sleep(2 if busy else 0)
+        out = subprocess.run([sys.executable, __file__, "--worker"], env={**os.environ, **env}, check=True,
+                             capture_output=True, text=True).stdout
+    finally:
+        if neighbour:
+            neighbour.kill()
+            neighbour.wait()
+    times = json.loads(out.strip().splitlines()[-1])
+    return {"median_s": statistics.median(times), "steps_s": times}
+
+
+def main() -> None:
+    results = {}
+    for name, env in SETTINGS.items():
+        idle, busy = timed(env, False), timed(env, True)
+        results[name] = {"env": env, "idle": idle, "busy": busy, "ratio": busy["median_s"] / idle["median_s"]}
+        print(f"{name}: idle {idle['median_s']:.2f} s, busy {busy['median_s']:.2f} s, "
+              f"ratio {results[name]['ratio']:.2f}x", flush=True)
+    fastest_idle = min(r["idle"]["median_s"] for r in results.values())
+    print("| setting | step, idle | step, next to a busy process | busy / idle | idle vs the fastest idle |\n"
+          "| --- | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        print(f"| {name} | {r['idle']['median_s']:.2f} s | {r['busy']['median_s']:.2f} s | {r['ratio']:.2f}x "
+              f"| {r['idle']['median_s'] / fastest_idle:.2f}x |")
+    Path("bench/results/contention.json").write_text(json.dumps({"steps": STEPS, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        print(json.dumps(step_times()))
+    else:
+        main()
