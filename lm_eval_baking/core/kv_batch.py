@@ -36,15 +36,18 @@ class CachedBatch:
 
     def __init__(self, model, pad_id: int, rows: int):
         self.model, self.pad_id, self.rows = model, pad_id, rows
-        self.cache = DynamicCache(config=model.config)
-        self.mask = torch.zeros((rows, 0), dtype=torch.long)
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
-        self._next_logits: torch.Tensor | None = None
+        self._empty()
         # Read the signature through a PEFT wrapper, whose forward takes **kwargs.
         core = model.get_base_model() if hasattr(model, "get_base_model") else model
         accepted = inspect.signature(core.forward).parameters
         self._keep_last = "logits_to_keep" in accepted
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.x
+
+    def _empty(self) -> None:
+        self.cache = DynamicCache(config=self.model.config)
+        self.mask = torch.zeros((self.rows, 0), dtype=torch.long)
+        self.tokens: list[list[int]] = [[] for _ in range(self.rows)]
+        self._next_logits: torch.Tensor | None = None
 
     @torch.no_grad()
     def extend(self, chunks: list[list[int]]) -> None:
@@ -80,7 +83,7 @@ class CachedBatch:
         if all(seq[:len(held)] == held for seq, held in zip(sequences, self.tokens)):
             self.extend([seq[len(held):] for seq, held in zip(sequences, self.tokens)])
             return True
-        self.__init__(self.model, self.pad_id, self.rows)
+        self._empty()
         self.extend(sequences)
         return False
 
@@ -118,7 +121,7 @@ class CachedBatch:
         if generated and self.cache.is_croppable:
             self.cache.crop(-generated)  # a negative count removes that many columns
             self.mask = self.mask[:, :width]
-        else:  # e.g. sliding-window layers: hide the generated columns instead of removing them
+        elif generated:  # e.g. sliding-window layers: hide the generated columns instead of removing them
             self.mask[:, width:] = 0
         for row, n in enumerate(lengths):
             del self.tokens[row][n:]
