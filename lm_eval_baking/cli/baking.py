@@ -72,8 +72,9 @@ def bake_config(args, prompt: str | None = None) -> BakeConfig:
 
 
 def _run_model(args) -> None:
-    from ..core.models import resolve_model
+    from ..core.models import model_config, resolve_model
 
+    model_config(args.name)  # a name that is no loadable model is an error, not a path to print
     print(resolve_model(args.name))
 
 

@@ -82,7 +82,7 @@ class ComposeSettings:
                               "{prompt} (write other braces as {{ and }})") from None
         if isinstance(self.replay_weight, bool) or not isinstance(self.replay_weight, (int, float)) \
                 or not 0 < self.replay_weight < 1:
-            raise BakingError(f"compose replay_weight must be a share between 0 and 1, e.g. 0.5 "
+            raise BakingError(f"the replay weight (--replay-weight, recipe compose.replay_weight) must be a share between 0 and 1, e.g. 0.5 "
                               f"(got {quoted(self.replay_weight)})")
 
     def joined(self, prompts: list[str]) -> str:

@@ -174,11 +174,28 @@ def model_skeleton(name_or_path: str | os.PathLike | None, *, trust_remote_code:
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+_WHAT_WORKS = "pass a local HF model directory, a HF id already in the local cache, or 'default'"
+
+
 def _unknown_model(path: str, cause: Exception) -> BakingError:
-    return BakingError(
-        f"cannot load model '{path}' ({first_line(cause)}); pass a local HF model directory, "
-        "a HF id already in the local cache, or 'default'"
-    )
+    # Say what is wrong with a local folder in our words: transformers' own line for a missing folder is about
+    # hub repo ids, and for a folder without tokenizer files it lists nothing.
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        return BakingError(f"model folder {path} has no config.json, so it is not a HF model directory; {_WHAT_WORKS}")
+    if folder.is_dir():
+        try:
+            json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            return BakingError(f"model folder {path} has a config.json that cannot be read ({first_line(e, 80)}); "
+                               "re-save the model with save_pretrained, or pass another model")
+    if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return BakingError(f"model folder {path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the "
+                           "tokenizer into it with tokenizer.save_pretrained, or pass another model")
+    if not folder.exists() and (folder.is_absolute() or str(path).startswith((".", "~")) or str(path).count("/") > 1):
+        return BakingError(f"model folder {path} does not exist; {_WHAT_WORKS}")
+    return BakingError(f"cannot load model '{path}' ({first_line(cause)}); {_WHAT_WORKS}")
 
 
 def model_fingerprint(name_or_path: str | os.PathLike | None) -> str:

@@ -131,7 +131,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def parse_recipe(data, *, base_dir: Path = Path("."), source: Path | None = None) -> Recipe:
     """A Recipe from already-parsed YAML/JSON; relative paths are taken from `base_dir` (default: here)."""
-    top = _mapping(data, "the recipe", {"model", "output", "stages", "cycles", "compose", "bake", "validation"})
+    top = _mapping(data, None, {"model", "output", "stages", "cycles", "compose", "bake", "validation"})
     model = _text(top.get("model", DEFAULT_MODEL), "model")
     if "output" not in top:
         raise RecipeError("recipe key 'output' is missing; name the folder the pipeline writes to, e.g. "
@@ -249,13 +249,14 @@ def _validation(raw, stage_names: list[str]) -> Validation:
 # ---------------------------------------------------------------------------- typed reads with one-line errors
 
 
-def _mapping(value, where: str, allowed: set[str]) -> dict:
+def _mapping(value, where: str | None, allowed: set[str]) -> dict:
+    """`value` as a mapping with only `allowed` keys; `where` is its recipe key (None: the whole recipe)."""
+    what = f"recipe key '{where}'" if where else "the recipe"
     if not isinstance(value, dict):
-        raise RecipeError(f"recipe key '{where}' must be a mapping of settings, not {quoted(value, 40)}")
+        raise RecipeError(f"{what} must be a mapping of settings, not {quoted(value, 40)}")
     unknown = sorted(str(k) for k in value if k not in allowed)
     if unknown:
-        raise RecipeError(f"recipe key '{where}' has unknown setting {quoted(unknown[0])}; use one of "
-                          f"{listed(sorted(allowed))}")
+        raise RecipeError(f"{what} has unknown setting {quoted(unknown[0])}; use one of {listed(sorted(allowed))}")
     return value
 
 
