@@ -269,12 +269,3 @@ def model_context_length(model) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 2048
-
-
-def describe(name_or_path) -> dict:
-    path = resolve_model(name_or_path)
-    config = Path(path) / "config.json"
-    info = {"name_or_path": path}
-    if config.is_file():
-        info["model_type"] = json.loads(config.read_text()).get("model_type")
-    return info

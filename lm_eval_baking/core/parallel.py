@@ -100,9 +100,6 @@ class Workers:
         else:
             loss.backward()
 
-    def unwrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module if not self.distributed else self.accelerator.unwrap_model(module)
-
     @property
     def sharded(self) -> bool:
         """The engine shards parameters (FSDP, DeepSpeed): saving and resuming need gathered weights."""

@@ -73,10 +73,6 @@ class BakePrompt:
         messages.append({"role": "user", "content": question})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    @property
-    def is_empty(self) -> bool:
-        return not self.messages and not self.text
-
 
 def as_bake_prompt(prompt, tokenizer) -> BakePrompt:
     """A BakePrompt from what callers pass as `system_prompt`: a BakePrompt, a string, messages, or None."""

@@ -194,7 +194,7 @@ class PromptBaker:
         return batches
 
     def train_epoch(self, trajectories: list[Trajectory], epoch: int, *, start: int = 0,
-                    losses: list[float] | None = None, epochs: int | None = None,
+                    losses: list[float] | None = None,
                     after_step: Callable[[int, list[float]], None] | None = None) -> float:
         """One pass over `trajectories` in a seeded random order; returns the mean loss.
 
@@ -211,7 +211,7 @@ class PromptBaker:
         losses = list(losses or [])
         batches = self.batches(trajectories, epoch)
         show = self.progress and self.workers.is_main
-        bar = tqdm(batches[start:], desc=f"epoch {epoch}/{epochs or self.config.epochs}", unit="step",
+        bar = tqdm(batches[start:], desc=f"epoch {epoch}/{self.config.epochs}", unit="step",
                    disable=not show, initial=start, total=len(batches))
         for step, batch in enumerate(bar, start + 1):
             loss = self._step(batch)
