@@ -17,7 +17,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path[:0] = [str(Path(__file__).parents[1] / "tests"), str(Path(__file__).parents[1] / "tests" / "training")]
-from test_architectures import EXPECTED_TARGETS, tiny_architecture_config  # noqa: E402  one config per family
+from conftest import tiny_architecture_config  # noqa: E402  one config per family
+from test_architectures import EXPECTED_TARGETS  # noqa: E402
 
 from lm_eval_baking.core.batching import pad  # noqa: E402
 from lm_eval_baking.core.kv_batch import CachedBatch  # noqa: E402

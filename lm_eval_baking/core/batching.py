@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .prefix_cache import SharedPrefix
+
 
 def pad(sequences: list[list[int]], pad_id: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask) of token sequences padded to the longest; left padding is what generation needs."""
@@ -57,17 +59,22 @@ def paired_batch(teacher_prefixes: list[list[int]], student_prefixes: list[list[
     return PairedBatch(*side(teacher_prefixes), *side(student_prefixes))
 
 
-def answer_logits(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def answer_logits(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                  prefix: SharedPrefix | None = None) -> torch.Tensor:
     """[N, V] logits at the answer positions only.
 
     The LM head (a V x d matmul, the biggest single cost for a small model)
-    runs on answer positions alone when the model exposes its decoder.
+    runs on answer positions alone when the model exposes its decoder. With a
+    `prefix` that every row starts with (frozen weights only: the teacher),
+    the prefix's tokens are not read again.
     """
     split = decoder_and_head(model)
     if split is None:
         device = model.device
+        if prefix is not None and prefix.fits(ids, mask, positions):
+            return model(**prefix.inputs_after(model, ids, mask)).logits[positions[:, len(prefix):].to(device)]
         return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[positions.to(device)]
-    return split[1](answer_states(model, ids, mask, positions))
+    return split[1](answer_states(model, ids, mask, positions, prefix))
 
 
 def decoder_and_head(model):
@@ -79,10 +86,14 @@ def decoder_and_head(model):
     return decoder, head
 
 
-def answer_states(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def answer_states(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                  prefix: SharedPrefix | None = None) -> torch.Tensor:
     """[N, d] final hidden states at the answer positions (the LM head's input). Needs `decoder_and_head`."""
     device = model.device
     decoder, _ = decoder_and_head(model)
+    if prefix is not None and prefix.fits(ids, mask, positions):
+        states = decoder(**prefix.inputs_after(decoder, ids, mask)).last_hidden_state
+        return states[positions[:, len(prefix):].to(device)]
     states = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     return states[positions.to(device)]
 

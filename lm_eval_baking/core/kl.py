@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .batching import answer_logits, autocast, paired_batch, teacher_mode
 from .chat import encode_like_lm_eval
 from .parallel import SINGLE, Workers
+from .prefix_cache import teacher_prefix
 from .prompts import as_bake_prompt
 
 
@@ -110,6 +111,7 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has
     """
     workers = workers or SINGLE
     prompt = as_bake_prompt(system_prompt, tokenizer)
+    prefix = None if workers.sharded else teacher_prefix(prompt, tokenizer)
 
     def sequence_kls(shard) -> list[tuple[float, int]]:
         def prefixes(prompted: bool):
@@ -128,11 +130,11 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has
             with autocast(model.device, autocast_dtype):
                 if teacher_model is not None:
                     teacher = answer_logits(teacher_model, batch.teacher_ids, batch.teacher_mask,
-                                            batch.teacher_positions)
+                                            batch.teacher_positions, prefix)
                 else:
                     with teacher_mode(model):
                         teacher = answer_logits(model, batch.teacher_ids, batch.teacher_mask,
-                                                batch.teacher_positions)
+                                                batch.teacher_positions, prefix)
                 with teacher_mode(model) if student_is_base else contextlib.nullcontext():
                     student = answer_logits(model, batch.student_ids, batch.student_mask, batch.student_positions)
             per_position = forward_kl(teacher, student, top_k).cpu()

@@ -29,6 +29,7 @@ from transformers import DynamicCache
 
 from ..errors import BakingError
 from .batching import pad
+from .prefix_cache import cache_keyword
 
 
 class CachedBatch:
@@ -39,9 +40,8 @@ class CachedBatch:
         self._empty()
         # Read the signature through a PEFT wrapper, whose forward takes **kwargs.
         core = model.get_base_model() if hasattr(model, "get_base_model") else model
-        accepted = inspect.signature(core.forward).parameters
-        self._keep_last = "logits_to_keep" in accepted
-        self._cache_arg = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.x
+        self._keep_last = "logits_to_keep" in inspect.signature(core.forward).parameters
+        self._cache_arg = cache_keyword(model)
 
     def _empty(self) -> None:
         self.cache = DynamicCache(config=self.model.config)

@@ -13,14 +13,18 @@ from tqdm.auto import tqdm
 from .batching import answer_logits, pad
 from .chat import lm_eval_encode_pair
 from .parallel import SINGLE, Workers
+from .prefix_cache import SharedPrefix, teacher_prefix
 from .prompts import as_bake_prompt
 from .sampling import Trajectory
 
 
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 16,
-                          desc: str = "scoring", progress: bool = True) -> list[tuple[float, int]]:
-    """(sum log-prob, token count) of each continuation given its context, lm_eval-style."""
+                          desc: str = "scoring", progress: bool = True,
+                          prefix: SharedPrefix | None = None) -> list[tuple[float, int]]:
+    """(sum log-prob, token count) of each continuation given its context, lm_eval-style.
+
+    `prefix`: tokens every context starts with, read once (core.prefix_cache; frozen `model` only)."""
     encoded = [lm_eval_encode_pair(tokenizer, ctx, cont) for ctx, cont in pairs]
     results = []
     for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=not progress, leave=False):
@@ -29,7 +33,7 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, bat
         positions = torch.zeros_like(input_ids, dtype=torch.bool)
         for row, (ctx, cont) in enumerate(chunk):
             positions[row, len(ctx) - 1:len(ctx) + len(cont) - 1] = True
-        logprobs = torch.log_softmax(answer_logits(model, input_ids, attention_mask, positions).float(), dim=-1)
+        logprobs = torch.log_softmax(answer_logits(model, input_ids, attention_mask, positions, prefix).float(), dim=-1)
         targets = torch.tensor([token for _, cont in chunk for token in cont], device=logprobs.device)
         token_logprobs = logprobs.gather(-1, targets[:, None]).squeeze(-1).cpu()
         for chunk_logprobs in token_logprobs.split([len(cont) for _, cont in chunk]):
@@ -49,11 +53,11 @@ def score_heldout(model, tokenizer, trajectories: list[Trajectory], system_promp
     plain = [(prompt.context(tokenizer, t.question, prompted=False), t.answer) for t in trajectories]
     progress = progress and workers.is_main
 
-    def scores(pairs, desc):
+    def scores(pairs, desc, prefix=None):
         return workers.map(lambda shard: continuation_logprobs(model, tokenizer, shard, batch_size=batch_size,
-                                                               desc=desc, progress=progress), pairs)
+                                                               desc=desc, progress=progress, prefix=prefix), pairs)
 
-    teacher = scores(prompted, "teacher log-probs")
+    teacher = scores(prompted, "teacher log-probs", None if workers.sharded else teacher_prefix(prompt, tokenizer))
     base = scores(plain, "base log-probs")
     for t, (t_lp, n), (b_lp, _) in zip(trajectories, teacher, base):
         t.teacher_logprob, t.base_logprob, t.n_tokens = t_lp, b_lp, n

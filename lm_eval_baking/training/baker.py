@@ -22,6 +22,7 @@ from ..core.chat import encode_like_lm_eval
 from ..core.kl import KLEstimate, chunked_kl_sum, forward_kl, teacher_topk, token_level_kl, topk_kl
 from ..core.lora_targets import resolve_targets
 from ..core.parallel import SINGLE, Workers
+from ..core.prefix_cache import SharedPrefix, teacher_prefix
 from ..core.prompts import BakePrompt
 from ..core.sampling import Trajectory
 from ..errors import BakingError
@@ -49,9 +50,11 @@ class BakingStep(torch.nn.Module):
     wrapper and its hooks: DDP's gradient all-reduce, FSDP's parameter gathers.
     """
 
-    def __init__(self, model, config: BakeConfig, teacher_model=None):
+    def __init__(self, model, config: BakeConfig, teacher_model=None, teacher_prefix: SharedPrefix | None = None):
         super().__init__()
         self.model = model
+        # The prompt's tokens, read once by the frozen teacher (core.prefix_cache); None reads every context whole.
+        self.teacher_prefix = teacher_prefix
         # A tuple, so torch does not register the frozen teacher as a submodule (its weights must stay out of
         # the optimiser, of accelerate's wrapping and of the saved adapter).
         self._teacher_model = (teacher_model,)
@@ -63,9 +66,9 @@ class BakingStep(torch.nn.Module):
         student's own weights with the adapter off."""
         separate = self._teacher_model[0]
         if separate is not None:
-            return answer_logits(separate, ids, mask, positions)
+            return answer_logits(separate, ids, mask, positions, self.teacher_prefix)
         with teacher_mode(self.model):
-            return answer_logits(self.model, ids, mask, positions)
+            return answer_logits(self.model, ids, mask, positions, self.teacher_prefix)
 
     def forward(self, student_ids, student_mask, student_positions, teacher_ids=None, teacher_mask=None,
                 teacher_positions=None, teacher_top_logp=None, teacher_top_index=None, teacher_top_k: int = 0):
@@ -109,10 +112,12 @@ class PromptBaker:
         self.teacher_model = teacher_model
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-        # Under FSDP the prepared optimiser holds the sharded parameters that replace these.
-        self.step_module, self.optimizer = workers.prepare(BakingStep(model, config, teacher_model), optimizer)
         # The teacher's context is the prompt + question, the student's the question alone, both as lm_eval renders them.
         self.prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
+        # Sharded engines (FSDP, DeepSpeed) gather parameters per forward; the prompt's cache is not tried there.
+        prefix = None if workers.sharded else teacher_prefix(self.prompt, tokenizer)
+        # Under FSDP the prepared optimiser holds the sharded parameters that replace these.
+        self.step_module, self.optimizer = workers.prepare(BakingStep(model, config, teacher_model, prefix), optimizer)
         self._prefix_cache: dict[tuple[str, str | None], list[int]] = {}
         self._replayed_prompts: dict[str, BakePrompt] = {}
         # (question, answer ids) -> teacher top-k (log-probs, token ids) at its answer positions; see cache_teacher.

@@ -14,7 +14,7 @@ import pytest
 from lm_eval_baking import bake, load_bake_record
 from lm_eval_baking.core.harness import tasks_path
 
-from conftest import tiny_config
+from conftest import tiny_architecture_config, tiny_config
 
 LM_EVAL = str(Path(sys.executable).with_name("lm_eval"))
 
@@ -29,25 +29,6 @@ EXPECTED_TARGETS = {
     "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
 }
-
-
-def tiny_architecture_config(kind: str, tokenizer):
-    """A 2-layer, 32-wide config of `kind` whose vocabulary is the default model's tokenizer."""
-    import transformers
-
-    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
-    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=512, **ids)
-    if kind == "gpt2":
-        return transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **ids)
-    if kind == "gpt_neox":
-        return transformers.GPTNeoXConfig(**common)
-    config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-                    "phi3": transformers.Phi3Config, "gemma": transformers.GemmaConfig,
-                    "mistral": transformers.MistralConfig}[kind]
-    extra = {"head_dim": 8} if kind == "gemma" else {}
-    return config_class(num_key_value_heads=2, **common, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from lm_eval_baking import BakeConfig, BakingError, PromptBaker, bake
 from lm_eval_baking.training.baker import attach_lora
 from lm_eval_baking.core.kl import chunked_kl_sum, forward_kl, teacher_topk, topk_kl
 from lm_eval_baking.core.models import load_model
+from lm_eval_baking.core.prefix_cache import teacher_prefix
 from lm_eval_baking.core.questions import load_questions
 from lm_eval_baking.core.sampling import Trajectory, sample_trajectories
 
@@ -71,7 +72,9 @@ def test_top_k_captured_while_sampling_is_the_teacher_and_skips_its_forward(tiny
     assert len(forwards) == 1, "the student's forward only: the teacher came from sampling"
     plain = [Trajectory(question=t.question, answer=t.answer, answer_ids=t.answer_ids) for t in sampled]
     computed = PromptBaker(model, tokenizer, config, progress=False).compute_loss(plain)
-    assert len(forwards) == 3, "without the capture, the teacher runs"
+    assert teacher_prefix(config.prompt, tokenizer) is not None
+    assert len(forwards) == 4, "without the capture, the teacher runs: over its prompt once (the prefix cache), " \
+                               "then over the rest, and the student"
     # Captured before temperature: the same teacher as the full forward, up to KV-cache and padding rounding.
     assert captured.item() == pytest.approx(computed.item(), rel=1e-4)
 

@@ -1,0 +1,111 @@
+"""A long system prompt read once: the shared-prefix KV cache (core/prefix_cache.py) against reading it whole.
+
+Same run, same model (the default, fp32 weights), same 16 questions with
+fixed 32-token answers, each pass timed old/new alternately and the best of
+`--repeats` kept. Prints and writes bench/results/long_prompts.json:
+- teacher log-probs (held-out scoring): seconds old/new and the largest log-prob difference;
+- held-out KL (token_level_kl, fp32, full vocabulary): seconds old/new and the two KLs;
+- one training step (loss + backward, bf16 autocast, batch 8): seconds old/new and the two losses.
+
+    python bench/long_prompts.py [--prompt-file bench/data/tool_instruction.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import lm_eval_baking.core.kl as kl_module
+from lm_eval_baking import BakeConfig, PromptBaker
+from lm_eval_baking.core.chat import encode_like_lm_eval
+from lm_eval_baking.core.models import load_model
+from lm_eval_baking.core.prefix_cache import teacher_prefix
+from lm_eval_baking.core.prompts import as_bake_prompt
+from lm_eval_baking.core.questions import load_questions
+from lm_eval_baking.core.sampling import Trajectory
+from lm_eval_baking.core.scoring import continuation_logprobs
+from lm_eval_baking.training.baker import attach_lora
+
+HERE = Path(__file__).parent
+ANSWER = "Thank you for your message. I have looked at your parcel and it is on its way; it should arrive soon."
+
+
+def best_of(repeats: int, old, new) -> tuple[float, float, object, object]:
+    """Best wall time of old() and new(), run alternately, and each one's last result."""
+    times = {"old": [], "new": []}
+    results = {}
+    for _ in range(repeats):
+        for name, run in (("old", old), ("new", new)):
+            start = time.perf_counter()
+            results[name] = run()
+            times[name].append(time.perf_counter() - start)
+    return min(times["old"]), min(times["new"]), results["old"], results["new"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt-file", type=Path, default=HERE / "data" / "tool_instruction.txt")
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    prompt_text = args.prompt_file.read_text()
+    model, tokenizer = load_model("default")
+    prompt = as_bake_prompt(prompt_text, tokenizer)
+    prefix = teacher_prefix(prompt, tokenizer)
+    answer_ids = tokenizer.encode(ANSWER, add_special_tokens=False)[:32]
+    questions = [q.text for q in load_questions()[:args.questions]]
+    heldout = [Trajectory(question=q, answer=tokenizer.decode(answer_ids), answer_ids=answer_ids) for q in questions]
+    pairs = [(prompt.context(tokenizer, q), tokenizer.decode(answer_ids)) for q in questions]
+    out = {"command": "python bench/long_prompts.py", "prompt_file": str(args.prompt_file.relative_to(HERE.parent)),
+           "prompt_tokens_with_template": len(encode_like_lm_eval(tokenizer, prompt.context(tokenizer, questions[0]))),
+           "shared_prefix_tokens": len(prefix), "questions": len(questions), "answer_tokens": len(answer_ids),
+           "threads": torch.get_num_threads()}
+
+    def scoring(with_prefix):
+        return lambda: continuation_logprobs(model, tokenizer, pairs, batch_size=16, progress=False,
+                                             prefix=prefix if with_prefix else None)
+    old_s, new_s, old_r, new_r = best_of(args.repeats, scoring(False), scoring(True))
+    out["teacher_logprobs"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s,
+                               "max_abs_logprob_difference": max(abs(a[0] - b[0]) for a, b in zip(old_r, new_r))}
+
+    config = BakeConfig(prompt=prompt_text, model="default", batch_size=8, questions=None)
+    peft_model = attach_lora(model, config)
+    real_prefix = kl_module.teacher_prefix
+
+    def heldout_kl(with_prefix):
+        def run():
+            kl_module.teacher_prefix = real_prefix if with_prefix else (lambda *_: None)
+            try:
+                return kl_module.token_level_kl(peft_model, tokenizer, heldout, prompt_text, batch_size=16,
+                                                progress=False).per_token
+            finally:
+                kl_module.teacher_prefix = real_prefix
+        return run
+    old_s, new_s, old_r, new_r = best_of(args.repeats, heldout_kl(False), heldout_kl(True))
+    out["heldout_kl"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s, "kl_old": old_r, "kl_new": new_r}
+
+    baker = PromptBaker(peft_model, tokenizer, config, progress=False)
+    batch = heldout[:8]
+
+    def step(with_prefix):
+        def run():
+            baker.step_module.teacher_prefix = prefix if with_prefix else None
+            peft_model.zero_grad(set_to_none=True)
+            loss = baker.compute_loss(batch)
+            loss.backward()
+            return loss.item()
+        return run
+    old_s, new_s, old_r, new_r = best_of(args.repeats, step(False), step(True))
+    out["training_step"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s, "loss_old": old_r,
+                            "loss_new": new_r}
+    (HERE / "results" / "long_prompts.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
