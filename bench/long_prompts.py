@@ -5,9 +5,12 @@ fixed 32-token answers, each pass timed old/new alternately and the best of
 `--repeats` kept. Prints and writes bench/results/long_prompts.json:
 - teacher log-probs (held-out scoring): seconds old/new and the largest log-prob difference;
 - held-out KL (token_level_kl, fp32, full vocabulary): seconds old/new and the two KLs;
-- one training step (loss + backward, bf16 autocast, batch 8): seconds old/new and the two losses.
+- one training step (loss + backward, bf16 autocast, batch 8): seconds old/new and the two losses;
+- sampling 16 answers of 32 tokens (temperature 1, fp32): seconds with generate() reading each row's prompt
+  against the cached prompt, and whether the same seed drew the same answers.
+`--sections` reruns some of them; the others' stored figures are kept.
 
-    python bench/long_prompts.py [--prompt-file bench/data/tool_instruction.txt]
+    python bench/long_prompts.py [--prompt-file bench/data/tool_instruction.txt] [--sections sampling]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 
 import lm_eval_baking.core.kl as kl_module
+import lm_eval_baking.core.sampling as sampling_module
 from lm_eval_baking import BakeConfig, PromptBaker
 from lm_eval_baking.core.chat import encode_like_lm_eval
 from lm_eval_baking.core.models import load_model
@@ -31,6 +35,7 @@ from lm_eval_baking.core.scoring import continuation_logprobs
 from lm_eval_baking.training.baker import attach_lora
 
 HERE = Path(__file__).parent
+SECTIONS = ("teacher_logprobs", "heldout_kl", "training_step", "sampling")
 ANSWER = "Thank you for your message. I have looked at your parcel and it is on its way; it should arrive soon."
 
 
@@ -51,7 +56,10 @@ def main() -> None:
     parser.add_argument("--prompt-file", type=Path, default=HERE / "data" / "tool_instruction.txt")
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     args = parser.parse_args()
+    stored = HERE / "results" / "long_prompts.json"
+    kept = json.loads(stored.read_text()) if stored.is_file() else {}
     torch.manual_seed(0)
     prompt_text = args.prompt_file.read_text()
     model, tokenizer = load_model("default")
@@ -66,11 +74,14 @@ def main() -> None:
            "shared_prefix_tokens": len(prefix), "questions": len(questions), "answer_tokens": len(answer_ids),
            "threads": torch.get_num_threads()}
 
+    out.update({name: kept[name] for name in SECTIONS if name in kept and name not in args.sections})
+
     def scoring(with_prefix):
         return lambda: continuation_logprobs(model, tokenizer, pairs, batch_size=16, progress=False,
                                              prefix=prefix if with_prefix else None)
-    old_s, new_s, old_r, new_r = best_of(args.repeats, scoring(False), scoring(True))
-    out["teacher_logprobs"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s,
+    if "teacher_logprobs" in args.sections:
+        old_s, new_s, old_r, new_r = best_of(args.repeats, scoring(False), scoring(True))
+        out["teacher_logprobs"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s,
                                "max_abs_logprob_difference": max(abs(a[0] - b[0]) for a, b in zip(old_r, new_r))}
 
     config = BakeConfig(prompt=prompt_text, model="default", batch_size=8, questions=None)
@@ -86,8 +97,9 @@ def main() -> None:
             finally:
                 kl_module.teacher_prefix = real_prefix
         return run
-    old_s, new_s, old_r, new_r = best_of(args.repeats, heldout_kl(False), heldout_kl(True))
-    out["heldout_kl"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s, "kl_old": old_r, "kl_new": new_r}
+    if "heldout_kl" in args.sections:
+        old_s, new_s, old_r, new_r = best_of(args.repeats, heldout_kl(False), heldout_kl(True))
+        out["heldout_kl"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s, "kl_old": old_r, "kl_new": new_r}
 
     baker = PromptBaker(peft_model, tokenizer, config, progress=False)
     batch = heldout[:8]
@@ -100,10 +112,28 @@ def main() -> None:
             loss.backward()
             return loss.item()
         return run
-    old_s, new_s, old_r, new_r = best_of(args.repeats, step(False), step(True))
-    out["training_step"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s, "loss_old": old_r,
-                            "loss_new": new_r}
-    (HERE / "results" / "long_prompts.json").write_text(json.dumps(out, indent=2) + "\n")
+    if "training_step" in args.sections:
+        old_s, new_s, old_r, new_r = best_of(args.repeats, step(False), step(True))
+        out["training_step"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s, "loss_old": old_r,
+                                "loss_new": new_r}
+
+    def sampling(with_prefix):
+        def run():
+            sampling_module.teacher_prefix = real_sampling_prefix if with_prefix else (lambda *_: None)
+            try:
+                return [t.answer_ids for t in sampling_module.sample_trajectories(
+                    model, tokenizer, load_questions()[:args.questions], system_prompt=prompt_text,
+                    max_new_tokens=32, temperature=1.0, seed=0, batch_size=16, progress=False)]
+            finally:
+                sampling_module.teacher_prefix = real_sampling_prefix
+        return run
+    real_sampling_prefix = sampling_module.teacher_prefix
+    if "sampling" in args.sections:
+        old_s, new_s, old_r, new_r = best_of(args.repeats, sampling(False), sampling(True))
+        out["sampling"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s,
+                           "same_answers": old_r == new_r,
+                           "answers_equal": sum(a == b for a, b in zip(old_r, new_r)), "answers": len(old_r)}
+    stored.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

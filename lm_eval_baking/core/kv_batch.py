@@ -23,13 +23,14 @@ included), so the same seed draws the same random numbers.
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
 
 from ..errors import BakingError
 from .batching import pad
-from .prefix_cache import cache_keyword
+from .prefix_cache import SharedPrefix, cache_keyword
 
 
 class CachedBatch:
@@ -42,6 +43,15 @@ class CachedBatch:
         core = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._keep_last = "logits_to_keep" in inspect.signature(core.forward).parameters
         self._cache_arg = cache_keyword(model)
+
+    @classmethod
+    def after(cls, model, pad_id: int, rows: int, prefix: SharedPrefix) -> "CachedBatch":
+        """A batch whose every row already holds `prefix`, from a copy of its cache (frozen `model` only)."""
+        batch = cls(model, pad_id, rows)
+        batch.cache = prefix.copied_cache(model, rows)
+        batch.mask = torch.ones((rows, len(prefix)), dtype=torch.long)
+        batch.tokens = [list(prefix.tokens) for _ in range(rows)]
+        return batch
 
     def _empty(self) -> None:
         self.cache = DynamicCache(config=self.model.config)
@@ -88,10 +98,12 @@ class CachedBatch:
         return False
 
     @torch.no_grad()
-    def generate(self, max_new_tokens: int, temperature: float, stop_ids: set[int]) -> list[list[int]]:
+    def generate(self, max_new_tokens: int, temperature: float, stop_ids: set[int],
+                 on_logits: Callable[[torch.Tensor], None] | None = None) -> list[list[int]]:
         """Sample up to `max_new_tokens` from every row (temperature 0 = greedy); each row ends after a stop id.
 
-        The generated tokens stay in the cache until `rollback`.
+        `on_logits` sees each step's [rows, V] fp32 logits before temperature (generate()'s logits processors
+        see the same). The generated tokens stay in the cache until `rollback`.
         """
         if self._next_logits is None:
             raise BakingError("nothing to continue: extend the batch before generating")
@@ -100,6 +112,8 @@ class CachedBatch:
         answers: list[list[int]] = [[] for _ in range(self.rows)]
         for step in range(max_new_tokens):
             logits = self._next_logits
+            if on_logits is not None:
+                on_logits(logits)
             if temperature > 0:
                 picked = torch.multinomial(torch.softmax(logits / temperature, dim=-1), num_samples=1).squeeze(1)
             else:

@@ -73,18 +73,27 @@ class SharedPrefix:
         key = (id(module), torch.is_autocast_enabled(), torch.get_autocast_dtype(module.device.type)
                if torch.is_autocast_enabled() else None)
         if key not in self._caches:
+            core = module.get_base_model() if hasattr(module, "get_base_model") else module
+            # A causal LM would compute the logits of every prefix position; none of them is wanted.
+            head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(core.forward).parameters else {}
             with torch.no_grad():
-                self._caches[key] = returned_cache(module(input_ids=self._ids[None].to(module.device), use_cache=True))
+                self._caches[key] = returned_cache(module(input_ids=self._ids[None].to(module.device), use_cache=True,
+                                                          **head))
         return self._caches[key]
+
+    def copied_cache(self, module, rows: int):
+        """A fresh copy of the prefix's KV cache for `rows` rows (a forward appends to the cache it is given)."""
+        cache = copy.deepcopy(self._cache(module))
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        return cache
 
     def inputs_after(self, module, ids: torch.Tensor, mask: torch.Tensor) -> dict:
         """Keyword arguments for `module` (a causal LM or its decoder) that read `ids` / `mask` (right-padded,
         every row starting with the prefix: `fits`) without reading the prefix again; the output's positions
         are those of `ids[:, len(prefix):]`. The cache is a fresh copy: the forward appends to it."""
         n, rows = len(self.tokens), ids.shape[0]
-        cache = copy.deepcopy(self._cache(module))
-        if rows > 1:
-            cache.batch_repeat_interleave(rows)
+        cache = self.copied_cache(module, rows)
         device = module.device
         full_mask = torch.cat([torch.ones((rows, n), dtype=mask.dtype), mask[:, n:]], dim=1)
         positions = torch.arange(n, ids.shape[1], dtype=torch.long).expand(rows, -1)

@@ -18,7 +18,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from .batching import pad
 from .chat import encode_like_lm_eval
 from .kl import teacher_topk
+from .kv_batch import CachedBatch
 from .parallel import SINGLE, Workers
+from .prefix_cache import teacher_prefix
 from .prompts import as_bake_prompt
 from .questions import Question
 
@@ -77,6 +79,10 @@ def sample_trajectories(
     Pure ancestral sampling at `temperature` (no top-k/top-p), so the samples
     follow P_θ(·|u, x)^(1/T) exactly. Prompts are grouped by length to keep
     left padding short; the KV cache makes each new token one small forward.
+    The tokens every context shares (template and prompt) are read once per
+    call and each batch continues from a copy of their cache (core.kv_batch,
+    core.prefix_cache): the same ancestral steps as generate(), whose
+    numerics differ by rounding only.
 
     Each batch draws from its own seeded stream (from `seed` and the batch's
     index), so under `accelerate launch` the processes can share the batches
@@ -95,26 +101,24 @@ def sample_trajectories(
     results: list[Trajectory | None] = [None] * len(jobs)
     generator_state = torch.random.get_rng_state()
     stop_ids = eos_ids(tokenizer, model)
+    # The prompt's tokens are read once and each batch continues from a copy of their cache (core.prefix_cache).
+    shared = None if workers.sharded else teacher_prefix(prompt, tokenizer)
     mine = workers.shard(batches)
     bar = tqdm(total=sum(len(b) for _, b in mine), desc=desc, unit="answer", disable=not progress or not workers.is_main)
     try:
         for batch_index, batch in mine:
             torch.manual_seed(_batch_seed(seed, batch_index))
-            input_ids, attention_mask = pad([prefixes[jobs[i][0].text] for i in batch], tokenizer.pad_token_id,
-                                           left=True)
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+            contexts = [prefixes[jobs[i][0].text] for i in batch]
             recorder = _TopKRecorder(capture_top_k) if capture_top_k else None
-            output = model.generate(
-                input_ids=input_ids.to(model.device),
-                attention_mask=attention_mask.to(model.device),
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=sorted(stop_ids),
-                logits_processor=LogitsProcessorList([recorder] if recorder else []),
-                **sampling,
-            )
+            if shared is not None and all(c[:len(shared)] == shared.tokens and len(c) > len(shared) for c in contexts):
+                rows = CachedBatch.after(model, tokenizer.pad_token_id, len(batch), shared)
+                rows.extend([c[len(shared):] for c in contexts])
+                answers = rows.generate(max_new_tokens, temperature, stop_ids,
+                                        on_logits=(lambda logits: recorder(None, logits)) if recorder else None)
+            else:
+                answers = _generate(model, tokenizer, contexts, max_new_tokens, temperature, stop_ids, recorder)
             for row, job_index in enumerate(batch):
-                answer_ids = cut_at_eos(output[row, input_ids.shape[1]:].tolist(), stop_ids)
+                answer_ids = cut_at_eos(answers[row], stop_ids)
                 question = jobs[job_index][0]
                 results[job_index] = Trajectory(
                     question=question.text,
@@ -133,6 +137,23 @@ def sample_trajectories(
             for job_index, trajectory in piece:
                 results[job_index] = trajectory
     return results  # type: ignore[return-value]
+
+
+def _generate(model, tokenizer, contexts: list[list[int]], max_new_tokens: int, temperature: float,
+              stop_ids: set[int], recorder: "_TopKRecorder | None") -> list[list[int]]:
+    """Each context's continuation by one generate() call over the left-padded batch (the prompt read per row)."""
+    input_ids, attention_mask = pad(contexts, tokenizer.pad_token_id, left=True)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    output = model.generate(
+        input_ids=input_ids.to(model.device),
+        attention_mask=attention_mask.to(model.device),
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(stop_ids),
+        logits_processor=LogitsProcessorList([recorder] if recorder else []),
+        **sampling,
+    )
+    return [row[input_ids.shape[1]:].tolist() for row in output]
 
 
 class _TopKRecorder(LogitsProcessor):
