@@ -146,7 +146,10 @@ def remove_stale_staging(final: str | os.PathLike) -> None:
         try:
             previous = folder / final.name
             if name.startswith(_RETIRED.format(name=final.name)) and previous.is_dir() and not final.exists():
-                os.replace(previous, final)
+                try:
+                    os.replace(previous, final)
+                except OSError:
+                    continue  # the only complete copy: keep it where it is rather than lose it
             shutil.rmtree(folder, ignore_errors=True)
         finally:
             _release(held)
