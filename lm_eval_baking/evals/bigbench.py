@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..errors import BakingError
 from ..core.models import cache_dir
+from ..utils.processes import run_child
 
 SDIST_REQUIREMENT = "bigbench==1.0.0"
 SDIST_NAME = "bigbench-1.0.0.tar.gz"
@@ -246,7 +247,7 @@ def _pip_download(scratch: Path) -> Path | None:
     """Ask pip for the sdist; the archive's path, or None when pip fetched it but would not keep it."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--progress-bar", "off",
                "-vvv", "--log", str(scratch / "pip.log"), "--dest", str(scratch / "dest"), SDIST_REQUIREMENT]
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    run_child(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     archive = scratch / "dest" / SDIST_NAME
     return archive if archive.is_file() else None
 

@@ -29,7 +29,7 @@ from ..core.prompts import BakePrompt
 from ..core.sampling import sample_trajectories
 from ..core.scoring import score_heldout
 from ..errors import BakingError
-from ..utils.atomic import staged_directory
+from ..utils.atomic import remove_stale_staging, staged_directory
 
 from .baker import PromptBaker, attach_lora
 from .config import BakeConfig, ResumeSettings
@@ -154,7 +154,7 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
         except OSError as e:
             work.release()
             raise write_error(e, work) from None
-        _remove_stale_staging(output)
+        remove_stale_staging(output)  # now, not only at saving: a killed run's copy may hold much disk
     workers.barrier()  # the other processes read the folder the main process has just settled
     try:
         result = _bake_into(work, plan, output, model, tokenizer, watch, workers, progress=progress,
@@ -344,16 +344,6 @@ def _forget_finished_work(work: WorkDir, config: BakeConfig) -> None:
     except BakingError:
         pass  # busy or not ours to judge: leave it
     work.release()
-
-
-def _remove_stale_staging(output: Path) -> None:
-    """Staging folders of an earlier run of this output that was killed while writing the final copy.
-
-    Called with the work folder locked, so no other bake of `output` is using them.
-    """
-    output = output.absolute()
-    for stale in output.parent.glob(f".{output.name}.staging-*"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _existing_bake(output: Path, config: BakeConfig, overwrite: bool, teacher_id: str | None) -> BakeResult | None:

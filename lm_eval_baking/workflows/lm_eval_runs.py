@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ..evals.bigbench import ensure_bigbench_tasks
 from ..utils.atomic import staged_directory, write_json
 from ..utils.hashing import sha256_file
 from ..utils.jsonl import read_json_object
+from ..utils.processes import run_child
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -51,7 +51,7 @@ def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str) ->
     with staged_directory(output, replace=True) as staging:
         argv = LmEvalRun(**{**run.__dict__, "output_path": str(staging), "executable": lm_eval_executable()}).argv()
         sys.stdout.flush()
-        code = subprocess.run(argv, env={**os.environ, **OFFLINE}).returncode
+        code = run_child(argv, env={**os.environ, **OFFLINE})  # ends with us, even on kill -9 (Linux)
         if code != 0:
             raise BakingError(f"lm_eval failed for {label} (exit status {code}; its output is above); fix that and "
                               "rerun: finished steps are reused")
