@@ -135,8 +135,9 @@ def select_rows(collection: Collection, variants: list[str] | None) -> list[Row]
         hint = ("; for a cross-task run use `lm-eval-baking check-matrix`" if collection.cross_task_reports else
                 "; run lm_eval on the bake (the command `bake` printed) with --output_path DIR --log_samples "
                 "and pass DIR")
-        raise BakingError(f"no lm_eval results to judge, only {listed(records[:3])}{'…' if len(records) > 3 else ''}; "
-                          f"`check` judges lm_eval results_*.json{hint}")
+        more = "…" if len(records) > 3 else ""
+        raise BakingError(f"no lm_eval results to judge, only {listed(records[:3])}{more}; `check` judges lm_eval "
+                          f"results_*.json{hint}")
     if variants:
         missing = [v for v in variants if v not in labels]
         if missing:

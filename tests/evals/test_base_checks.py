@@ -139,3 +139,63 @@ def test_cross_task_refuses_a_bake_of_another_base_before_any_work(tiny_model_di
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"lm-eval-baking: error: {bake} was baked on a different base model")
     assert not (tmp_path / "out" / "bakes").exists()
+
+
+# ---------------------------------------------------------------------------- broken peft= folders
+
+
+def shaped_base(folder: Path, hidden: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": hidden}))
+    save_file({"model.layers.0.self_attn.q_proj.weight": np.zeros((hidden, hidden), dtype=np.float32),
+               "model.layers.0.mlp.c_fc.weight": np.zeros((hidden, 3 * hidden), dtype=np.float32)},
+              str(folder / "model.safetensors"))
+    return folder
+
+
+def shaped_adapter(folder: Path, hidden: int, base_name: str) -> Path:
+    """A plain PEFT LoRA (no baking.json) on q_proj (a Linear) and c_fc (GPT-2's Conv1D: weight is [in, out])."""
+    folder.mkdir(parents=True)
+    (folder / ADAPTER_CONFIG).write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": base_name}))
+    prefix = "base_model.model.model.layers.0"
+    save_file({f"{prefix}.self_attn.q_proj.lora_A.weight": np.zeros((2, hidden), dtype=np.float32),
+               f"{prefix}.self_attn.q_proj.lora_B.weight": np.zeros((hidden, 2), dtype=np.float32),
+               f"{prefix}.mlp.c_fc.lora_A.weight": np.zeros((2, hidden), dtype=np.float32),
+               f"{prefix}.mlp.c_fc.lora_B.weight": np.zeros((3 * hidden, 2), dtype=np.float32)},
+              str(folder / ADAPTER_WEIGHTS))
+    return folder
+
+
+def test_an_adapter_of_other_shapes_is_refused_in_one_line_before_peft(tmp_path, monkeypatch):
+    from lm_eval_baking.artifacts.safety import check_adapter
+    from lm_eval_baking.evals.forgetting import score_models
+
+    monkeypatch.setenv("LM_EVAL_BAKING_CACHE", str(tmp_path / "cache"))
+    small, wide = shaped_base(tmp_path / "small", 32), shaped_base(tmp_path / "wide", 64)
+    adapter = shaped_adapter(tmp_path / "adapter", 64, "org/wide-model")
+    check_adapter(adapter, base_model=wide)  # fits its own base, Linear and Conv1D alike
+    line = (f"{adapter} does not fit {small}: its LoRA on 'model.layers.0.mlp.c_fc' is for a 64->192 layer, "
+            "the base's weight there is 32x96; load it on the base it was made for "
+            "(adapter_config.json names org/wide-model)")
+    with pytest.raises(BakingError) as error:
+        check_adapter(adapter, base_model=small)
+    assert str(error.value).replace("'", "") == line.replace("'", "")
+    with pytest.raises(BakingError, match=re.escape(f"{adapter} does not fit {small}")):
+        score_models(str(small), [str(adapter)], ["baking_forgetting"], progress=False)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d.mkdir(), "is not a PEFT adapter directory (no adapter_config.json)"),
+    (lambda d: (d.mkdir(), (d / ADAPTER_CONFIG).write_text('{"peft_type": "LORA", "r": ')),
+     "adapter_config.json is damaged (not a JSON object)"),
+    (lambda d: (d.mkdir(), (d / ADAPTER_CONFIG).write_text("{}"), (d / ADAPTER_WEIGHTS).write_bytes(b"\0" * 9)),
+     "adapter_model.safetensors is not a readable safetensors file"),
+])
+def test_our_commands_refuse_a_broken_adapter_folder_before_any_model_loads(tmp_path, monkeypatch, make, message):
+    from lm_eval_baking.evals.forgetting import score_models
+
+    monkeypatch.setenv("LM_EVAL_BAKING_CACHE", str(tmp_path / "cache"))
+    base = shaped_base(tmp_path / "base", 32)
+    make(tmp_path / "broken")
+    with pytest.raises(BakingError, match=re.escape(message)):
+        score_models(str(base), [str(tmp_path / "broken")], ["baking_forgetting"], progress=False)
