@@ -98,14 +98,14 @@ def check_shapes(directory: Path, weights: Path, base_model: str | os.PathLike) 
             raise BakingError(
                 f"{directory} does not fit {models.resolve_model(base_model)}: its LoRA on "
                 f"{quoted(module.removeprefix('base_model.model.'))} is for a {fan_in}->{fan_out} layer, the base's "
-                f"weight there is {base[0]}x{base[1]}; load it on the base it was made for (adapter_config.json names "
-                f"{quoted(_named_base(directory))})")
+                f"weight there is {base[0]}x{base[1]}; load it on the base it was made for{_named_base(directory)}")
 
 
 def _named_base(directory: Path) -> str:
+    """' (adapter_config.json names B)', or nothing when the config names no base."""
     config = read_json_object(directory / ADAPTER_CONFIG) or {}
     name = config.get("base_model_name_or_path")
-    return name if isinstance(name, str) and name else "no base"
+    return f" ({ADAPTER_CONFIG} names {quoted(name)})" if isinstance(name, str) and name else ""
 
 
 def _header_shapes(path: Path) -> dict[str, list[int]]:
