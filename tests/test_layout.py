@@ -159,7 +159,8 @@ def test_light_commands_run_without_torch(command, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "results_x.json").write_text(
-        '{"results": {"baking_mckl": {"quality,none": 0.9, "kl_per_token,none": 0.05}}, "lm_eval_version": "0.4.13", '
+        '{"results": {"baking_mckl": {"quality,none": 0.9, "quality_ci_low,none": 0.85, '
+        '"quality_ci_high,none": 0.95, "kl_per_token,none": 0.05}}, "lm_eval_version": "0.4.13", '
         '"config": {"model_args": "pretrained=base,peft=adapters/x"}}')
     argv = [part.format(results=results, tmp=tmp_path) for part in command]
     script = ("import sys\nfrom lm_eval_baking.cli import main\n"

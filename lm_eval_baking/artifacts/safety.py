@@ -9,6 +9,9 @@ lm_eval tasks' `peft=` bake, the forgetting runs) goes through
   can run any code its author put in the file. `allow_pickle=True`
   (`--allow-pickle`) opts in for sources the user trusts; even then it is read
   with torch's restricted `weights_only` unpickler.
+- on a local base whose weights are safetensors, every LoRA pair must fit the
+  layer it targets (`check_shapes`, read from the files' headers): PEFT would
+  otherwise stop with a size-mismatch traceback, or say nothing at all.
 - a bake records the sha256 of its base model's weights in baking.json. When
   the base it is about to be loaded on is known, the two must match, or the
   adapter would silently apply its deltas to other weights. The config.json
@@ -65,8 +68,68 @@ def check_adapter(directory: str | os.PathLike, *, base_model: str | os.PathLike
     else:
         raise BakingError(f"{directory} holds no adapter weights ({ADAPTER_WEIGHTS}); pass a PEFT adapter folder")
     if base_model is not None:
+        if not files.pickled:
+            check_shapes(directory, files.weights, base_model)
         check_base(directory, base_model)
     return files
+
+
+def check_shapes(directory: Path, weights: Path, base_model: str | os.PathLike) -> None:
+    """Refuse an adapter whose LoRA matrices do not fit the base's layers (another size of model).
+
+    Only the safetensors headers are read. A module the base files do not hold (a tied lm_head, a
+    quantised layer) and a base that is not a local safetensors model are left to PEFT.
+    """
+    base_shapes = _base_shapes(base_model)
+    if not base_shapes:
+        return
+    adapter_shapes = _header_shapes(weights)
+    for key, a_shape in sorted(adapter_shapes.items()):
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removesuffix(".lora_A.weight")
+        b_shape = adapter_shapes.get(f"{module}.lora_B.weight")
+        base = base_shapes.get(module.removeprefix("base_model.model.") + ".weight")
+        if b_shape is None or base is None or len(a_shape) != 2 or len(b_shape) != 2 or len(base) != 2:
+            continue
+        fan_in, fan_out = a_shape[1], b_shape[0]
+        # (out, in) for a Linear, (in, out) for GPT-2's Conv1D: either orientation fits.
+        if (fan_out, fan_in) != tuple(base) and (fan_in, fan_out) != tuple(base):
+            raise BakingError(
+                f"{directory} does not fit {models.resolve_model(base_model)}: its LoRA on "
+                f"{quoted(module.removeprefix('base_model.model.'))} is for a {fan_in}->{fan_out} layer, the base's "
+                f"weight there is {base[0]}x{base[1]}; load it on the base it was made for{_named_base(directory)}")
+
+
+def _named_base(directory: Path) -> str:
+    """' (adapter_config.json names B)', or nothing when the config names no base."""
+    config = read_json_object(directory / ADAPTER_CONFIG) or {}
+    name = config.get("base_model_name_or_path")
+    return f" ({ADAPTER_CONFIG} names {quoted(name)})" if isinstance(name, str) and name else ""
+
+
+def _header_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape of a safetensors file, from its header alone; {} when it cannot be read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception:  # noqa: BLE001 - a damaged base file is the loader's to report, not the adapter check's
+        return {}
+
+
+def _base_shapes(base_model) -> dict[str, list[int]]:
+    try:
+        path = Path(models.resolve_model(base_model))
+    except BakingError:
+        return {}
+    if not path.is_dir():
+        return {}
+    shapes: dict[str, list[int]] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        shapes.update(_header_shapes(file))
+    return shapes
 
 
 def read_adapter_weights(files: AdapterFiles) -> dict:

@@ -6,6 +6,10 @@
 * ``combine`` - FAIL if any FAIL, else INCONCLUSIVE if any INCONCLUSIVE, else PASS; an empty list is
   INCONCLUSIVE, because checking nothing proves nothing.
 * ``EXIT_CODES`` - what every command that gives a verdict exits with.
+* ``metric_range`` / ``impossible_value`` - where a metric can lie, and which values (with their CI)
+  cannot be that metric: those are refused as bad input, never judged.
+* ``judge_bound`` - a value with its CI against a bound (`check --min-quality 0.8`): PASS / FAIL /
+  INCONCLUSIVE. A missing or unbounded CI proves nothing: INCONCLUSIVE, never PASS.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import BakingError
 from .stats import Interval, PairedComparison, compare_paired, paired_scores, unbounded_interval
 
 
@@ -32,6 +37,90 @@ MAX_FORGETTING_DROP_PCT = 3.4
 
 # 2 is bad input (cli.main): a verdict never exits 2.
 EXIT_CODES = {Verdict.PASS.value: 0, Verdict.FAIL.value: 1, Verdict.INCONCLUSIVE.value: 3}
+
+
+_UNIT = (0.0, 1.0)
+# Where each metric can lie, by lm_eval metric name (filters stripped: "acc,flexible" is "acc"), plus the
+# derived forgetting drop (%): nothing can lose more than all of its score. Metrics not named here can be
+# anything. Every range check (thresholds that can never pass, values that cannot be right) reads this.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "acc": _UNIT, "acc_norm": _UNIT, "exact_match": _UNIT, "f1": _UNIT,
+    "kl_per_token": (0.0, math.inf), "kl_per_sequence": (0.0, math.inf), "quality": (-math.inf, 1.0),
+    "adherence": _UNIT, "adherence_early": _UNIT, "adherence_mid": _UNIT, "adherence_late": _UNIT,
+    "adherence_greedy": _UNIT, "drift": (-1.0, 1.0), "similarity": (-1.0, 1.0),
+    "forgetting": (-math.inf, 100.0),
+}
+# Monte-Carlo estimates: one run's estimate can come out beyond the quantity's range (an MC-KL below 0,
+# so a quality above 1) by sampling noise, so only an estimate whose whole CI is outside is impossible.
+# Every other metric is a mean of bounded per-doc scores: any value outside its range is impossible.
+ESTIMATES = frozenset({"kl_per_token", "kl_per_sequence", "quality"})
+# Float rounding (a prompted base's KL of -1e-9) is not a value outside the range.
+_RANGE_SLACK = 1e-6
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """(lowest, highest) value of an lm_eval metric (a bare name, NAME,FILTER or TASK:NAME); unknown: unbounded."""
+    name = metric.rpartition(":")[2].partition(",")[0]
+    return METRIC_RANGES.get(name, (-math.inf, math.inf))
+
+
+def range_text(metric: str) -> str:
+    low, high = metric_range(metric)
+    return f"{'(-inf' if low == -math.inf else f'[{low:g}'}, {'inf)' if high == math.inf else f'{high:g}]'}"
+
+
+def finite_ci(ci) -> bool:
+    """True when `ci` is a (low, high) of finite numbers: the only kind a verdict other than INCONCLUSIVE rests on."""
+    return ci is not None and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci)
+
+
+def impossible_value(metric: str, value: float, ci: tuple[float, float] | None = None) -> bool:
+    """True when `value` (with its 95% CI, for an estimate) cannot be a `metric`: a damaged or hand-edited file."""
+    low, high = metric_range(metric)
+    if not math.isfinite(value):
+        return True
+    name = metric.rpartition(":")[2].partition(",")[0]
+    reach = tuple(ci) if name in ESTIMATES and finite_ci(ci) else (value, value)
+    return reach[1] < low - _RANGE_SLACK or reach[0] > high + _RANGE_SLACK
+
+
+def refuse_impossible(metric: str, value: float, ci: tuple[float, float] | None, where: str) -> None:
+    """A BakingError naming the file, the metric, its value and range when `impossible_value`."""
+    if not impossible_value(metric, value, ci):
+        return
+    name = metric.rpartition(":")[2].partition(",")[0]
+    shown = f"{value:.4g}" + (f" (95% CI [{ci[0]:.4g}, {ci[1]:.4g}])" if name in ESTIMATES and finite_ci(ci) else "")
+    raise BakingError(f"{where}: {metric} is {shown}, outside its range {range_text(metric)}, so the file is "
+                      "damaged or was edited by hand; re-run the evaluation that wrote it")
+
+
+def judge_bound(value: float, ci: tuple[float, float] | None, bound: str, limit: float,
+                docs: int | None = None) -> tuple[Verdict, str]:
+    """(verdict, note) of `value` with its 95% CI against `bound` ('min' or 'max') `limit`.
+
+    PASS when the whole CI meets the limit, FAIL when none of it does, else INCONCLUSIVE (with the docs
+    that would resolve it, when `docs` were judged). A CI that is missing or has an end that is not a
+    finite number says nothing about where the value lies: INCONCLUSIVE, never PASS (nor FAIL).
+    """
+    if ci is None:
+        return Verdict.INCONCLUSIVE, ("no 95% CI (no lm_eval stderr, no per-doc output of 2+ docs): not judged; "
+                                      "rerun lm_eval with --log_samples on more docs")
+    if not finite_ci(ci):
+        return Verdict.INCONCLUSIVE, (f"95% CI [{ci[0]:.4g}, {ci[1]:.4g}] is unbounded: not judged; "
+                                      "evaluate more docs")
+    low, high = ci
+    meets = (lambda v: v >= limit) if bound == "min" else (lambda v: v <= limit)
+    worst, best = (low, high) if bound == "min" else (high, low)
+    if meets(worst):
+        return Verdict.PASS, ""
+    if not meets(best):
+        return Verdict.FAIL, ""
+    half = (high - low) / 2
+    if docs and value != limit:
+        # Rounded first, as in `judge`, so that float noise cannot add a doc.
+        needed = math.ceil(round(docs * (half / abs(value - limit)) ** 2, 6))
+        return Verdict.INCONCLUSIVE, f"about {needed} docs would resolve it"
+    return Verdict.INCONCLUSIVE, ""
 
 
 def combine(verdicts: Iterable[str]) -> str:
@@ -73,6 +162,9 @@ def judge(comparison: PairedComparison, threshold: float, *, relative: bool,
     if not higher_is_better:  # a rise is the worsening: flip so that negative always means worse
         change, ci = -change, Interval(-ci.high, -ci.low, ci.confidence)
     worst, best, limit = ci.low, ci.high, -threshold
+    if not finite_ci((ci.low, ci.high)):  # the same rule as judge_bound: an unbounded CI proves nothing
+        return Judgement(Verdict.INCONCLUSIVE, float(change), ci, threshold, relative, None,
+                         f"the CI [{fmt(ci.low)}, {fmt(ci.high)}] is unbounded; evaluate more docs")
     docs = None
     if worst >= limit:
         verdict, reason = Verdict.PASS, f"worst case {fmt(worst)} is within {fmt(limit)}"

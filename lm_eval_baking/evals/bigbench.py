@@ -34,6 +34,7 @@ from pathlib import Path
 from ..errors import BakingError
 from ..core.models import cache_dir
 from ..utils.processes import run_child
+from .lm_eval_glue import check_peft
 
 SDIST_REQUIREMENT = "bigbench==1.0.0"
 SDIST_NAME = "bigbench-1.0.0.tar.gz"
@@ -102,10 +103,11 @@ def load_bigbench(task_name: str, max_docs: int = MAX_DOCS, **_lm_eval_metadata)
     """lm_eval `custom_dataset` loader: `{"test": Dataset}` for one BIG-bench task.
 
     lm_eval calls it with the task's `dataset_kwargs` plus its metadata
-    (config path, model args, version), which we do not need.
+    (config path, model args, version): only `peft=` and `pretrained=` are read, to check the adapter.
     """
     import datasets
 
+    check_peft(_lm_eval_metadata)  # the peft= adapter must be baked on pretrained=, as on every task of ours
     ensure_bigbench_tasks([task_name])
     docs = convert_task(task_file(task_name), max_docs=max_docs)
     if not docs:
@@ -139,6 +141,7 @@ def load_bigbench_generative(task_name: str, max_docs: int = MAX_DOCS, **_lm_eva
     """lm_eval `custom_dataset` loader: `{"train": Dataset, "test": Dataset}` of one generative BIG-bench task."""
     import datasets
 
+    check_peft(_lm_eval_metadata)
     ensure_bigbench_tasks([task_name])
     splits = convert_generative(task_file(task_name), max_docs=int(max_docs))
     if not splits["test"] or not splits["train"]:

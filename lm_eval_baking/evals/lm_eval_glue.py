@@ -1,6 +1,7 @@
 """Running lm_eval from Python: finding tasks, checking task and metric names, evaluating a model in memory.
 
-Also `task_error`, how our tasks report bad input from inside lm_eval: one line.
+Also `task_error`, how our tasks report bad input from inside lm_eval: one line, and `check_peft`,
+the adapter check every one of our task datasets runs first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..artifacts.safety import check_adapter
+from ..constants import ADAPTER_CONFIG
 from ..core.harness import tasks_path
 from ..errors import BakingError
 from ..utils.text import quoted
@@ -43,6 +46,26 @@ def task_error(message: str) -> BakingError:
         print(f"\nlm-eval-baking: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     return BakingError(message)
+
+
+def check_peft(metadata: dict) -> None:
+    """The one adapter check (safetensors only, baked on `pretrained=`) for a `peft=` lm_eval loaded.
+
+    Every dataset of our tasks (baking_mckl, baking_persona_drift, baking_forgetting_*, baking_fewshot_*)
+    calls it first: lm_eval puts --model_args into the task metadata. lm_eval has loaded the adapter by
+    then (simple_evaluate builds the model before the tasks), so only what PEFT accepts gets here: an
+    adapter of the right shapes baked on other weights, or a pickle. A `peft=` that is no adapter folder
+    at all is left alone: lm_eval failed to load it long before.
+    """
+    adapter = metadata.get("peft")
+    if not isinstance(adapter, str) or not (Path(adapter) / ADAPTER_CONFIG).is_file():
+        return
+    base = metadata.get("pretrained")
+    try:
+        check_adapter(adapter, base_model=base if isinstance(base, str) else None,
+                      allow_pickle=str(metadata.get("allow_pickle", "")).lower() in ("1", "true", "yes"))
+    except BakingError as e:
+        raise task_error(str(e)) from None
 
 
 def task_manager_for(names: list[str], metadata: dict | None = None):

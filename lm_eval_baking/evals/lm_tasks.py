@@ -7,19 +7,17 @@ lm_eval spends model time or prints a number that cannot be right.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from ..artifacts.bake_dir import HELDOUT_FIELDS, BakeDir
-from ..artifacts.safety import check_adapter
-from ..constants import ADAPTER_CONFIG, BAKE_RECORD, DRIFT_TASK, MCKL_TASK
+from ..constants import BAKE_RECORD, DRIFT_TASK, MCKL_TASK
 from ..core.stats import ratio_quality_ci
 from ..errors import BakingError
 from ..utils.text import quoted
 from .drift import early_minus_late, scorer_from_json, score_doc
-from .lm_eval_glue import task_error
+from .lm_eval_glue import check_peft, task_error
 
 QUALITY_CI_RESAMPLES = 2000
 DEFAULT_SAMPLED_ANSWERS = 4
@@ -29,7 +27,7 @@ def find_bake(metadata: dict, task: str) -> BakeDir:
     """The bake a task scores against: --metadata bake=DIR, else the peft= adapter.
 
     lm_eval puts --model_args into the task metadata, so a `peft=` adapter is
-    also checked like everywhere else (`check_peft`), once the task's data is found.
+    also checked like everywhere else (`check_peft`), before the task's data is read.
     """
     explicit = metadata.get("bake")
     adapter = metadata.get("peft")
@@ -48,22 +46,6 @@ def find_bake(metadata: dict, task: str) -> BakeDir:
     return folder
 
 
-def check_peft(metadata: dict) -> None:
-    """The one adapter check (safetensors only, baked on `pretrained=`) for a `peft=` lm_eval loaded.
-
-    A `peft=` that is no adapter folder at all is left alone: lm_eval failed to load it long before.
-    """
-    adapter = metadata.get("peft")
-    if not isinstance(adapter, str) or not (Path(adapter) / ADAPTER_CONFIG).is_file():
-        return
-    base = metadata.get("pretrained")
-    try:
-        check_adapter(adapter, base_model=base if isinstance(base, str) else None,
-                      allow_pickle=str(metadata.get("allow_pickle", "")).lower() in ("1", "true", "yes"))
-    except BakingError as e:
-        raise task_error(str(e)) from None
-
-
 def _datasets(docs: list[dict]) -> dict:
     import datasets
 
@@ -76,11 +58,11 @@ def _datasets(docs: list[dict]) -> dict:
 def mckl_dataset(**metadata) -> dict:
     """custom_dataset of baking_mckl: the bake's held-out trajectories with their teacher log-probs."""
     folder = find_bake(metadata, MCKL_TASK)
+    check_peft(metadata)
     try:
         rows = folder.heldout_rows()
     except BakingError as e:
         raise task_error(str(e)) from None
-    check_peft(metadata)
     form = _prompt_form(folder)
     return _datasets([{**{f: row[f] for f in HELDOUT_FIELDS}, "prompt_form": form} for row in rows])
 
@@ -162,6 +144,7 @@ def drift_dataset(**metadata) -> dict:
     """custom_dataset of baking_persona_drift: the drift docs of the bake named by
     `--metadata '{"bake": DIR}'` or, failing that, by `peft=DIR` in --model_args."""
     folder = find_bake(metadata, DRIFT_TASK)
+    check_peft(metadata)
     path = folder.drift_docs_path
     if not path.is_file():
         raise task_error(f"{path} not found; make it with `lm-eval-baking drift-data {folder.path}`")
@@ -174,7 +157,6 @@ def drift_dataset(**metadata) -> dict:
         where = f" (row {problems[0][0]} {problems[0][1]})" if problems else ""
         raise task_error(f"{path} is empty or corrupt{where}; remake it with "
                          f"`lm-eval-baking drift-data {folder.path}`")
-    check_peft(metadata)
     return _datasets(docs)
 
 

@@ -68,7 +68,9 @@ def _kind_of_file(path: Path) -> str | None:
 
 def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -> Collection:
     """Read every input under `paths` into variant rows and records; bad files go to `skipped`."""
-    files = [(f, _kind_of_file(f)) for f in input_files(paths)]
+    # A file named on the command line is read whatever its name, so that what is wrong with it gets said.
+    named = {Path(p) for p in paths if Path(p).is_file()}
+    files = [(f, _kind_of_file(f) or ("results" if f in named else None)) for f in input_files(paths)]
     files = [(f, kind) for f, kind in files if kind]
     if not files:
         shown = ", ".join(map(str, paths))
@@ -103,6 +105,9 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
     add_derived(rows, collection, forgetting_threshold_pct)
     collection.rows = _label_rows(rows)
     if not collection.rows and not collection.bakes and not collection.pursuits and not collection.cross_task_reports:
+        if len(collection.skipped) == 1:
+            raise BakingError(f"{collection.skipped[0].path} cannot be used: {collection.skipped[0].reason}; pass "
+                              "lm_eval 0.4 results (results_*.json) or their --output_path folder")
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in collection.skipped[:3])
         raise BakingError(f"nothing usable in {', '.join(map(str, paths))} ({reasons}); pass lm_eval 0.4 results")
     return collection

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..constants import CROSS_TASK_FORMAT
 from ..core.stats import bonferroni_confidence, compare_paired, ratio_quality_ci
-from ..core.verdicts import MAX_FORGETTING_DROP_PCT, Verdict, combine, judge
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT, Verdict, combine, finite_ci, judge, refuse_impossible
 from ..errors import BakingError
 from ..utils.text import listed, quoted
 
@@ -63,6 +63,12 @@ def _docs(scores: dict, model: str, task: str, shots: str) -> list[float]:
                           f"{'0' if shots == '0' else 'k'} shots; rerun `lm-eval-baking cross-task`") from None
     if not isinstance(values, list) or not values:
         raise BakingError(f"the cross-task scores of {quoted(model)} on {quoted(task)} are empty; rerun cross-task")
+    where = f"the cross-task scores of {quoted(model)} on {quoted(task)}"
+    for value in values:
+        if not isinstance(value, (int, float)):
+            raise BakingError(f"{where} hold {quoted(value)}, not a number; rerun `lm-eval-baking cross-task`")
+        metric = scores[model][task][shots].get("metric")
+        refuse_impossible(metric if isinstance(metric, str) else "score", float(value), None, where)
     return values
 
 
@@ -106,6 +112,10 @@ def _diagonal(scores, task, level, min_share) -> dict:
     if share is None or not kshot.difference_ci.excludes_zero:
         return {**cell, "verdict": Verdict.INCONCLUSIVE.value, "docs_to_resolve": None,
                 "reason": "the base model shows no k-shot gain on these docs (its CI includes zero): no gain to keep"}
+    if not finite_ci((share_ci.low, share_ci.high)):  # core.verdicts: an unbounded CI proves nothing
+        return {**cell, "verdict": Verdict.INCONCLUSIVE.value, "docs_to_resolve": None,
+                "reason": "the CI of the share kept is unbounded (the k-shot gain is near 0 in some resamples); "
+                          "evaluate more docs"}
     if share_ci.low >= min_share:
         return {**cell, "verdict": Verdict.PASS.value, "docs_to_resolve": None,
                 "reason": f"keeps at least {share_ci.low:.0%} of the k-shot gain (least allowed {min_share:.0%})"}

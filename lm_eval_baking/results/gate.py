@@ -13,7 +13,10 @@ on a point value alone:
 
 The CI is the one computed for the metric (quality's paired bootstrap, drift's
 over conversations, forgetting's paired per-doc comparison), else ±1.96
-lm_eval stderr; a metric with neither is judged on its value and says so.
+lm_eval stderr. A metric with neither, or with an unbounded CI, is INCONCLUSIVE
+(never PASS), and a value outside its metric's range (an accuracy of 3.5, an
+MC-KL whose whole CI is below 0) is refused as bad input: core.verdicts holds
+both rules.
 Exit status: 0 all pass, 1 any fail, 3 inconclusive (none failed), 2 bad input.
 `--inconclusive pass|fail` maps inconclusive for pipelines that need two states.
 
@@ -27,8 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..constants import FORGETTING_GROUP
-from ..core.verdicts import Verdict, combine
+from ..constants import BAKE_RECORD, CROSS_TASK_RECORD, FORGETTING_GROUP, PURSUIT_RECORD
+from ..core.verdicts import ESTIMATES, Verdict, combine, judge_bound, metric_range, refuse_impossible
 from ..errors import BakingError
 from ..utils.text import listed, quoted
 from .collect import collect
@@ -36,11 +39,6 @@ from .derived import forgetting_members, forgetting_measurement, judge_forgettin
 from .rows import FORGETTING, HEADLINE_COLUMNS, Z95, Collection, Measurement, Row, Variant
 from .tables import other_columns
 
-# Where each named metric can lie: a bound outside this range can never pass (bad input, exit 2).
-DOMAINS = {"kl": (0.0, math.inf), "quality": (-math.inf, 1.0), "adherence": (0.0, 1.0), "drift": (-1.0, 1.0),
-           FORGETTING: (-math.inf, 100.0), "forgetting_acc": (0.0, 1.0)}
-# Scores that cannot leave their range; estimates (MC-KL can come out below 0) keep their CIs as computed.
-BOUNDED_SCORES = {"adherence", "forgetting_acc"}
 PASS, FAIL, INCONCLUSIVE = Verdict.PASS.value, Verdict.FAIL.value, Verdict.INCONCLUSIVE.value
 
 
@@ -100,7 +98,7 @@ def validate_thresholds(thresholds: list[Threshold]) -> None:
             raise BakingError(f"contradictory thresholds: {previous.origin} and {t.origin} give {t.metric} two "
                               f"{side} bounds; keep one")
         by_metric[t.metric][t.bound] = t
-        low, high = DOMAINS.get(t.metric, (-math.inf, math.inf))
+        low, high = metric_range(lm_metric(t.metric))  # a bound outside this range can never pass
         if t.bound == "min" and t.limit > high:
             raise BakingError(f"{t.origin} can never pass: {t.metric} is at most {high:g}; use a value up to {high:g}")
         if t.bound == "max" and t.limit < low:
@@ -130,6 +128,16 @@ def parse_tolerance(text: str | None) -> tuple[float, bool]:
 
 def select_rows(collection: Collection, variants: list[str] | None) -> list[Row]:
     labels = [r.label for r in collection.rows]
+    if not labels:  # only records of ours (a bake folder): no variant to offer as a choice
+        records = [f"{folder}/{name}" for name, entries in (
+            (BAKE_RECORD, collection.bakes), (PURSUIT_RECORD, collection.pursuits),
+            (CROSS_TASK_RECORD, collection.cross_task_reports)) for folder, _ in entries]
+        hint = ("; for a cross-task run use `lm-eval-baking check-matrix`" if collection.cross_task_reports else
+                "; run lm_eval on the bake (the command `bake` printed) with --output_path DIR --log_samples "
+                "and pass DIR")
+        more = "…" if len(records) > 3 else ""
+        raise BakingError(f"no lm_eval results to judge, only {listed(records[:3])}{more}; `check` judges lm_eval "
+                          f"results_*.json{hint}")
     if variants:
         missing = [v for v in variants if v not in labels]
         if missing:
@@ -205,31 +213,33 @@ def _docs(row: Row, metric: str) -> int | None:
     return len(row.samples.get(metric.partition(":")[0], {})) or None
 
 
+def lm_metric(name: str) -> str:
+    """The lm_eval metric a threshold name stands for (kl -> kl_per_token, TASK:METRIC -> METRIC)."""
+    column = next((c for c in HEADLINE_COLUMNS if c.name == name), None)
+    return column.metric if column is not None else name.partition(":")[2] or name
+
+
 def judge_value(metric: str, variant: str, m: Measurement | None, bound: str, limit: float, docs: int | None = None,
-           note: str = "") -> Check:
-    """Three-way: PASS when the whole CI meets the limit, FAIL when none of it does, else INCONCLUSIVE."""
+                note: str = "", *, check_range: bool = True) -> Check:
+    """Three-way on the 95% CI (core.verdicts.judge_bound); a value that cannot be `metric` is refused."""
     if m is None or not math.isfinite(m.value):
         return Check(metric, variant, None, None, bound, limit, FAIL, "missing")
     ci = m.interval()
-    if ci is not None and metric in BOUNDED_SCORES:  # a normal-approximation CI can cross 0 or 1: the score cannot
-        floor, ceiling = DOMAINS[metric]
+    if check_range:
+        refuse_impossible(_shown(metric), m.value, ci, m.source or variant)
+    name = lm_metric(metric)
+    if ci is not None and name not in ESTIMATES:  # a normal-approximation CI can cross 0 or 1: the score cannot
+        floor, ceiling = metric_range(name)
         ci = (max(ci[0], floor), min(ci[1], ceiling))
-    low, high = ci if ci is not None else (m.value, m.value)
-    meets = (lambda v: v >= limit) if bound == "min" else (lambda v: v <= limit)
-    worst, best = (low, high) if bound == "min" else (high, low)
-    if meets(worst):
-        verdict = PASS
-    elif not meets(best):
-        verdict = FAIL
-    else:
-        verdict = INCONCLUSIVE
-        half = (high - low) / 2
-        if docs and m.value != limit and math.isfinite(half):
-            note = (note + "; " if note else "") + \
-                f"about {math.ceil(docs * (half / abs(m.value - limit)) ** 2)} docs would resolve it"
-    if ci is None:
-        note = (note + "; " if note else "") + "no CI: lm_eval gave no stderr, judged on the value"
-    return Check(metric, variant, m.value, ci, bound, limit, verdict, note)
+    verdict, why = judge_bound(m.value, ci, bound, limit, docs)
+    note = "; ".join(part for part in (note, why) if part)
+    return Check(metric, variant, m.value, ci, bound, limit, verdict.value, note)
+
+
+def _shown(metric: str) -> str:
+    """How a refusal names a metric: its task and lm_eval name (baking_mckl:quality), as a file holds it."""
+    column = next((c for c in HEADLINE_COLUMNS if c.name == metric), None)
+    return f"{column.task}:{column.metric}" if column is not None else metric
 
 
 def judge_forgetting_row(row: Row, t: Threshold, collection: Collection, tasks: list[str] | None = None) -> Check:
@@ -270,8 +280,11 @@ def _against_baseline(collection: Collection, rows: list[Row], baseline: Collect
                 continue
             slack = amount * abs(before.value) if relative else amount
             limit = before.value - slack if higher else before.value + slack
+            for m, where in ((before, reference.label), (now, row.label)):
+                refuse_impossible(_shown(metric), m.value, m.interval(), m.source or where)
             change = _change_ci(metric, row, reference, before, now, collection)
-            checks.append(judge_value(metric, row.label, change, "min" if higher else "max", limit, note="baseline"))
+            checks.append(judge_value(metric, row.label, change, "min" if higher else "max", limit, note="baseline",
+                                      check_range=False))
     if not checks:
         raise BakingError(f"the baseline shares no variant and metric with the results (baseline variants: "
                           f"{listed(r.label for r in baseline.rows)}); compare runs of the same variants")

@@ -37,7 +37,8 @@ def read_json(path: Path) -> dict:
     except RecursionError:
         raise Skip("not usable JSON (nested too deeply)") from None
     if not isinstance(data, dict):
-        raise Skip("not a JSON object")
+        kind = {list: "a list", str: "a string", bool: "true or false", type(None): "null"}.get(type(data), "a number")
+        raise Skip(f"not a JSON object but {kind}")
     try:
         # A \ud800-style escape loads as a lone surrogate, which no report file can be written with.
         json.dumps(data, ensure_ascii=False).encode("utf-8")
