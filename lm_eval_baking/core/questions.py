@@ -45,9 +45,7 @@ def load_questions(source: str | Path | None = None) -> list[Question]:
     if suffix and suffix not in FORMATS:
         raise BakingError(f"question file {path} has the suffix {quoted(suffix)}, which is not a question format; "
                           f"save it as {', '.join(FORMATS)} (see `lm-eval-baking bake --help`)")
-    if not path.is_file():
-        raise BakingError(f"question file {path} not found; pass a .txt (one per line), .jsonl, .json or .csv file, "
-                          "or omit --questions")
+    _check_regular_file(path)
     text = read_text(path, "question file")
     if suffix == ".jsonl" or (not suffix and text.lstrip().startswith("{")):
         questions = _from_rows(parse_jsonl(text, str(path), f"use one JSON object per line, e.g. {_EXAMPLE}"),
@@ -62,6 +60,20 @@ def load_questions(source: str | Path | None = None) -> list[Question]:
         raise BakingError(f"question file {path} holds no questions; add one question per line")
     # Duplicates would leak held-out questions into training.
     return list({q.text: q for q in questions}.values())
+
+
+def _check_regular_file(path: Path) -> None:
+    """A question file must be a regular file: a folder, a missing path and a pipe each get their own line (a pipe
+    is never opened: reading one blocks until something writes to it, and it cannot be read twice)."""
+    if path.is_dir():
+        raise BakingError(f"question file {path} is a folder, not a file; pass a file inside it (.txt one per line, "
+                          ".jsonl, .json or .csv), or omit --questions")
+    if not path.exists():
+        raise BakingError(f"question file {path} not found; pass a .txt (one per line), .jsonl, .json or .csv file, "
+                          "or omit --questions")
+    if not path.is_file():
+        raise BakingError(f"question file {path} is not a regular file (a pipe, socket or device); save the "
+                          "questions to a file and pass that")
 
 
 def _from_lines(text: str) -> list[Question]:

@@ -108,3 +108,23 @@ def test_conversation_settings_refuse_non_finite_temperatures(settings):
 
     with pytest.raises(BakingError, match="--temperature must be a finite number"):
         ConversationSettings(**settings)
+
+
+# ---------------------------------------------------------------------------- --questions must be a regular file
+
+@pytest.mark.parametrize("kind, message", [
+    ("folder", "is a folder, not a file; pass a file inside it"),
+    ("missing", "not found; pass a .txt (one per line)"),
+    ("fifo", "is not a regular file (a pipe, socket or device); save the questions to a file and pass that"),
+])
+def test_questions_that_are_not_a_regular_file_each_get_their_own_line(kind, message, tiny_model_dir, tmp_path,
+                                                                       capsys, no_weights):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    questions = inputs / "questions.txt"
+    if kind == "folder":
+        questions.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(questions)  # opening it would block the test: the check must come first
+    line = refused(capsys, tmp_path, *bake_args(tiny_model_dir, questions, tmp_path / "bake"))
+    assert f"question file {questions} {message}" in line
