@@ -16,8 +16,8 @@ from . import baking, composing, evaluating, reporting, running
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)  # inside: an option's type may refuse its value as a BakingError
         return args.run(args) or 0
     except BakingError as e:
         print(f"lm-eval-baking: error: {e}", file=sys.stderr)

@@ -128,3 +128,17 @@ def test_questions_that_are_not_a_regular_file_each_get_their_own_line(kind, mes
         os.mkfifo(questions)  # opening it would block the test: the check must come first
     line = refused(capsys, tmp_path, *bake_args(tiny_model_dir, questions, tmp_path / "bake"))
     assert f"question file {questions} {message}" in line
+
+
+# ---------------------------------------------------------------------------- --output ""
+
+@pytest.mark.parametrize("command", [
+    ["bake", "--prompt", PIRATE], ["pursue", "--prompt", PIRATE], ["sequence", "--prompt", PIRATE],
+    ["strength", "some-bake", "--strength", "0.5"], ["report", "results"], ["forgetting", "some-adapter"],
+])
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_output_is_refused_not_read_as_the_current_folder(command, empty, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # '' would have become '.': this folder
+    line = refused(capsys, tmp_path, *command, "--output", empty)
+    assert line == f"lm-eval-baking: error: --output {empty!r} is empty; pass the folder to write, e.g. --output " \
+                   "adapters/pirate"
