@@ -16,7 +16,7 @@ import csv
 import io
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -33,6 +33,8 @@ _EXAMPLE = '{"question": "Why is the sky blue?"}'
 class Question:
     text: str
     category: str = "user"
+    where: str = field(default="", compare=False, repr=False)
+    """FILE:LINE it was read from (a message that names one question names it so); not part of its identity."""
 
 
 def load_questions(source: str | Path | None = None) -> list[Question]:
@@ -55,7 +57,7 @@ def load_questions(source: str | Path | None = None) -> list[Question]:
     elif suffix in (".csv", ".tsv"):
         questions = _from_table(text, path, "\t" if suffix == ".tsv" else ",")
     else:
-        questions = _from_lines(text)
+        questions = _from_lines(text, str(path))
     if not questions:
         raise BakingError(f"question file {path} holds no questions; add one question per line")
     # Duplicates would leak held-out questions into training.
@@ -76,9 +78,9 @@ def _check_regular_file(path: Path) -> None:
                           "questions to a file and pass that")
 
 
-def _from_lines(text: str) -> list[Question]:
-    lines = (line.strip() for line in split_lines(text))
-    return [Question(line) for line in lines if line and not line.startswith("#")]
+def _from_lines(text: str, where: str) -> list[Question]:
+    lines = ((n, line.strip()) for n, line in enumerate(split_lines(text), 1))
+    return [Question(line, where=f"{where}:{n}") for n, line in lines if line and not line.startswith("#")]
 
 
 def _from_rows(numbered_rows: list[tuple[int, object]], where: str) -> list[Question]:
@@ -87,7 +89,7 @@ def _from_rows(numbered_rows: list[tuple[int, object]], where: str) -> list[Ques
         question = row.get("question") if isinstance(row, dict) else None
         if not isinstance(question, str) or not question.strip():
             raise BakingError(f'{where}:{line_no}: needs a non-empty "question" string, e.g. {_EXAMPLE}')
-        questions.append(Question(question.strip(), str(row.get("category", "user"))))
+        questions.append(Question(question.strip(), str(row.get("category", "user")), where=f"{where}:{line_no}"))
     return questions
 
 

@@ -142,3 +142,180 @@ def test_an_empty_output_is_refused_not_read_as_the_current_folder(command, empt
     line = refused(capsys, tmp_path, *command, "--output", empty)
     assert line == f"lm-eval-baking: error: --output {empty!r} is empty; pass the folder to write, e.g. --output " \
                    "adapters/pirate"
+
+
+# ---------------------------------------------------------------------------- lengths against the context
+
+def questions_with(tmp_path: Path, line: str) -> Path:
+    """A question file whose third line is `line` (the tiny model's context is 512 tokens)."""
+    folder = tmp_path / "inputs"
+    folder.mkdir(exist_ok=True)
+    path = folder / "questions.txt"
+    path.write_text(f"Why is the sky blue?\nHow do I boil an egg?\n{line}\nWhat makes rain?\n")
+    return path
+
+
+def test_a_question_longer_than_the_context_is_refused_naming_its_line(tiny_model_dir, tmp_path, capsys,
+                                                                       no_weights):
+    questions = questions_with(tmp_path, "word " * 600)
+    line = refused(capsys, tmp_path, *bake_args(tiny_model_dir, questions, tmp_path / "bake"))
+    assert f"the longest question, {questions}:3, takes" in line
+    assert "exceeds the model's context of 512; shorten it to at most" in line and "or remove it" in line
+
+
+def test_a_question_that_fits_only_without_the_answer_suggests_both_fixes(tiny_model_dir, tmp_path, capsys,
+                                                                          no_weights):
+    questions = questions_with(tmp_path, "word " * 400)
+    line = refused(capsys, tmp_path, *bake_args(tiny_model_dir, questions, tmp_path / "bake", "--max-new-tokens",
+                                                "200"))
+    assert f"question, {questions}:3, takes" in line and "with --max-new-tokens 200 that exceeds the model's context of 512" in line
+    assert "or pass --max-new-tokens at most" in line
+
+
+def test_a_5mb_question_line_is_refused_up_front_and_leaves_nothing_behind(tiny_model_dir, tmp_path, capsys,
+                                                                           no_weights):
+    questions = questions_with(tmp_path, "word " * 1_000_000)
+    line = refused(capsys, tmp_path, *bake_args(tiny_model_dir, questions, tmp_path / "bake"))
+    assert f"question, {questions}:3, takes over" in line and "shorten it to at most" in line
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("tokens", ["100000", "512", "500"])
+def test_max_new_tokens_beyond_the_context_gets_its_own_message(tokens, tiny_model_dir, question_file, tmp_path,
+                                                                capsys, no_weights):
+    line = refused(capsys, tmp_path, *bake_args(tiny_model_dir, question_file, tmp_path / "bake",
+                                                "--max-new-tokens", tokens))
+    assert f"--max-new-tokens {tokens} leaves no room for the prompt and the longest question (" in line
+    assert "in the model's context of 512; pass at most" in line and "shorten the prompt" not in line
+
+
+def test_a_prompt_longer_than_the_context_says_shorten_the_prompt(tiny_model_dir, question_file, tmp_path, capsys,
+                                                                  no_weights):
+    line = refused(capsys, tmp_path, "bake", "--prompt", "Arr! " * 600, "--model", tiny_model_dir, "--questions",
+                   question_file, *TINY_BAKE, "--output", tmp_path / "bake")
+    assert "the prompt takes" in line and "exceeds the model's context of 512; shorten the prompt" in line
+
+
+def test_questions_that_fit_are_measured_exactly(tiny_model_dir):
+    """The check counts the context the sampler builds: with a 500-token answer cap a short question fails by
+    exactly the prompt's and question's tokens."""
+    from lm_eval_baking.core.chat import encode_like_lm_eval
+    from lm_eval_baking.core.models import load_tokenizer
+    from lm_eval_baking.core.prompts import BakePrompt
+    from lm_eval_baking.core.questions import Question
+    from lm_eval_baking.errors import BakingError
+    from lm_eval_baking.training.config import BakeConfig
+    from lm_eval_baking.training.plan import check_fits_context
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    questions = [Question("short?", where="q.txt:1"), Question("a much longer question " * 5, where="q.txt:2")]
+    prompt = BakePrompt.from_setting(PIRATE, "auto", tokenizer)
+    context = len(encode_like_lm_eval(tokenizer, prompt.context(tokenizer, questions[1].text)))
+    config = BakeConfig(prompt=PIRATE, max_new_tokens=512 - context)
+    check_fits_context(config, tokenizer, questions, 512)  # fits exactly
+    with pytest.raises(BakingError, match=r"question, q\.txt:2, takes"):
+        check_fits_context(BakeConfig(prompt=PIRATE, max_new_tokens=513 - context), tokenizer, questions, 512)
+
+
+# ---------------------------------------------------------------------------- broken weights
+
+@pytest.fixture(params=["truncated", "garbage", "empty"])
+def broken_model(request, tiny_model_dir, tmp_path) -> Path:
+    """The tiny model with its model.safetensors cut in half, overwritten with noise, or emptied."""
+    import shutil
+
+    path = tmp_path / "broken-base"
+    shutil.copytree(tiny_model_dir, path)
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[:len(data) // 2], "garbage": bytes(range(256)) * 64,
+                         "empty": b""}[request.param])
+    return path
+
+
+@pytest.mark.parametrize("command", ["bake", "pursue", "sequence"])
+def test_damaged_base_weights_are_one_line_naming_the_file(command, broken_model, question_file, tmp_path, capsys):
+    line = refused(capsys, tmp_path, command, "--prompt", PIRATE, "--model", broken_model, "--questions",
+                   question_file, *TINY_BAKE, "--output", tmp_path / "out")
+    assert f"the weights in {broken_model / 'model.safetensors'} are damaged or truncated" in line
+    assert "re-download or re-save the model" in line
+
+
+# ---------------------------------------------------------------------------- full disks and read-only outputs
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (root only), as tests/training/test_reliability.py mounts it. Skips where not allowed."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def read_only(mount: Path) -> None:
+    import subprocess
+
+    if subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot remount the tmpfs read-only here")
+
+
+def test_report_onto_a_full_disk_is_one_line_and_keeps_the_old_report(small_bake, small_disk, capsys):
+    output = small_disk / "report"
+    assert main(["report", str(small_bake), "--output", str(output)]) == 0
+    capsys.readouterr()
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * free)
+    line = refused(capsys, output, "report", small_bake, "--output", output)
+    assert line.startswith(f"lm-eval-baking: error: cannot write the report to {output} (No space left on device); "
+                           f"nothing at {output} was changed")
+    filler.unlink()
+    assert sorted(p.name for p in small_disk.iterdir()) == ["report"], "no staging folder is left behind"
+
+
+def test_a_write_that_fails_anywhere_else_is_one_line(small_bake, tmp_path, capsys, monkeypatch):
+    """The CLI's net: a full disk under a writer with no message of its own (here `strength`) is one line."""
+    import lm_eval_baking.artifacts.lora as lora
+
+    def full(*_, **__):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "half"))
+
+    monkeypatch.setattr(lora, "export_strength", full)
+    line = refused(capsys, tmp_path, "strength", small_bake, "--strength", "0.5", "--output", tmp_path / "half")
+    assert "cannot write" in line and "No space left on device" in line and "free some disk space" in line
+
+
+@pytest.mark.parametrize("command", [
+    ["bake", "--prompt", PIRATE, "--model", "{tiny}", "--questions", "{questions}", *TINY_BAKE],
+    ["pursue", "--prompt", PIRATE, "--model", "{tiny}", "--questions", "{questions}", *TINY_BAKE],
+    ["sequence", "--prompt", PIRATE, "--model", "{tiny}", "--questions", "{questions}", *TINY_BAKE],
+    ["report", "{bake}"],
+])
+@pytest.mark.parametrize("where", ["mount point", "below it"])
+def test_a_read_only_output_is_refused_before_any_work(command, where, small_disk, tiny_model_dir, question_file,
+                                                       small_bake, tmp_path, capsys, no_weights):
+    read_only(small_disk)
+    output = small_disk if where == "mount point" else small_disk / "new" / "out"
+    argv = [a.format(tiny=tiny_model_dir, questions=question_file, bake=small_bake) for a in command]
+    line = refused(capsys, tmp_path, *argv, "--output", output)
+    assert f"cannot be written: {small_disk} is read-only" in line and "choose a writable --output" in line
+
+
+def test_a_read_only_pipeline_output_is_refused_before_any_work(small_disk, tiny_model_dir, question_file, tmp_path,
+                                                                capsys, no_weights):
+    import json
+
+    from conftest import tiny_recipe
+
+    read_only(small_disk)
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, question_file)
+    recipe["output"] = str(small_disk / "run")
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    line = refused(capsys, tmp_path, "pipeline", path)
+    assert f"cannot be written: {small_disk} is read-only" in line
