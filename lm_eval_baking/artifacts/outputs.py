@@ -62,3 +62,19 @@ def writable_dir(path: str | os.PathLike) -> Path:
     if not os.access(path, os.W_OK):
         raise BakingError(f"{path} is not writable; choose a writable --output")
     return path
+
+
+def check_writable(output: str | os.PathLike) -> None:
+    """Refuse an --output that cannot be written, before any work and without creating anything.
+
+    A command that writes at the end (bake, pursue, sequence, pipeline, report) calls this first: it builds its
+    result beside `output` (a work folder, a staging folder) and renames it into place, so the nearest folder
+    that exists above `output` must be writable, and `output` itself when it exists (a read-only mount point).
+    """
+    output = Path(output).absolute()
+    for folder in ([output] if output.is_dir() else []) + [p for p in output.parents if p.exists()][:1]:
+        if not folder.is_dir():
+            raise BakingError(f"--output {output} lies under {folder}, which is a file; choose a path in a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BakingError(f"--output {output} cannot be written: {folder} is read-only (a read-only mount or "
+                              "another user's folder); choose a writable --output")

@@ -8,19 +8,30 @@ loading torch. Options come from the config dataclasses (`cli/options.py`).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from ..errors import BakingError
 from . import baking, composing, evaluating, reporting, running
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)  # inside: an option's type may refuse its value as a BakingError
         return args.run(args) or 0
     except BakingError as e:
         print(f"lm-eval-baking: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # The net under every writer that has no message of its own: a full disk or a read-only folder is the
+        # user's to fix, in one line (writers build in staging folders, so what was there before is intact).
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"lm-eval-baking: error: cannot write {e.filename or 'the output'} ({e.strerror}); free some disk "
+              "space or choose a writable --output, then rerun the same command", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         # bake() re-raises with where its work was kept; a bare Ctrl-C elsewhere has no message.

@@ -10,7 +10,7 @@ from ..constants import DEFAULT_MODEL
 from ..errors import BakingError
 from ..evals.config import TaskPromptSettings
 from ..training.config import BakeConfig, ResumeSettings
-from .options import add_settings, quiet_libraries, settings_from_args
+from .options import add_settings, output_path, quiet_libraries, settings_from_args
 
 
 def register(commands) -> None:
@@ -46,7 +46,7 @@ def add_prompt_options(parser: argparse.ArgumentParser, *, task: bool = True) ->
 
 
 def add_output_options(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--output", "-o", type=Path, required=True, help=what)
+    parser.add_argument("--output", "-o", type=output_path, required=True, help=what)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace what lm-eval-baking made at --output (never a folder it did not make)")
     parser.add_argument("--resume", action="store_true",

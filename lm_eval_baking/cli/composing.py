@@ -8,7 +8,7 @@ from ..compose.config import ComposeSettings, PursuitSettings
 from ..errors import BakingError
 from ..training.config import BakeConfig, ResumeSettings
 from .baking import add_output_options, add_prompt_options, bake_config
-from .options import add_settings, quiet_libraries, settings_from_args
+from .options import add_settings, output_path, quiet_libraries, settings_from_args
 
 
 def register(commands) -> None:
@@ -24,7 +24,7 @@ def register(commands) -> None:
     strength.add_argument("bake_dir", type=Path, help="a directory made by `lm-eval-baking bake`")
     strength.add_argument("--strength", required=True, help="0 = base, 1 = the bake, above 1 extrapolates")
     strength.add_argument("--epoch", type=int, help="start from this epoch's checkpoint instead of the final adapter")
-    strength.add_argument("--output", "-o", type=Path, required=True, help="adapter directory to create")
+    strength.add_argument("--output", "-o", type=output_path, required=True, help="adapter directory to create")
     strength.add_argument("--overwrite", action="store_true",
                           help="replace what lm-eval-baking made at --output (never a folder it did not make)")
     strength.add_argument("--allow-pickle", action="store_true",

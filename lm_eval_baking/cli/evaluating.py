@@ -10,7 +10,7 @@ from ..training.config import BakeConfig
 from ..workflows.settings import CrossTaskSettings
 from ..evals.drift import DEFAULT_PROBES_AT
 from ..evals.personas import persona_names
-from .options import add_settings, quiet_libraries, settings_from_args
+from .options import add_settings, output_path, quiet_libraries, settings_from_args
 
 
 def register(commands) -> None:
@@ -36,7 +36,7 @@ def register(commands) -> None:
         description="Exit 0 when every adapter passes, 1 when one fails, 3 when none fails but one is inconclusive, "
                     "2 on bad input.")
     forgetting.add_argument("--adapters", nargs="+", required=True, metavar="DIR", help="PEFT adapter directories")
-    forgetting.add_argument("--output", "-o", type=Path, required=True,
+    forgetting.add_argument("--output", "-o", type=output_path, required=True,
                             help="folder for forgetting.json and forgetting.png")
     add_settings(forgetting, ForgettingSettings)
     forgetting.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -50,7 +50,7 @@ def register(commands) -> None:
                     "Exit 0 when every cell passes, 1 when one fails, 3 when none fails but one is inconclusive.")
     cross.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
                        help="the lm_eval tasks, space- or comma-separated (e.g. the baking_fewshot group's members)")
-    cross.add_argument("--output", "-o", type=Path, required=True,
+    cross.add_argument("--output", "-o", type=output_path, required=True,
                        help="folder for bakes/, cross_task.json and cross_task.png")
     cross.add_argument("--bake", action="append", default=[], metavar="TASK=DIR",
                        help="use this existing bake of TASK (made with `bake --task TASK`) instead of baking it")

@@ -13,6 +13,8 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from ..errors import BakingError
+
 
 def add_settings(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ...] = (),
                  title: str | None = None) -> None:
@@ -39,6 +41,14 @@ def add_settings(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ..
             group.add_argument(flag, nargs="+", type=item, **options)
         else:
             group.add_argument(flag, type=kind, **options)
+
+
+def output_path(text: str) -> Path:
+    """The type of every command's --output: a path, never empty text, which Path() would quietly turn into '.',
+    the folder the user is in. Raised as a BakingError (main() prints it as its one line), not argparse's usage."""
+    if not text.strip():
+        raise BakingError(f"--output {text!r} is empty; pass the folder to write, e.g. --output adapters/pirate")
+    return Path(text)
 
 
 def settings_from_args(cls, args: argparse.Namespace, **fixed):

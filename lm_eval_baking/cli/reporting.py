@@ -7,13 +7,14 @@ from pathlib import Path
 
 from ..core.verdicts import EXIT_CODES, MAX_FORGETTING_DROP_PCT, Verdict
 from ..results.gate import NAMED_THRESHOLDS
+from .options import output_path
 
 
 def register(commands) -> None:
     report = commands.add_parser("report", help="leaderboard (Markdown + HTML) from lm_eval results and bakes")
     report.add_argument("results", nargs="+", type=Path, metavar="RESULTS",
                         help="lm_eval --output_path folders, results_*.json files, bake or pursuit folders")
-    report.add_argument("--output", "-o", type=Path, required=True,
+    report.add_argument("--output", "-o", type=output_path, required=True,
                         help="folder for report.md, report.html, report.json and the plots (replaced as a whole)")
     report.add_argument("--title", default="lm-eval-baking report", help="the report's title")
     report.add_argument("--forgetting-threshold", type=float, default=None,

@@ -5,11 +5,10 @@ Each field carries its help text, from which the CLI builds its options.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..errors import BakingError
-from ..utils.settings import setting
+from ..utils.settings import in_range, setting
 from ..utils.text import quoted
 
 
@@ -32,8 +31,7 @@ class PursuitSettings:
     def validate(self) -> None:
         if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int) or self.max_rounds < 1:
             raise BakingError(f"--max-rounds must be an integer ≥ 1 (got {quoted(self.max_rounds)})")
-        if not (isinstance(self.min_improvement, (int, float)) and math.isfinite(self.min_improvement)
-                and self.min_improvement >= 0):
+        if not in_range(self.min_improvement, low=0):
             raise BakingError("--min-improvement must be a number ≥ 0, e.g. 0.01 for 1% "
                               f"(got {quoted(self.min_improvement)})")
 
@@ -80,9 +78,9 @@ class ComposeSettings:
         except (KeyError, IndexError, ValueError):
             raise BakingError(f"compose join_template {quoted(self.join_template)} may hold only {{earlier}} and "
                               "{prompt} (write other braces as {{ and }})") from None
-        if isinstance(self.replay_weight, bool) or not isinstance(self.replay_weight, (int, float)) \
-                or not 0 < self.replay_weight < 1:
-            raise BakingError(f"the replay weight (--replay-weight, recipe compose.replay_weight) must be a share between 0 and 1, e.g. 0.5 "
+        if not in_range(self.replay_weight, above=0, below=1):
+            raise BakingError(f"the replay weight (--replay-weight, recipe compose.replay_weight) must be a share "
+                              f"between 0 and 1, e.g. 0.5 "
                               f"(got {quoted(self.replay_weight)})")
 
     def joined(self, prompts: list[str]) -> str:

@@ -24,6 +24,7 @@ from ..core import models
 from ..core.stats import compare_paired
 from ..training.bake import bake
 from ..training.config import BakeConfig, ResumeSettings
+from ..training.plan import check_before_work
 from ..utils.atomic import write_json
 from ..utils.jsonl import read_json_object
 from .behaviour import format_difference
@@ -130,6 +131,7 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
     settings.validate()
     output = Path(output)
     check_output(output, overwrite=overwrite, what="pursuit", same_run=_same_pursuit(config))
+    check_before_work([config], output)
     base_model = models.resolve_model(config.model)
     chain = [Path(c) for c in chain]
     # What round 1 starts from: the chain's weights and the answers quality is measured against.

@@ -27,6 +27,7 @@ from ..core.scoring import score_heldout
 from ..errors import BakingError
 from ..training.bake import bake
 from ..training.config import BakeConfig, ResumeSettings
+from ..training.plan import check_before_work
 from ..utils.atomic import staged_directory, write_json
 from ..utils.hashing import sha256_text
 from ..utils.jsonl import read_json_object
@@ -143,6 +144,7 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
                 "compose": asdict(compose)}
     check_output(output, overwrite=overwrite, what="sequence",
                  same_run=lambda folder: (read_json_object(folder / SEQUENCE_RECORD) or {}).get("config") == settings)
+    check_before_work(prompt_configs, output)
     base_model = models.resolve_model(base_config.model)
     base_sha = models.model_fingerprint(base_model)
     if not (output / SEQUENCE_RECORD).is_file() or overwrite:

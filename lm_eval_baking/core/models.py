@@ -144,6 +144,8 @@ def load_model(name_or_path: str | os.PathLike | None, *, dtype=None, device: st
         dtype = compute
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **options)
+    except damaged_weights_errors() as e:
+        raise damaged_weights(path, e) from None
     except (OSError, ValueError) as e:
         raise _unknown_model(path, e) from None
     if not load_in_4bit:  # a bitsandbytes model is placed by device_map and cannot be moved
@@ -172,6 +174,57 @@ def model_skeleton(name_or_path: str | os.PathLike | None, *, trust_remote_code:
     config = model_config(name_or_path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def damaged_weights_errors() -> tuple[type, ...]:
+    """What reading a truncated or corrupt weights file raises: safetensors' own error, and a torch pickle's."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return SafetensorError, EOFError, pickle.UnpicklingError
+
+
+def damaged_weights(path: str | os.PathLike, cause: Exception) -> BakingError:
+    """The one line for a model (or adapter) folder whose weights cannot be read: names the damaged file."""
+    folder = Path(path)
+    damaged = _unreadable_safetensors(folder) if folder.is_dir() else None
+    where = damaged or folder
+    return BakingError(f"the weights in {where} are damaged or truncated ({first_line(cause, 120)}); re-download "
+                       "or re-save the model (a copy or download that stopped part-way leaves such a file)")
+
+
+def check_weights(name_or_path: str | os.PathLike | None) -> None:
+    """Refuse a local model folder with a truncated or corrupt .safetensors file, reading only their headers:
+    a bake checks it before any work, so a copy that stopped part-way fails in a second, not after loading."""
+    folder = Path(resolve_model(name_or_path))
+    damaged = _unreadable_safetensors(folder) if folder.is_dir() else None
+    if damaged is not None:
+        raise damaged_weights(folder, _header_error(damaged))
+
+
+def _header_error(file: Path) -> Exception:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - only called on a file that just failed to open
+        return e
+    return OSError("unreadable")
+
+
+def _unreadable_safetensors(folder: Path) -> Path | None:
+    """The first .safetensors file in `folder` whose header or size does not check out (reads headers only)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError):
+            return file
+    return None
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -263,7 +316,8 @@ def _write_fingerprint_cache(cache: dict) -> None:
 
 
 def model_context_length(model) -> int:
-    config = model.config
+    """The context length in tokens of a model or of its config alone (`model_config`, read before any weights)."""
+    config = getattr(model, "config", model)
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:

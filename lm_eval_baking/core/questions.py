@@ -16,7 +16,7 @@ import csv
 import io
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -33,6 +33,8 @@ _EXAMPLE = '{"question": "Why is the sky blue?"}'
 class Question:
     text: str
     category: str = "user"
+    where: str = field(default="", compare=False, repr=False)
+    """FILE:LINE it was read from (a message that names one question names it so); not part of its identity."""
 
 
 def load_questions(source: str | Path | None = None) -> list[Question]:
@@ -45,9 +47,7 @@ def load_questions(source: str | Path | None = None) -> list[Question]:
     if suffix and suffix not in FORMATS:
         raise BakingError(f"question file {path} has the suffix {quoted(suffix)}, which is not a question format; "
                           f"save it as {', '.join(FORMATS)} (see `lm-eval-baking bake --help`)")
-    if not path.is_file():
-        raise BakingError(f"question file {path} not found; pass a .txt (one per line), .jsonl, .json or .csv file, "
-                          "or omit --questions")
+    _check_regular_file(path)
     text = read_text(path, "question file")
     if suffix == ".jsonl" or (not suffix and text.lstrip().startswith("{")):
         questions = _from_rows(parse_jsonl(text, str(path), f"use one JSON object per line, e.g. {_EXAMPLE}"),
@@ -57,16 +57,30 @@ def load_questions(source: str | Path | None = None) -> list[Question]:
     elif suffix in (".csv", ".tsv"):
         questions = _from_table(text, path, "\t" if suffix == ".tsv" else ",")
     else:
-        questions = _from_lines(text)
+        questions = _from_lines(text, str(path))
     if not questions:
         raise BakingError(f"question file {path} holds no questions; add one question per line")
     # Duplicates would leak held-out questions into training.
     return list({q.text: q for q in questions}.values())
 
 
-def _from_lines(text: str) -> list[Question]:
-    lines = (line.strip() for line in split_lines(text))
-    return [Question(line) for line in lines if line and not line.startswith("#")]
+def _check_regular_file(path: Path) -> None:
+    """A question file must be a regular file: a folder, a missing path and a pipe each get their own line (a pipe
+    is never opened: reading one blocks until something writes to it, and it cannot be read twice)."""
+    if path.is_dir():
+        raise BakingError(f"question file {path} is a folder, not a file; pass a file inside it (.txt one per line, "
+                          ".jsonl, .json or .csv), or omit --questions")
+    if not path.exists():
+        raise BakingError(f"question file {path} not found; pass a .txt (one per line), .jsonl, .json or .csv file, "
+                          "or omit --questions")
+    if not path.is_file():
+        raise BakingError(f"question file {path} is not a regular file (a pipe, socket or device); save the "
+                          "questions to a file and pass that")
+
+
+def _from_lines(text: str, where: str) -> list[Question]:
+    lines = ((n, line.strip()) for n, line in enumerate(split_lines(text), 1))
+    return [Question(line, where=f"{where}:{n}") for n, line in lines if line and not line.startswith("#")]
 
 
 def _from_rows(numbered_rows: list[tuple[int, object]], where: str) -> list[Question]:
@@ -75,7 +89,7 @@ def _from_rows(numbered_rows: list[tuple[int, object]], where: str) -> list[Ques
         question = row.get("question") if isinstance(row, dict) else None
         if not isinstance(question, str) or not question.strip():
             raise BakingError(f'{where}:{line_no}: needs a non-empty "question" string, e.g. {_EXAMPLE}')
-        questions.append(Question(question.strip(), str(row.get("category", "user"))))
+        questions.append(Question(question.strip(), str(row.get("category", "user")), where=f"{where}:{line_no}"))
     return questions
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT
 from ..errors import BakingError
-from ..utils.settings import setting
+from ..utils.settings import MAX_TEMPERATURE, in_range, setting
 
 # The simulated user gets a new everyday topic each turn: left to itself, a small
 # model echoes the assistant ("You're welcome!") and the chat collapses into a loop.
@@ -63,8 +63,9 @@ class ConversationSettings:
             raise BakingError("--turns must be at least 1")
         if self.max_new_tokens < 1:
             raise BakingError("--max-new-tokens must be at least 1")
-        if self.temperature < 0:
-            raise BakingError("--temperature must be 0 (greedy) or above")
+        if not in_range(self.temperature, low=0, high=MAX_TEMPERATURE):
+            raise BakingError(f"--temperature must be a finite number, 0 (greedy) or above and at most "
+                              f"{MAX_TEMPERATURE:g} (got {self.temperature})")
         if self.conversations < 1:
             raise BakingError("--conversations must be at least 1")
         if self.user_context_turns < 0:
@@ -100,11 +101,11 @@ class ForgettingSettings:
 
     def __post_init__(self):
         if self.limit is not None:
-            if not self.limit > 0:
-                raise BakingError(f"--limit must be positive (got {self.limit})")
+            if not in_range(self.limit, above=0):
+                raise BakingError(f"--limit must be a finite number above 0 (got {self.limit})")
             self.limit = int(self.limit) if self.limit >= 1 else self.limit
-        if not self.threshold_pct > 0:
-            raise BakingError(f"--threshold must be above 0 (got {self.threshold_pct}); it is the largest allowed "
+        if not in_range(self.threshold_pct, above=0):
+            raise BakingError(f"--threshold must be a finite number above 0 (got {self.threshold_pct}); it is the largest allowed "
                               "drop in percent, e.g. 3.4")
         if self.batch_size < 1:
             raise BakingError("--batch-size must be at least 1")

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifacts.outputs import check_writable
 from ..constants import REPORT_FILES, REPORT_FORMAT
 from ..errors import BakingError
 from ..utils.atomic import make_readable, staged_directory, write_json
@@ -88,13 +89,17 @@ def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: 
         ("All metrics", "Every metric lm_eval reported, with its stderr.", *all_metrics(collection)),
     ]
     tables = [t for t in tables if t[3]]
-    with staged_directory(output, replace=True) as staging:
-        for _, file, png in plots:
-            (staging / file).write_bytes(png)
-        (staging / "report.md").write_text(render_markdown(title, tables, plots, collection), encoding="utf-8")
-        (staging / "report.html").write_text(render_html(title, tables, plots, collection), encoding="utf-8")
-        write_json(staging / "report.json", report_data(collection))
-        make_readable(staging)
+    try:
+        with staged_directory(output, replace=True) as staging:
+            for _, file, png in plots:
+                (staging / file).write_bytes(png)
+            (staging / "report.md").write_text(render_markdown(title, tables, plots, collection), encoding="utf-8")
+            (staging / "report.html").write_text(render_html(title, tables, plots, collection), encoding="utf-8")
+            write_json(staging / "report.json", report_data(collection))
+            make_readable(staging)
+    except OSError as e:  # a full disk: the staging folder is gone and `output` was never touched
+        raise BakingError(f"cannot write the report to {output} ({e.strerror or e}); nothing at {output} was "
+                          "changed: free some disk space or choose another --output") from None
     return Report(output, collection)
 
 
@@ -118,6 +123,7 @@ def _check_output(output: Path, paths) -> None:
     """The report replaces `output` as a whole: refuse a folder that holds anything but an old report."""
     if output.is_file():
         raise BakingError(f"--output {output} is a file; pass a folder for the report")
+    check_writable(output)
     resolved = output.resolve()
     for path in map(Path, paths):
         if path.exists() and (path.resolve() == resolved or resolved in path.resolve().parents):

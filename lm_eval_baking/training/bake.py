@@ -18,11 +18,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..artifacts.bake_dir import BakeDir, BakeRecord
-from ..artifacts.outputs import check_output
+from ..artifacts.outputs import check_output, check_writable
 from ..constants import CHECKPOINTS_DIR, DATA_DIR
 from ..core import models, parallel
 from ..core.batching import autocast
-from ..core.chat import encode_like_lm_eval
 from ..core.harness import LmEvalRun
 from ..core.kl import KLEstimate
 from ..core.prompts import BakePrompt
@@ -108,6 +107,7 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     resume_settings = resume_settings or ResumeSettings()
     resume_settings.validate()
     output = Path(output)
+    check_writable(output)  # a read-only --output fails now, not after the whole bake
     workers = parallel.current(config.device)
     watch = Stopwatch()
     with watch.phase("load"):
@@ -133,7 +133,6 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
         model, tokenizer = teacher or models.load_model(
             model_path, device=workers.device or config.device, trust_remote_code=trust_remote_code,
             dtype=config.dtype, load_in_4bit=config.load_in_4bit)
-        _check_prompt_fits(model, tokenizer, config)
         # What a resumed run must match. The base's hash is cached (models.model_fingerprint), so only
         # the first bake on a base pays for reading its weights.
         identity = {"config": config.to_dict(), "questions_sha256": questions_sha256(config),
@@ -366,18 +365,4 @@ def _with_defaults(recorded) -> dict | None:
         return BakeConfig.from_dict(recorded).to_dict()
     except (BakingError, TypeError):
         return None
-
-
-def _check_prompt_fits(model, tokenizer, config: BakeConfig) -> None:
-    """The prompt, a long question and the answer must fit the model's context; also checks the prompt's form."""
-    limit = models.model_context_length(model)
-    prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
-    longest = len(encode_like_lm_eval(tokenizer, prompt.context(tokenizer, "x" * 200)))
-    if longest + config.max_new_tokens > limit:
-        where = "with its chat template" if prompt.form == "chat" else "as a text prefix"
-        raise BakingError(
-            f"the prompt takes {longest} tokens {where} (and a 200-character question), and with --max-new-tokens "
-            f"{config.max_new_tokens} that exceeds the model's context of {limit}; shorten the prompt"
-        )
-
 

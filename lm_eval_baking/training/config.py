@@ -18,10 +18,14 @@ from ..constants import BUILTIN_QUESTIONS, DEFAULT_MODEL
 from ..core.models import DTYPES  # names only: core.models imports torch inside its functions
 from ..core.prompts import FORMS, checked_messages
 from ..errors import BakingError
-from ..utils.settings import setting
+from ..utils.settings import MAX_TEMPERATURE, in_range, setting
 from ..utils.text import listed
 
 PRECISIONS = ("bf16", "fp32")
+# Sane bounds of the float settings: AdamW moves each weight by about the learning rate per step, so above 1 a
+# LoRA is destroyed in a step (the temperature's bound is in utils/settings.py, shared with conversations).
+MAX_LEARNING_RATE = 1.0
+MAX_LORA_ALPHA = 1e4
 
 
 def _unset_or_positive(value) -> bool:
@@ -124,7 +128,8 @@ class BakeConfig:
         elif not isinstance(self.prompt, str) or not self.prompt.strip():
             raise BakingError("the prompt is empty; pass --prompt TEXT or --prompt-file FILE with the text to bake")
         checks = [
-            (0 < self.heldout_fraction < 1, f"--heldout-fraction must be between 0 and 1 (got {self.heldout_fraction})"),
+            (in_range(self.heldout_fraction, above=0, below=1),
+             f"--heldout-fraction must be between 0 and 1 (got {self.heldout_fraction})"),
             (_unset_or_positive(self.samples_per_question), "--samples-per-question must be at least 1"),
             (_unset_or_positive(self.heldout_samples_per_question),
              "--heldout-samples-per-question must be at least 1"),
@@ -134,12 +139,17 @@ class BakeConfig:
             (_unset_or_positive(self.eval_every), "--eval-every must be at least 1 step"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
-            (self.temperature > 0, "--temperature must be above 0 (sampling, not greedy)"),
+            (in_range(self.temperature, above=0, high=MAX_TEMPERATURE),
+             f"--temperature must be a finite number above 0 (sampling, not greedy) and at most {MAX_TEMPERATURE:g} "
+             f"(got {self.temperature})"),
             (self.lora_rank >= 1, "--lora-rank must be at least 1"),
-            (self.lora_alpha > 0, "--lora-alpha must be above 0"),
-            (0 <= self.lora_dropout < 1, "--lora-dropout must be at least 0 and below 1"),
+            (in_range(self.lora_alpha, above=0, high=MAX_LORA_ALPHA),
+             f"--lora-alpha must be a finite number above 0 and at most {MAX_LORA_ALPHA:g} (got {self.lora_alpha})"),
+            (in_range(self.lora_dropout, low=0, below=1), "--lora-dropout must be at least 0 and below 1"),
             (bool(self.target_modules), "--target-modules needs at least one module name"),
-            (self.learning_rate > 0, "--learning-rate must be above 0"),
+            (in_range(self.learning_rate, above=0, high=MAX_LEARNING_RATE),
+             f"--learning-rate must be a finite number above 0 and at most {MAX_LEARNING_RATE:g} (got "
+             f"{self.learning_rate}); LoRA bakes use about 1e-4 to 1e-2"),
             (_unset_or_positive(self.epochs), "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.top_k is None or self.top_k >= 1, "--top-k must be at least 1 (omit it for full-vocabulary KL)"),
@@ -217,5 +227,5 @@ class ResumeSettings:
         self.validate()
 
     def validate(self) -> None:
-        if not self.checkpoint_seconds >= 0:
-            raise BakingError(f"--checkpoint-seconds must be 0 or more (got {self.checkpoint_seconds})")
+        if not in_range(self.checkpoint_seconds, low=0):
+            raise BakingError(f"--checkpoint-seconds must be a finite number, 0 or more (got {self.checkpoint_seconds})")

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..artifacts.outputs import check_writable
 from ..core import models
+from ..core.chat import encode_like_lm_eval
 from ..core.lora_targets import LoraTargets, resolve_targets
+from ..core.prompts import BakePrompt
 from ..core.questions import Question, load_questions, split_questions
 from ..errors import BakingError
+from ..utils.text import quoted
 from .config import BakeConfig
 
 
@@ -47,10 +51,13 @@ def plan_bake(config: BakeConfig, *, trust_remote_code: bool = False, device: st
     train, heldout = split_questions(questions, config.heldout_fraction, config.seed)
     model_path = models.resolve_model(config.model)
     model_config = models.model_config(model_path, trust_remote_code=trust_remote_code)
+    models.check_weights(model_path)
     vocabulary = getattr(model_config, "vocab_size", None)
     if config.top_k is not None and isinstance(vocabulary, int) and config.top_k > vocabulary:
         raise BakingError(f"--top-k {config.top_k} is larger than the model's vocabulary of {vocabulary} tokens; "
                           f"pass a smaller --top-k (e.g. 64), or omit it for the full vocabulary")
+    check_fits_context(config, models.load_tokenizer(model_path, trust_remote_code=trust_remote_code),
+                       questions, models.model_context_length(model_config))
     if config.load_in_4bit:
         models.check_4bit_device(models.pick_device(device or config.device))
     skeleton = models.model_skeleton(model_path, trust_remote_code=trust_remote_code)
@@ -58,3 +65,70 @@ def plan_bake(config: BakeConfig, *, trust_remote_code: bool = False, device: st
     resolved = config.resolved(len(train), len(heldout), targets.target_modules)
     return BakePlan(requested=config, config=resolved, model_path=model_path, train_questions=train,
                     heldout_questions=heldout, targets=targets, budget=config.budget(len(train), len(heldout)))
+
+
+def check_before_work(configs, output, *, trust_remote_code: bool = False) -> None:
+    """Every limit of every bake a command will run, and that `output` can be written, before it creates its
+    folder or loads a model: pursuit, sequence and pipeline write their record before their first bake."""
+    check_writable(output)
+    for config in configs:
+        plan_bake(config, trust_remote_code=trust_remote_code)
+
+
+# The few longest questions (by their own tokens) whose whole context is measured: the prompt adds nearly the same
+# tokens to every question, so the longest context is among them, and 10,000 questions are not all templated.
+_LONGEST_MEASURED = 8
+
+
+def check_fits_context(config: BakeConfig, tokenizer, questions: list[Question], limit: int) -> None:
+    """The prompt, the longest question and --max-new-tokens answer tokens must fit the model's context of `limit`
+    tokens; each way they do not is its own line naming what to change (also checks the prompt's form).
+
+    Run before any weights load or any work folder exists: a question of a million tokens used to try to allocate
+    its attention at sampling time, and left a .partial behind.
+    """
+    prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
+    where = "in the chat template" if prompt.form == "chat" else "as a text prefix"
+    prompt_only = len(encode_like_lm_eval(tokenizer, prompt.context(tokenizer, "")))
+    longest, question, cut = prompt_only, None, False
+    for q, q_cut in _longest_questions(tokenizer, questions, limit):
+        tokens = len(encode_like_lm_eval(tokenizer, prompt.context(tokenizer, q.text)))
+        if tokens > longest:
+            longest, question, cut = tokens, q, q_cut
+    answer = config.max_new_tokens
+    if longest + answer <= limit:
+        return
+    room = limit - longest
+    if prompt_only + answer > limit:  # the prompt alone leaves no room: blame the larger of the two
+        if answer >= prompt_only:
+            fix = f"pass at most {room}" if room >= 1 else "shorten the prompt"
+            raise BakingError(f"--max-new-tokens {answer} leaves no room for the prompt and the longest question "
+                              f"({longest} tokens {where}) in the model's context of {limit}; {fix}")
+        fix = f" (or pass --max-new-tokens at most {limit - prompt_only})" if limit - prompt_only >= 1 else ""
+        raise BakingError(f"the prompt takes {prompt_only} tokens {where}, and with --max-new-tokens {answer} that "
+                          f"exceeds the model's context of {limit}; shorten the prompt{fix}")
+    named = question.where or quoted(question.text, 40)
+    most = limit - answer - prompt_only
+    fix = f"shorten it to at most {most} tokens or remove it" if most >= 1 else "remove it"
+    if room >= 1:
+        fix += f", or pass --max-new-tokens at most {room}"
+    raise BakingError(f"the longest question, {named}, takes {'over ' if cut else ''}{longest} tokens with the "
+                      f"prompt {where}, and with --max-new-tokens {answer} that exceeds the model's context of "
+                      f"{limit}; {fix}")
+
+
+def _longest_questions(tokenizer, questions: list[Question], limit: int) -> list[tuple[Question, bool]]:
+    """The `_LONGEST_MEASURED` questions with the most tokens of their own, each with whether it was cut short.
+
+    Only the first (limit + 1) x (the longest token's length) characters of a question are tokenised: no token
+    covers more, so that part alone is over the limit and the rest could only add to it (a 5 MB line then costs
+    a fraction of a second, not seconds).
+    """
+    if not questions:
+        return []
+    cap = (limit + 1) * max((len(t) for t in tokenizer.get_vocab()), default=16)
+    shown = [q.text[:cap] for q in questions]
+    counts = [len(ids) for ids in tokenizer(shown, add_special_tokens=False)["input_ids"]]
+    ranked = sorted(range(len(questions)), key=lambda i: -counts[i])[:_LONGEST_MEASURED]
+    return [(Question(shown[i], questions[i].category, where=questions[i].where), len(questions[i].text) > cap)
+            for i in ranked]

@@ -10,6 +10,7 @@ with that help and default; the default lives in the dataclass only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, field
 
 
@@ -19,3 +20,20 @@ def setting(default=MISSING, *, help: str, default_factory=MISSING, **cli):
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+# Above this a sampling temperature draws about uniformly from the vocabulary: no setting anyone means.
+MAX_TEMPERATURE = 100.0
+
+
+def in_range(value, *, low=None, high=None, above=None, below=None) -> bool:
+    """Whether `value` is a finite real number (not a bool) with low <= value <= high and above < value < below;
+    a bound left None is not checked.
+
+    The one test of every float setting: `value > 0` alone lets inf through (and `not value < 0` lets nan
+    through), and such a number then fails deep inside a bake, after the sampling, or as a traceback.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return ((low is None or value >= low) and (high is None or value <= high)
+            and (above is None or value > above) and (below is None or value < below))

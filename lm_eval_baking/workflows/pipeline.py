@@ -36,6 +36,7 @@ from ..results.collect import collect
 from ..results.gate import Check, Threshold, format_checks, judge_forgetting_row, judge_value, overall
 from ..results.report import build_report
 from ..results.rows import Measurement
+from ..training.plan import check_before_work
 from ..utils.atomic import write_json
 from .lm_eval_runs import ensure_forgetting_data, run_lm_eval
 from .recipe import Recipe
@@ -97,6 +98,7 @@ def run_pipeline(recipe: Recipe, *, overwrite: bool = False, progress: bool = Tr
     output = recipe.output
     check_output(output, overwrite=overwrite, what="pipeline",
                  same_run=lambda folder: (folder / PIPELINE_RECORD).is_file())
+    check_before_work([recipe.stage_config(stage) for stage in recipe.stages], output)
     seconds: dict[str, float] = {}
     steps = tqdm(total=5 + len(recipe.schedule()), desc="pipeline", unit="step", disable=not progress,
                  bar_format="{desc}: {n}/{total} steps |{bar:20}| {elapsed}")

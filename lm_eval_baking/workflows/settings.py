@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT
 from ..errors import BakingError
-from ..utils.settings import setting
+from ..utils.settings import in_range, setting
 
 
 @dataclass
@@ -28,8 +28,8 @@ class CrossTaskSettings:
         checks = [
             (self.limit is None or self.limit >= 2, "--limit must be at least 2 docs (a paired CI needs two)"),
             (self.eval_batch_size >= 1, "--eval-batch-size must be at least 1"),
-            (self.threshold_pct > 0, f"--threshold must be above 0 (got {self.threshold_pct})"),
-            (0 < self.min_share <= 1, f"--min-share must be above 0 and at most 1 (got {self.min_share})"),
+            (in_range(self.threshold_pct, above=0), f"--threshold must be a finite number above 0 (got {self.threshold_pct})"),
+            (in_range(self.min_share, above=0, high=1), f"--min-share must be above 0 and at most 1 (got {self.min_share})"),
         ]
         for ok, message in checks:
             if not ok:
