@@ -77,8 +77,14 @@ def test_different_bake_at_output_is_refused_and_left_intact(tiny_bake, tiny_mod
     assert {p: p.read_bytes() for p in tiny_bake.output.rglob("*") if p.is_file()} == before
 
 
-def test_nan_loss_stops_with_advice_and_writes_nothing(tiny_model_dir, question_file, tmp_path):
-    config = tiny_config(tiny_model_dir, question_file, learning_rate=1e30, epochs=1)
+def test_nan_loss_stops_with_advice_and_writes_nothing(tiny_model_dir, question_file, tmp_path, monkeypatch):
+    import torch
+
+    from lm_eval_baking.training.baker import PromptBaker
+
+    # A diverged step, as a learning rate far too high for the model gives (rates above 1 are refused up front).
+    monkeypatch.setattr(PromptBaker, "compute_loss", lambda *_, **__: torch.tensor(float("nan"), requires_grad=True))
+    config = tiny_config(tiny_model_dir, question_file, epochs=1)
     with pytest.raises(BakingError, match="lower --learning-rate"):
         bake(config, tmp_path / "nan", progress=False)
     assert list(tmp_path.iterdir()) == []
