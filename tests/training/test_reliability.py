@@ -195,10 +195,15 @@ def test_overwrite_without_resume_discards_the_leftover_work(tiny_model_dir, que
     assert result.resumed_from is None and load_bake_record(output)["config"]["prompt"] == "You are a cat."
 
 
-def test_a_bake_that_can_never_finish_leaves_nothing_behind(tiny_model_dir, question_file, tmp_path):
+def test_a_bake_that_can_never_finish_leaves_nothing_behind(tiny_model_dir, question_file, tmp_path, monkeypatch):
+    import torch
+
+    from lm_eval_baking.training.baker import PromptBaker
+
+    # A diverged step (learning rates high enough to give one are refused up front since they are above 1).
+    monkeypatch.setattr(PromptBaker, "compute_loss", lambda *_, **__: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(BakingError, match="lower --learning-rate"):
-        bake(tiny_config(tiny_model_dir, question_file, learning_rate=1e30, epochs=1), tmp_path / "nan",
-             progress=False)
+        bake(tiny_config(tiny_model_dir, question_file, epochs=1), tmp_path / "nan", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
