@@ -213,3 +213,14 @@ def test_check_on_a_file_that_is_not_results_names_what_is_wrong(tmp_path, capsy
     code, _, err = run(capsys, "check", path, "--min-quality", "0.8")
     assert code == 2 and one_line(err) == (f"lm-eval-baking: error: {path} cannot be used: {reason}; pass lm_eval 0.4 "
                                            "results (results_*.json) or their --output_path folder")
+
+
+def test_files_of_other_names_named_beside_results_are_still_ignored(tmp_path, capsys):
+    """`check out/*` names samples and adapter configs too: only when nothing else is usable is a .json read."""
+    results = results_file(tmp_path / "r", {"kl_per_token,none": 0.05, "kl_per_token_stderr,none": 0.01},
+                           samples=[{"kl_per_token": 0.05}])
+    (tmp_path / "r" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    named = sorted((tmp_path / "r").iterdir())
+    assert len(named) == 3 and results in named
+    code, out, err = run(capsys, "check", *named, "--max-kl", "0.1")
+    assert code == 0 and err == "" and "1 passed" in out
