@@ -51,7 +51,8 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
     "forgetting": (-math.inf, 100.0),
 }
 # Monte-Carlo estimates: one run's estimate can come out beyond the quantity's range (an MC-KL below 0,
-# so a quality above 1) by sampling noise, so only an estimate whose whole CI is outside is impossible.
+# so a quality above 1) by sampling noise, so only an estimate whose whole CI is outside is impossible;
+# without a finite CI noise cannot be told from damage, and the verdict is INCONCLUSIVE (judge_bound).
 # Every other metric is a mean of bounded per-doc scores: any value outside its range is impossible.
 ESTIMATES = frozenset({"kl_per_token", "kl_per_sequence", "quality"})
 # Float rounding (a prompted base's KL of -1e-9) is not a value outside the range.
@@ -74,22 +75,31 @@ def finite_ci(ci) -> bool:
     return ci is not None and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci)
 
 
+def is_estimate(metric: str) -> bool:
+    return metric.rpartition(":")[2].partition(",")[0] in ESTIMATES
+
+
+def outside_range(metric: str, low_end: float, high_end: float | None = None) -> bool:
+    """True when all of [low_end, high_end] (one value when high_end is None) lies outside `metric`'s range."""
+    low, high = metric_range(metric)
+    high_end = low_end if high_end is None else high_end
+    return high_end < low - _RANGE_SLACK or low_end > high + _RANGE_SLACK
+
+
 def impossible_value(metric: str, value: float, ci: tuple[float, float] | None = None) -> bool:
     """True when `value` (with its 95% CI, for an estimate) cannot be a `metric`: a damaged or hand-edited file."""
-    low, high = metric_range(metric)
     if not math.isfinite(value):
         return True
-    name = metric.rpartition(":")[2].partition(",")[0]
-    reach = tuple(ci) if name in ESTIMATES and finite_ci(ci) else (value, value)
-    return reach[1] < low - _RANGE_SLACK or reach[0] > high + _RANGE_SLACK
+    if is_estimate(metric):
+        return finite_ci(ci) and outside_range(metric, *ci)
+    return outside_range(metric, value)
 
 
 def refuse_impossible(metric: str, value: float, ci: tuple[float, float] | None, where: str) -> None:
     """A BakingError naming the file, the metric, its value and range when `impossible_value`."""
     if not impossible_value(metric, value, ci):
         return
-    name = metric.rpartition(":")[2].partition(",")[0]
-    shown = f"{value:.4g}" + (f" (95% CI [{ci[0]:.4g}, {ci[1]:.4g}])" if name in ESTIMATES and finite_ci(ci) else "")
+    shown = f"{value:.4g}" + (f" (95% CI [{ci[0]:.4g}, {ci[1]:.4g}])" if is_estimate(metric) else "")
     raise BakingError(f"{where}: {metric} is {shown}, outside its range {range_text(metric)}, so the file is "
                       "damaged or was edited by hand; re-run the evaluation that wrote it")
 

@@ -7,7 +7,6 @@ lm_eval spends model time or prints a number that cannot be right.
 
 from __future__ import annotations
 
-
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 

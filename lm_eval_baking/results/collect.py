@@ -68,10 +68,13 @@ def _kind_of_file(path: Path) -> str | None:
 
 def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -> Collection:
     """Read every input under `paths` into variant rows and records; bad files go to `skipped`."""
-    # A file named on the command line is read whatever its name, so that what is wrong with it gets said.
-    named = {Path(p) for p in paths if Path(p).is_file()}
-    files = [(f, _kind_of_file(f) or ("results" if f in named else None)) for f in input_files(paths)]
-    files = [(f, kind) for f, kind in files if kind]
+    found = input_files(paths)
+    files = [(f, kind) for f in found if (kind := _kind_of_file(f))]
+    if not files:
+        # Nothing of a known name: a .json named on the command line is read as results whatever its name,
+        # so that what is wrong with it gets said. (Only then: a glob can name samples and adapter configs.)
+        named = {Path(p) for p in paths if Path(p).is_file()}
+        files = [(f, "results") for f in found if f in named and f.suffix == ".json"]
     if not files:
         shown = ", ".join(map(str, paths))
         raise BakingError(f"no lm_eval results (results_*.json) or bake records under {shown}; run lm_eval with "

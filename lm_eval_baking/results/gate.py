@@ -31,7 +31,10 @@ import math
 from dataclasses import dataclass
 
 from ..constants import BAKE_RECORD, CROSS_TASK_RECORD, FORGETTING_GROUP, PURSUIT_RECORD
-from ..core.verdicts import ESTIMATES, Verdict, combine, judge_bound, metric_range, refuse_impossible
+from ..core.verdicts import (
+    ESTIMATES, Verdict, combine, finite_ci, judge_bound, metric_range, outside_range, range_text,
+    refuse_impossible,
+)
 from ..errors import BakingError
 from ..utils.text import listed, quoted
 from .collect import collect
@@ -232,6 +235,8 @@ def judge_value(metric: str, variant: str, m: Measurement | None, bound: str, li
         floor, ceiling = metric_range(name)
         ci = (max(ci[0], floor), min(ci[1], ceiling))
     verdict, why = judge_bound(m.value, ci, bound, limit, docs)
+    if not finite_ci(ci) and outside_range(name, m.value):  # an estimate without a CI: noise or damage, unknowable
+        why += f"; {m.value:.4g} is outside {name}'s range {range_text(name)}"
     note = "; ".join(part for part in (note, why) if part)
     return Check(metric, variant, m.value, ci, bound, limit, verdict.value, note)
 

@@ -57,8 +57,6 @@ def results_file(folder: Path, metrics: dict, *, task: str = MCKL, samples: list
      "baking_mckl:quality is 3.5 (95% CI [3.4, 3.6]), outside its range (-inf, 1]"),
     ({"kl_per_token,none": -0.5, "kl_per_token_stderr,none": 0.01}, ("--max-kl", "0.1"),
      "baking_mckl:kl_per_token is -0.5 (95% CI [-0.5196, -0.4804]), outside its range [0, inf)"),
-    # Without a CI an estimate outside its range is as impossible as a score.
-    ({"quality,none": 3.5}, ("--min-quality", "0.8"), "baking_mckl:quality is 3.5, outside its range (-inf, 1]"),
 ])
 def test_check_refuses_an_impossible_value_naming_file_metric_value_and_range(tmp_path, capsys, metrics, option,
                                                                                 shown):
@@ -70,6 +68,14 @@ def test_check_refuses_an_impossible_value_naming_file_metric_value_and_range(tm
     assert line == (f"lm-eval-baking: error: {path}: {shown}, so the file is damaged or was edited by hand; "
                     "re-run the evaluation that wrote it")
     assert path.read_bytes() == before
+
+
+def test_an_estimate_outside_its_range_without_a_ci_is_inconclusive_and_says_so(tmp_path, capsys):
+    """Without a CI, sampling noise (one held-out answer) cannot be told from a damaged file: never PASS."""
+    results_file(tmp_path / "r", {"quality,none": 3.5})
+    code, out, err = run(capsys, "check", tmp_path / "r", "--min-quality", "0.8")
+    assert code == 3 and err == "" and "0 passed" in out
+    assert "not judged" in out and "3.5 is outside quality's range (-inf, 1]" in out
 
 
 def test_an_accuracy_above_1_is_refused_on_any_task(tmp_path, capsys):
@@ -103,6 +109,7 @@ def test_the_range_rule_is_one_table():
     assert impossible_value("acc", float("nan")) is True
     assert impossible_value("quality", 3.5, (0.9, 4.0)) is False  # an estimate whose CI reaches its range
     assert impossible_value("acc", 1.5, (0.9, 2.0)) is True  # a mean of 0/1 scores cannot be 1.5 at all
+    assert impossible_value("quality", 3.5) is False  # an estimate without a CI: INCONCLUSIVE, not refused
     with pytest.raises(BakingError, match=r"^F: drift is -1.5, outside its range \[-1, 1\]"):
         refuse_impossible("drift", -1.5, None, "F")
 
@@ -213,3 +220,14 @@ def test_check_on_a_file_that_is_not_results_names_what_is_wrong(tmp_path, capsy
     code, _, err = run(capsys, "check", path, "--min-quality", "0.8")
     assert code == 2 and one_line(err) == (f"lm-eval-baking: error: {path} cannot be used: {reason}; pass lm_eval 0.4 "
                                            "results (results_*.json) or their --output_path folder")
+
+
+def test_files_of_other_names_named_beside_results_are_still_ignored(tmp_path, capsys):
+    """`check out/*` names samples and adapter configs too: only when nothing else is usable is a .json read."""
+    results = results_file(tmp_path / "r", {"kl_per_token,none": 0.05, "kl_per_token_stderr,none": 0.01},
+                           samples=[{"kl_per_token": 0.05}])
+    (tmp_path / "r" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    named = sorted((tmp_path / "r").iterdir())
+    assert len(named) == 3 and results in named
+    code, out, err = run(capsys, "check", *named, "--max-kl", "0.1")
+    assert code == 0 and err == "" and "1 passed" in out
