@@ -26,6 +26,14 @@ def _run_pipeline(args) -> int:
     from .options import quiet_libraries
 
     quiet_libraries()
-    result = run_pipeline(recipe, overwrite=args.overwrite, progress=not args.quiet)
+    try:
+        result = run_pipeline(recipe, overwrite=args.overwrite, progress=not args.quiet)
+    except KeyboardInterrupt as e:
+        if str(e):  # a bake's own line: where its work is kept
+            raise
+        # Stopped between bakes (an lm_eval run, a check): every finished step is kept, an unfinished one never
+        # lands at its path, and the same command continues.
+        raise KeyboardInterrupt(f"every finished step is kept in {recipe.output}; rerun the same command to "
+                                "continue from there") from None
     print("\n" + format_pipeline(result))
     return result.exit_code

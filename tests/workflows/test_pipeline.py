@@ -137,3 +137,18 @@ def test_the_pipeline_command_prints_the_tables_and_exits_with_the_verdict(tiny_
     assert code == result.exit_code
     assert "stage 4: french (cycle 2)" in out and "after own stage" in out and "inconclusive:" in out
     assert "| step | seconds |" in out
+
+
+def test_ctrl_c_between_bakes_says_the_finished_steps_are_kept(tiny_model_dir, question_file, tmp_path, capsys,
+                                                               monkeypatch):
+    import lm_eval_baking.workflows.pipeline as pipeline
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt  # as Ctrl-C during an lm_eval run gives it: no bake's own message
+    monkeypatch.setattr(pipeline, "run_pipeline", interrupted)
+    recipe, settings = tmp_path / "r.yaml", tiny_recipe(tmp_path, tiny_model_dir, question_file)
+    recipe.write_text(yaml.safe_dump(settings))
+    assert main(["pipeline", str(recipe), "--quiet"]) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"lm-eval-baking: interrupted; every finished step is kept in {settings['output']}; rerun the same "
+                    "command to continue from there")
