@@ -77,8 +77,12 @@ def test_different_bake_at_output_is_refused_and_left_intact(tiny_bake, tiny_mod
     assert {p: p.read_bytes() for p in tiny_bake.output.rglob("*") if p.is_file()} == before
 
 
-def test_nan_loss_stops_with_advice_and_writes_nothing(tiny_model_dir, question_file, tmp_path):
-    config = tiny_config(tiny_model_dir, question_file, learning_rate=1e30, epochs=1)
+def test_nan_loss_stops_with_advice_and_writes_nothing(tiny_model_dir, question_file, tmp_path, monkeypatch):
+    from lm_eval_baking.training.baker import PromptBaker
+
+    # A learning rate that would diverge (1e30) is refused before any work now; the loss is made nan directly.
+    monkeypatch.setattr(PromptBaker, "_step", lambda self, batch: float("nan"))
+    config = tiny_config(tiny_model_dir, question_file, epochs=1)
     with pytest.raises(BakingError, match="lower --learning-rate"):
         bake(config, tmp_path / "nan", progress=False)
     assert list(tmp_path.iterdir()) == []
