@@ -71,13 +71,15 @@ def load_task(name: str, include_path: str | None = None, metadata: dict | None 
 
 def build_task_prompt(name: str, form: str, *, num_fewshot: int | None = None, include_path: str | None = None,
                       fewshot_seed: int = DEFAULT_FEWSHOT_SEED, max_questions: int | None = None, seed: int = 0,
-                      metadata: dict | None = None, task=None) -> TaskPrompt:
+                      metadata: dict | None = None, task=None, own_questions: bool = True) -> TaskPrompt:
     """The k-shot prompt lm_eval builds for task `name` (see the module docstring) and its questions.
 
     `form` is chat (as `--apply_chat_template --fewshot_as_multiturn`) or text (no chat template).
     Questions are the task's docs in every split but the evaluated one, without the few-shot
     examples themselves and without any text that also occurs in the evaluated split; at most
-    `max_questions` of them (a seeded sample, in doc order).
+    `max_questions` of them (a seeded sample, in doc order). With `own_questions` False (the user passed
+    --questions) the task's docs are not read for questions at all, so a task whose docs all sit in its
+    evaluated and few-shot splits bakes too.
     """
     task = task or load_task(name, include_path, metadata)
     shots = num_fewshot if num_fewshot is not None else task.get_config("num_fewshot")
@@ -104,7 +106,7 @@ def build_task_prompt(name: str, form: str, *, num_fewshot: int | None = None, i
     else:
         raise BakingError(f"a task prompt's form is chat or text, not {quoted(form)}")
     eval_split = task.config.test_split if task.has_test_docs() else task.config.validation_split
-    questions, splits = _questions(task, name, eval_split, drawn, max_questions, seed)
+    questions, splits = _questions(task, name, eval_split, drawn, max_questions, seed) if own_questions else ([], [])
     record = {
         "name": name, "version": task.VERSION, "config_sha256": config_sha256(task), "num_fewshot": shots,
         "output_type": task.OUTPUT_TYPE, "form": form, "fewshot_split": task.fewshot_cfg.split,

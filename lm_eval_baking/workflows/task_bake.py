@@ -34,7 +34,7 @@ def task_bake_config(task: str, config: BakeConfig, settings: TaskPromptSettings
     form = resolve_form(config.prompt_format, tokenizer)
     built = build_task_prompt(task, form, num_fewshot=settings.num_fewshot, include_path=settings.include_path,
                               fewshot_seed=settings.fewshot_seed, max_questions=settings.max_task_questions,
-                              seed=config.seed)
+                              seed=config.seed, own_questions=config.questions == BUILTIN_QUESTIONS)
     questions = config.questions
     if questions == BUILTIN_QUESTIONS:
         questions = str(write_questions(task, built.questions))

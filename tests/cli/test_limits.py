@@ -319,3 +319,23 @@ def test_a_read_only_pipeline_output_is_refused_before_any_work(small_disk, tiny
     path.write_text(json.dumps(recipe))
     line = refused(capsys, tmp_path, "pipeline", path)
     assert f"cannot be written: {small_disk} is read-only" in line
+
+
+# ---------------------------------------------------------------------------- bake --task T --questions FILE
+
+def test_a_task_without_spare_docs_bakes_with_the_users_questions(tiny_model_dir, question_file, tmp_path, capsys):
+    import json
+
+    from conftest import FEWSHOT_TASKS
+
+    task = ["bake", "--task", "tiny_fewshot_sums", "--include-path", FEWSHOT_TASKS, "--num-fewshot", "18",
+            "--model", tiny_model_dir, *TINY_BAKE]
+    # 4 docs left: too few of its own (lm_eval prints a note about --metadata on stderr too, hence the last line)
+    assert main([str(a) for a in task + ["--output", tmp_path / "own"]]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "own").exists()
+    assert "has 4 questions outside its evaluated split" in line and "pass --questions FILE" in line
+    assert main([str(a) for a in task + ["--questions", question_file, "--output", tmp_path / "bake"]]) in (0, 1)
+    record = json.loads((tmp_path / "bake" / "baking.json").read_text())
+    assert record["task"]["questions"] == f"--questions {question_file}" and record["task"]["num_fewshot"] == 18
+    assert record["config"]["questions"] == str(question_file)
