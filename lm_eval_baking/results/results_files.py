@@ -70,9 +70,11 @@ def parse_results_file(data: dict) -> ResultsFile:
     results = data.get("results")
     if not isinstance(results, dict):
         raise Skip("not an lm_eval results file (no 'results' object)")
+    if not results:
+        raise Skip("its 'results' object is empty: no task was evaluated")
     version = data.get("lm_eval_version")
     if not isinstance(version, str) or not version.startswith(SUPPORTED_LM_EVAL):
-        written_by = _short(version) if version else "before 0.4 (no lm_eval_version)"
+        written_by = _short(version) if version else "before 0.4, or not by lm_eval (it has no lm_eval_version)"
         raise Skip(f"written by lm_eval {written_by}; this report reads lm_eval {SUPPORTED_LM_EVAL}x results: "
                     "re-run the evaluation with lm_eval 0.4.13")
     higher_is_better = _object_field(data, "higher_is_better")
