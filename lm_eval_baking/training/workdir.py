@@ -308,3 +308,14 @@ def write_error(error: Exception, work: WorkDir) -> OutputWriteError:
     kept = f"the work done so far is kept in {work.path}; " if work.exists() else ""
     return OutputWriteError(f"cannot write {where} ({reason}); {kept}free some disk space or pick a writable "
                             "--output, then rerun the same command with --resume")
+
+
+def kept_note(work: WorkDir, message: str) -> str:
+    """What a failed bake adds about its work folder, which it never deletes: sampled data and checkpoints
+    cost hours, and only an explicit --overwrite discards them (`message` may already say how to start over)."""
+    if not work.exists():
+        return "nothing was written"
+    kept = f"the work so far is kept in {work.path}"
+    if "--overwrite" in message:
+        return kept
+    return f"{kept}: rerun with --resume once that is fixed, or pass --overwrite (without --resume) to start over"
