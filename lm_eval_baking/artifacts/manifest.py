@@ -38,7 +38,7 @@ from typing import Iterator
 
 from ..constants import (
     LEGACY_RECORDS, MANIFEST, MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, MANIFEST_HASH_LIMIT, MANIFEST_TOOL,
-    PARTIAL_SUFFIX, WORK_STATE,
+    PARTIAL_SUFFIX, WORK_FORMAT, WORK_STATE,
 )
 from ..errors import BakingError
 from ..utils.atomic import staged_directory, write_bytes, write_json
@@ -189,7 +189,13 @@ def _walk(root: Path, directory: Path, entries: dict[str, dict], found: list[str
 def _is_work_in_progress(folder: Path) -> bool:
     if _TRANSIENT.match(folder.name):
         return True
-    return folder.name.startswith(".") and folder.name.endswith(PARTIAL_SUFFIX) and (folder / WORK_STATE).is_file()
+    if not (folder.name.startswith(".") and folder.name.endswith(PARTIAL_SUFFIX)):
+        return False
+    try:  # a bake's work folder is known by its state (training/workdir.py), not by its name alone
+        state = json.loads((folder / WORK_STATE).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(state, dict) and state.get("format") == WORK_FORMAT
 
 
 def _holds_files(folder: Path) -> bool:

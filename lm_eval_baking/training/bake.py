@@ -31,7 +31,7 @@ from ..core.sampling import sample_trajectories
 from ..core.scoring import score_heldout
 from ..errors import BakingError
 
-from .baker import PromptBaker, attach_lora
+from .baker import LossDiverged, PromptBaker, attach_lora
 from .config import BakeConfig, ResumeSettings
 from .plan import BakePlan, plan_bake
 from .replay import Replay
@@ -165,8 +165,10 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
         work.release()
         raise
     except BakingError as e:
-        # The work folder stays as it is (a failed resume's byte for byte): see kept_note.
-        work.release()
+        work.release()  # the work folder stays as it is (a failed resume's byte for byte): see kept_note
+        if isinstance(e, LossDiverged) and not adopted:
+            work.discard()  # made by this run moments ago, for settings that can never finish
+            raise
         raise BakingError(f"{e}; {kept_note(work, str(e))}") from None
     except (OSError, safetensors_error()) as e:
         work.release()
@@ -309,7 +311,7 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
                          reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens),
                          environment={**environment(model.device), "engine": workers.engine,
                                       "processes": workers.world},
-                         resumes=work.state().get("resumes", []), tracker=tracker, plan=plan,
+                         resumes=work.resumes(), tracker=tracker, plan=plan,
                          prompt_form=prompt.form, task=task)
     gathered = {"state_dict": trainable_state(model)} if workers.sharded else {}  # a collective: every process
     if work.writer:
