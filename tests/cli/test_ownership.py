@@ -17,7 +17,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from lm_eval_baking.artifacts.manifest import foreign_entries, owned_directory, read_manifest, write_owned_json
 from lm_eval_baking.artifacts.outputs import check_output
@@ -254,15 +254,15 @@ def test_overwrite_replaces_exactly_what_the_manifest_lists(small_bake, tmp_path
 # of ours, then a command that writes that output with --overwrite, interrupted at a random write step, then
 # the same command again: every user file survives byte for byte. Seed policy: the "ci" profile of conftest.py
 # (derandomize=True, no database), so every run draws the same PROPERTY_EXAMPLES cases.
-PROPERTY_EXAMPLES = 60
+PROPERTY_EXAMPLES = 200
 
 USER_NAMES = ["thesis.txt", "report.json", "baking.json", "pipeline.json", "pursuit.json", "adapter_config.json",
               "adapter_model.safetensors", "README.md", MANIFEST, "results_2026.json", "state.json"]
 USER_DIRS = ["chapters", "data", "checkpoints", "lm_eval", "round-1", "pursued", ".round-1.partial"]
 OUR_NAMES = ["baking.json", "README.md", "adapter_config.json", "data/heldout.jsonl", "checkpoints/epoch-1/a.bin"]
 
-user_files = st.lists(st.tuples(st.lists(st.sampled_from(USER_DIRS), max_size=2), st.sampled_from(USER_NAMES),
-                                st.binary(max_size=32)), max_size=5)
+user_file = st.tuples(st.lists(st.sampled_from(USER_DIRS), max_size=2), st.sampled_from(USER_NAMES),
+                      st.binary(max_size=32))
 
 
 def _write_user_files(root: Path, files) -> dict[Path, bytes]:
@@ -302,13 +302,17 @@ def _interrupting(at: int | None, error: str, stack: ExitStack) -> None:
         stack.enter_context(mock.patch.object(module, name, step(getattr(module, name))))
 
 
-def _command(kind: str, target: Path, bake_dir: Path):
+def _command(kind: str, target: Path, bake_dir: Path, meanwhile: dict[Path, bytes], written: dict[Path, bytes]):
     from lm_eval_baking.artifacts.lora import export_strength
     from lm_eval_baking.results.report import build_report
 
     if kind == "staged":
         check_output(target, overwrite=True, what="bake")
         with owned_directory(target, "bake") as staging:
+            for path, content in list(meanwhile.items()):  # the user adds a file while the command runs
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content)
+                written[path] = meanwhile.pop(path)
             for name in OUR_NAMES:
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)
                 (staging / name).write_text(f"new {name}")
@@ -328,11 +332,19 @@ def _command(kind: str, target: Path, bake_dir: Path):
 @settings(max_examples=PROPERTY_EXAMPLES, derandomize=True, database=None, deadline=None)
 @given(state=st.sampled_from(["missing", "empty", "user's", "ours", "ours with user files", "ours before manifests"]),
        ours=st.lists(st.sampled_from(OUR_NAMES), min_size=1, max_size=4, unique=True),
-       inside=user_files, beside=user_files,
+       inside=st.lists(user_file, min_size=1, max_size=5), beside=st.lists(user_file, max_size=3),
        command=st.sampled_from(["staged", "incremental", "strength", "report", "cli strength"]),
-       at=st.none() | st.integers(1, 12), error=st.sampled_from(["interrupt", "disk full", "crash"]))
+       at=st.none() | st.integers(1, 12), error=st.sampled_from(["interrupt", "disk full", "crash"]),
+       nested=st.booleans(), meanwhile=st.booleans())
+@example(state="ours with user files", ours=["baking.json"], inside=[(["data"], "thesis.txt", b"t")], beside=[],
+         command="staged", at=None, error="crash", nested=False, meanwhile=False)  # case 4, whatever the seed
+@example(state="ours with user files", ours=["README.md"], inside=[(["round-1"], "notes.md", b"n")], beside=[],
+         command="strength", at=None, error="crash", nested=True, meanwhile=False)  # inside a nested bake of ours
+@example(state="ours", ours=["README.md"], inside=[([], "notes.md", b"n")], beside=[], command="staged", at=None,
+         error="crash", nested=False, meanwhile=True)  # a file added while the command runs
 def test_every_user_file_survives_any_command_interrupted_anywhere(small_bake, tmp_path, capsys, state, ours,
-                                                                   inside, beside, command, at, error):
+                                                                   inside, beside, command, at, error, nested,
+                                                                   meanwhile):
     root = Path(tempfile.mkdtemp(dir=tmp_path))
     target = root / "out"
     if state != "missing":
@@ -342,6 +354,9 @@ def test_every_user_file_survives_any_command_interrupted_anywhere(small_bake, t
             for name in ours:
                 (staging / name).parent.mkdir(parents=True, exist_ok=True)
                 (staging / name).write_text(f"old {name}")
+        if nested:  # a bake of ours inside it (a pursuit's round-1), judged by its own manifest
+            with owned_directory(target / "round-1", "bake") as staging:
+                (staging / "baking.json").write_text("{}")
         if state == "ours before manifests":
             (target / MANIFEST).unlink()
     kept = _write_user_files(root / "beside", beside)
@@ -350,11 +365,12 @@ def test_every_user_file_survives_any_command_interrupted_anywhere(small_bake, t
     if state == "ours before manifests":
         kept.update({p: p.read_bytes() for p in target.rglob("*") if p.is_file()})
 
+    added = {target / "late" / "draft.txt": b"written during the command"} if meanwhile else {}
     for attempt in ("interrupted", "again"):
         with ExitStack() as stack:
             _interrupting(at if attempt == "interrupted" else None, error, stack)
             try:
-                _command(command, target, small_bake)
+                _command(command, target, small_bake, added, kept)
                 finished = True
             except (BakingError, OSError, Interrupted, KeyboardInterrupt):
                 finished = False
