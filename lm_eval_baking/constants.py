@@ -50,22 +50,24 @@ CROSS_TASK_RECORD = "cross_task.json"
 CROSS_TASK_FORMAT = "lm-eval-baking/cross-task"
 CROSS_TASK_HEATMAP = "cross_task.png"
 CROSS_TASK_BAKES = "bakes"
-REPORT_FILES = ("report.md", "report.html", "report.json")
 REPORT_FORMAT = "lm-eval-baking/report"
 LM_EVAL_RUN_STAMP = "lm_eval_run.json"
 PIPELINE_RECORD = "pipeline.json"
 PIPELINE_FORMAT = "lm-eval-baking/pipeline"
 
-# The record files that mark a folder as made by lm-eval-baking (so --overwrite may replace it).
-OWN_RECORDS = {
-    BAKE_RECORD: "bake",
-    PURSUIT_RECORD: "pursuit",
-    SEQUENCE_RECORD: "sequence",
-    FORGETTING_RECORD: "forgetting report",
-    CROSS_TASK_RECORD: "cross-task report",
-    "report.json": "report",
-    PIPELINE_RECORD: "pipeline",
-}
+# ---------------------------------------------------------------------------- ownership
+# Every folder lm-eval-baking writes holds this manifest: the tool, the kind of output, and every file it wrote
+# (artifacts/manifest.py). Only a folder with a valid one is ours to replace, and only what it lists goes.
+MANIFEST = "lm-eval-baking-manifest.json"
+MANIFEST_TOOL = "lm-eval-baking"
+MANIFEST_FORMAT = "lm-eval-baking/manifest"
+MANIFEST_FORMAT_VERSION = 1
+MANIFEST_HASH_LIMIT = 16 << 20  # files up to 16 MiB are listed with their sha256, bigger ones (weights) by size
+
+# Records that outputs written before manifests hold: such a folder is not replaced (it has no manifest), but the
+# refusal says it may be an old output of ours, to delete by hand.
+LEGACY_RECORDS = (BAKE_RECORD, PURSUIT_RECORD, SEQUENCE_RECORD, FORGETTING_RECORD, CROSS_TASK_RECORD, "report.json",
+                  PIPELINE_RECORD)
 
 # ---------------------------------------------------------------------------- names shared across layers
 DEFAULT_MODEL = "default"

@@ -31,6 +31,7 @@ from ..errors import BakingError
 from ..utils.atomic import write_json, write_jsonl, write_text
 from ..utils.jsonl import read_json_object, read_jsonl
 from ..utils.text import quoted
+from .manifest import owned_file
 
 KINDS = ("bake", "chain_export", "strength_export", "reference")
 # File keys that differ from the field names (kept so records written before BakeRecord still read).
@@ -219,13 +220,15 @@ class BakeDir:
         return read_jsonl(self.conversations_path) if self.conversations_path.is_file() else []
 
     def write_conversations(self, rows) -> None:
-        write_jsonl(self.conversations_path, rows)
+        with owned_file(self.path, None, CONVERSATIONS):  # listed in a bake's manifest (a user's adapter has none)
+            write_jsonl(self.conversations_path, rows)
 
     def drift_docs(self) -> list:
         return read_jsonl(self.drift_docs_path)
 
     def write_drift_docs(self, docs) -> None:
-        write_jsonl(self.drift_docs_path, docs)
+        with owned_file(self.path, None, DRIFT_DOCS):
+            write_jsonl(self.drift_docs_path, docs)
 
     # ------------------------------------------------------------------ writing a bake
 

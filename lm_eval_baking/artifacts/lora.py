@@ -23,11 +23,11 @@ import torch
 from ..constants import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from ..core import models
 from ..errors import BakingError
-from ..utils.atomic import staged_directory
 from ..utils.text import quoted
 from ..utils.versions import library_versions
 from .bake_dir import BakeDir, BakeRecord
-from .outputs import check_output
+from .manifest import owned_directory
+from .outputs import check_apart, check_output
 from .safety import check_adapter, read_adapter_weights
 
 
@@ -157,6 +157,7 @@ def export_chain(base_model: str, round_dirs, output: str | Path, *, overwrite: 
         raise BakingError("export_chain needs at least one bake directory; pass the rounds in the order they "
                           "were baked")
     output = Path(output)
+    check_apart(output, round_dirs)
     check_output(output, overwrite=overwrite, what="exported adapter")
     base_path = models.resolve_model(base_model)
     records = [BakeDir(d).record() for d in round_dirs]
@@ -209,7 +210,7 @@ def export_chain(base_model: str, round_dirs, output: str | Path, *, overwrite: 
         data={"heldout": "data/heldout.jsonl", "heldout_source": str(round_dirs[0])},
         versions=library_versions(), task=first.task,
     )
-    with staged_directory(output, replace=True) as staging:
+    with owned_directory(output, "exported adapter") as staging:
         lora.save_pretrained(staging)
         save_file(tensors, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         BakeDir(round_dirs[0]).copy_heldout_to(staging)
@@ -244,6 +245,7 @@ def export_strength(bake_dir: str | Path, strength, output: str | Path, *, epoch
     strength = parse_strength(strength)
     bake_dir = Path(bake_dir)
     output = Path(output)
+    check_apart(output, [bake_dir])
     check_output(output, overwrite=overwrite, what="strength export")
     source_record = BakeDir(bake_dir).record()
     source = bake_dir if epoch is None else BakeDir(bake_dir).checkpoint(epoch)
@@ -266,7 +268,7 @@ def export_strength(bake_dir: str | Path, strength, output: str | Path, *, epoch
         strength={"strength": strength, "source": str(bake_dir), "epoch": epoch, "source_scaling": lora.scaling,
                   "method": "lora_B multiplied by strength: delta_W = strength * scaling * B @ A"},
     )
-    with staged_directory(output, replace=True) as staging:
+    with owned_directory(output, "strength export") as staging:
         shutil.copyfile(source / ADAPTER_CONFIG, staging / ADAPTER_CONFIG)
         save_file(scaled, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         BakeDir(bake_dir).copy_heldout_to(staging)

@@ -1,9 +1,10 @@
-"""Which folders a command may replace: only what lm-eval-baking made.
+"""Which folders a command may replace: only what lm-eval-baking made, and in it only what it wrote.
 
-`--overwrite` replaces a bake, a pursuit, a sequence, a report, a forgetting
-report or a demo output, each recognised by the record it holds. A folder
-without such a record is the user's: it is never replaced or deleted, and no
-message suggests --overwrite for it.
+Ownership is the folder's manifest (artifacts/manifest.py), never a file name:
+`--overwrite` replaces a folder only when it holds a valid manifest and nothing
+the manifest does not list. A folder without one is the user's: it is never
+replaced or deleted, and no message suggests --overwrite for it. An output
+is also never one of the command's inputs (`check_apart`), checked before any work.
 """
 
 from __future__ import annotations
@@ -11,40 +12,73 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..constants import OWN_RECORDS, PARTIAL_SUFFIX
+from ..constants import PARTIAL_SUFFIX
 from ..errors import BakingError
-from ..utils.text import listed
+from .manifest import check_replaceable, not_ours, read_manifest
 
 
 def made_by_us(folder: Path) -> str | None:
-    """What lm-eval-baking artefact `folder` holds ('bake', 'pursuit', ...), or None when it is not ours."""
-    for record, kind in OWN_RECORDS.items():
-        if (folder / record).is_file():
-            return kind
-    return None
+    """The kind of lm-eval-baking output `folder` holds ('bake', 'pursuit', ...) by its manifest, or None."""
+    manifest = read_manifest(folder)
+    return manifest.kind if manifest is not None else None
 
 
-def check_output(output: str | Path, *, overwrite: bool, what: str, same_run=None) -> None:
-    """Refuse to write `what` to `output` unless it is new, empty, ours and replaceable.
+def check_output(output: str | Path, *, overwrite: bool, what: str, same_run=None) -> str | None:
+    """Refuse to write `what` to `output` unless it is new, empty, or ours with nothing of the user's in it.
 
     `same_run(folder)` may say that the folder holds this very run (to be reused
-    or continued), which needs no --overwrite.
+    or continued, which deletes nothing), which needs no --overwrite. Returns the
+    kind of output the folder holds (None when new or empty).
     """
     output = Path(output)
+    label = f"--output {output}"
     if output.exists() and not output.is_dir():
-        raise BakingError(f"--output {output} is a file; choose a directory path")
+        raise BakingError(f"{label} is a file; choose a directory path")
     if not output.is_dir() or not any(output.iterdir()):
-        return
-    kind = made_by_us(output)
-    if kind is None:
-        shown = sorted(p.name for p in output.iterdir())
-        more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
-        raise BakingError(f"--output {output} is a folder lm-eval-baking did not make (it holds "
-                          f"{listed(shown[:3], 40)}{more}); choose a new or empty folder for the {what}")
-    if overwrite or (same_run is not None and same_run(output)):
-        return
-    raise BakingError(f"--output {output} holds a different {kind} (made with other settings); choose another "
+        return None
+    manifest = read_manifest(output)
+    if manifest is None:
+        raise not_ours(output, label, what=what)
+    if not overwrite and same_run is not None and same_run(output):
+        return manifest.kind
+    check_replaceable(output, label, what=what)
+    if overwrite:
+        return manifest.kind
+    raise BakingError(f"{label} holds a different {manifest.kind} (made with other settings); choose another "
                       "--output or pass --overwrite to replace it")
+
+
+def check_own_output(output: str | Path, *, kind: str) -> None:
+    """For a command without --overwrite that replaces its own earlier output on a rerun (report, forgetting,
+    cross-task): `output` must be new, empty, or a `kind` of ours holding nothing of the user's."""
+    found = check_output(output, overwrite=True, what=kind)
+    if found not in (None, kind):
+        raise BakingError(f"--output {output} holds a {found}, not a {kind}; choose a new or empty folder for the "
+                          f"{kind}")
+
+
+def check_apart(output: str | Path, inputs, *, option: str = "--output") -> None:
+    """An output is never an input: refuse `output` equal to, inside or holding any of `inputs` (paths that do
+    not exist, or names like 'builtin', are skipped), before any work."""
+    target = _resolved(output)
+    for item in inputs:
+        if item is None or not Path(item).exists():
+            continue
+        source = _resolved(item)
+        if source == target:
+            relation = "is"
+        elif target in source.parents:
+            relation = "holds"
+        elif source in target.parents:
+            relation = "is inside"
+        else:
+            continue
+        raise BakingError(f"{option} {output} {relation} the input {item}; choose an {option} apart from every "
+                          "input")
+
+
+def _resolved(path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser())).resolve()
 
 
 def is_work_folder(folder: Path) -> bool:

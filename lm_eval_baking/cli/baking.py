@@ -91,6 +91,9 @@ def _run_bake(args) -> int:
     task_settings = settings_from_args(TaskPromptSettings, args)
     if not task and any(getattr(args, f) != d for f, d in (("num_fewshot", None), ("include_path", None))):
         raise BakingError("--num-fewshot and --include-path choose an lm_eval task's prompt; pass --task NAME too")
+    from ..artifacts.outputs import check_apart
+
+    check_apart(args.output, [args.prompt_file])
     quiet_libraries()
     resume_settings = settings_from_args(ResumeSettings, args)
     if task:

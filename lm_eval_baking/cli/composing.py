@@ -48,6 +48,9 @@ def _run_pursue(args) -> None:
         raise BakingError("pursuit bakes a text prompt (a system message); chat-message prompts (.json) are for "
                           "`lm-eval-baking bake`: pass a .txt --prompt-file")
     settings = settings_from_args(PursuitSettings, args)
+    from ..artifacts.outputs import check_apart
+
+    check_apart(args.output, [args.prompt_file])
     quiet_libraries()
     from ..compose.pursuit import format_pursuit_table, pursue
     from ..core.harness import LmEvalRun

@@ -18,14 +18,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..artifacts.lora import chain_id, export_chain, load_chain, merge_adapters
-from ..artifacts.outputs import check_output
+from ..artifacts.manifest import write_owned_json
+from ..artifacts.outputs import check_apart, check_output
 from ..constants import ADAPTER_WEIGHTS, PURSUED_DIR, PURSUIT_FORMAT, PURSUIT_RECORD
 from ..core import models
 from ..core.stats import compare_paired
 from ..training.bake import bake
 from ..training.config import BakeConfig, ResumeSettings
 from ..training.plan import check_before_work
-from ..utils.atomic import write_json
 from ..utils.jsonl import read_json_object
 from .behaviour import format_difference
 from .config import PursuitSettings
@@ -130,6 +130,7 @@ def pursue(config: BakeConfig, output: str | Path, *, max_rounds: int = 5, min_i
                                else evaluator_spec(evaluator, config.prompt))
     settings.validate()
     output = Path(output)
+    check_apart(output, [config.questions, config.model])
     check_output(output, overwrite=overwrite, what="pursuit", same_run=_same_pursuit(config))
     check_before_work([config], output)
     base_model = models.resolve_model(config.model)
@@ -229,7 +230,7 @@ def _finished(output: Path, config: BakeConfig, settings: PursuitSettings, start
 def _write_pursuit_record(output: Path, config: BakeConfig, settings: PursuitSettings, base_model: str,
                           rounds: list[RoundScore], stop_reason: str | None, best_round: int | None = None, *,
                           start: dict | None = None) -> None:
-    write_json(output / PURSUIT_RECORD, {
+    write_owned_json(output, "pursuit", PURSUIT_RECORD, {
         "format": PURSUIT_FORMAT,
         "format_version": 1,
         "status": "done" if best_round is not None else "running",

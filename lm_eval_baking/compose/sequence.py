@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..artifacts.bake_dir import BakeDir, BakeRecord
 from ..artifacts.lora import export_chain, load_chain
-from ..artifacts.outputs import check_output
+from ..artifacts.manifest import owned_directory, write_owned_json
+from ..artifacts.outputs import check_apart, check_output
 from ..constants import COMBINED_DIR, JOINT_REFERENCE, REFERENCES_DIR, SEQUENCE_FORMAT, SEQUENCE_RECORD
 from ..core import models
 from ..core.batching import autocast
@@ -28,7 +29,6 @@ from ..errors import BakingError
 from ..training.bake import bake
 from ..training.config import BakeConfig, ResumeSettings
 from ..training.plan import check_before_work
-from ..utils.atomic import staged_directory, write_json
 from ..utils.hashing import sha256_text
 from ..utils.jsonl import read_json_object
 from ..utils.text import quoted
@@ -101,7 +101,7 @@ def reference_answers(directory: Path, model, tokenizer, config: BakeConfig, bas
     if record.get("config") == config.to_dict() and (record.get("base_model") or {}).get("sha256") == base_sha:
         return QualityEvaluator.from_bake(directory, batch_size=config.batch_size * 2)
     heldout = _reference_heldout(model, tokenizer, config, progress)
-    with staged_directory(directory, replace=True) as staging:
+    with owned_directory(directory, "reference") as staging:
         BakeDir(staging).write_heldout(t.to_dict() for t in heldout)
         BakeRecord(
             kind="reference", config=config.to_dict(), prompt_sha256=sha256_text(config.prompt),
@@ -142,6 +142,7 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
     output = Path(output)
     settings = {"prompts": list(prompts), "cycles": cycles, "bake": {**base_config.to_dict(), "prompt": None},
                 "compose": asdict(compose)}
+    check_apart(output, [base_config.questions, base_config.model])
     check_output(output, overwrite=overwrite, what="sequence",
                  same_run=lambda folder: (read_json_object(folder / SEQUENCE_RECORD) or {}).get("config") == settings)
     check_before_work(prompt_configs, output)
@@ -196,7 +197,7 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
 
 def _write_sequence_record(output: Path, settings: dict, base_model: str, n_prompts: int, *, status: str,
                            sequence: SequenceResult | None = None) -> None:
-    write_json(output / SEQUENCE_RECORD, {
+    write_owned_json(output, "sequence", SEQUENCE_RECORD, {
         "format": SEQUENCE_FORMAT,
         "format_version": 1,
         "status": status,

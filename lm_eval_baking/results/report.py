@@ -10,10 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts.outputs import check_writable
-from ..constants import REPORT_FILES, REPORT_FORMAT
+from ..artifacts.manifest import owned_directory
+from ..artifacts.outputs import check_apart, check_own_output, check_writable
+from ..constants import REPORT_FORMAT
 from ..errors import BakingError
-from ..utils.atomic import make_readable, staged_directory, write_json
+from ..utils.atomic import make_readable, write_json
 from .collect import collect, display_path
 from .cross_task import matrix_table, own_task_table
 from .forgetting import DEFAULT_THRESHOLD_PCT
@@ -38,6 +39,8 @@ DRIFT_NOTE = ("Adherence after each probed turn (mean over conversations, 1 gree
 DRIFT_PAIRS_NOTE = ("Baked − prompted adherence on the same conversations and probes, paired doc by doc, with a 95% "
                     "CI over conversations. 'no difference' when the CI includes zero.")
 
+KIND = "report"
+
 
 @dataclass
 class Report:
@@ -61,7 +64,9 @@ def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: 
     the old report or the new one, never half of one.
     """
     output = Path(output)
-    _check_output(output, paths)
+    check_apart(output, paths)
+    check_own_output(output, kind=KIND)
+    check_writable(output)
     threshold = DEFAULT_THRESHOLD_PCT if forgetting_threshold_pct is None else forgetting_threshold_pct
     if not threshold > 0:
         raise BakingError(f"--forgetting-threshold must be above 0 (got {threshold}); it is the allowed drop in %")
@@ -90,7 +95,7 @@ def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: 
     ]
     tables = [t for t in tables if t[3]]
     try:
-        with staged_directory(output, replace=True) as staging:
+        with owned_directory(output, KIND) as staging:
             for _, file, png in plots:
                 (staging / file).write_bytes(png)
             (staging / "report.md").write_text(render_markdown(title, tables, plots, collection), encoding="utf-8")
@@ -117,23 +122,6 @@ def cross_task_tables(collection: Collection) -> list[tuple]:
                        f"task scored 0-shot. Verdicts against a relative drop of {matrix['threshold_pct']}%; "
                        f"overall {matrix['verdict']}.", *matrix_table(data)))
     return tables
-
-
-def _check_output(output: Path, paths) -> None:
-    """The report replaces `output` as a whole: refuse a folder that holds anything but an old report."""
-    if output.is_file():
-        raise BakingError(f"--output {output} is a file; pass a folder for the report")
-    check_writable(output)
-    resolved = output.resolve()
-    for path in map(Path, paths):
-        if path.exists() and (path.resolve() == resolved or resolved in path.resolve().parents):
-            raise BakingError(f"--output {output} holds the input {path}; write the report to a folder of its own, "
-                              f"e.g. {output / 'report'}")
-    if output.is_dir():
-        foreign = [p.name for p in output.iterdir() if not (p.name in REPORT_FILES or p.suffix == ".png")]
-        if foreign:
-            raise BakingError(f"--output {output} holds other files ({', '.join(sorted(foreign)[:3])}); the report "
-                              "replaces the whole folder, so pass an empty or new folder")
 
 
 def report_data(collection: Collection) -> dict:

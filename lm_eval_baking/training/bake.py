@@ -18,7 +18,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..artifacts.bake_dir import BakeDir, BakeRecord
-from ..artifacts.outputs import check_output, check_writable
+from ..artifacts.manifest import owned_directory
+from ..artifacts.outputs import check_apart, check_output, check_writable
 from ..constants import CHECKPOINTS_DIR, DATA_DIR
 from ..core import models, parallel
 from ..core.batching import autocast
@@ -28,16 +29,16 @@ from ..core.prompts import BakePrompt
 from ..core.sampling import sample_trajectories
 from ..core.scoring import score_heldout
 from ..errors import BakingError
-from ..utils.atomic import remove_stale_staging, staged_directory
+from ..utils.atomic import remove_stale_staging
 
-from .baker import PromptBaker, attach_lora
+from .baker import LossDiverged, PromptBaker, attach_lora
 from .config import BakeConfig, ResumeSettings
 from .plan import BakePlan, plan_bake
 from .replay import Replay
 from .record import BestCheckpoint, Stopwatch, bake_record, environment, questions_sha256
 from .workdir import (
-    OutputWriteError, StopRequest, WorkDir, load_trainable_state, rng_state, safetensors_error, set_rng_state,
-    trainable_state, write_error,
+    OutputWriteError, StopRequest, WorkDir, kept_note, load_trainable_state, rng_state, safetensors_error,
+    set_rng_state, trainable_state, write_error,
 )
 
 @dataclass
@@ -107,6 +108,7 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     resume_settings = resume_settings or ResumeSettings()
     resume_settings.validate()
     output = Path(output)
+    check_apart(output, [config.questions, config.model])  # before any work: an output never replaces an input
     check_writable(output)  # a read-only --output fails now, not after the whole bake
     workers = parallel.current(config.device)
     watch = Stopwatch()
@@ -162,16 +164,19 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     except OutputWriteError:
         work.release()
         raise
-    except BakingError:
-        work.discard()  # e.g. the loss diverged: these settings can never finish, so nothing is worth resuming
-        raise
+    except BakingError as e:
+        work.release()  # the work folder stays as it is (a failed resume's byte for byte): see kept_note
+        if isinstance(e, LossDiverged) and not adopted:
+            work.discard()  # made by this run moments ago, for settings that can never finish
+            raise
+        raise BakingError(f"{e}; {kept_note(work, str(e))}") from None
     except (OSError, safetensors_error()) as e:
         work.release()
         raise write_error(e, work) from None
     except KeyboardInterrupt:
         work.release()
-        if work.writer and work.exists() and not (work.path / "data" / "train.jsonl").is_file():
-            work.discard()  # nothing worth keeping yet
+        if work.writer and work.exists() and not adopted and not (work.path / "data" / "train.jsonl").is_file():
+            work.discard()  # this run's own folder, nothing worth keeping yet
             raise KeyboardInterrupt(f"nothing was written at {output}") from None
         raise KeyboardInterrupt(f"nothing was written at {output}; the work so far is kept in {work.path}: "
                                 "rerun the same command with --resume to continue") from None
@@ -306,11 +311,11 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
                          reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens),
                          environment={**environment(model.device), "engine": workers.engine,
                                       "processes": workers.world},
-                         resumes=work.state().get("resumes", []), tracker=tracker, plan=plan,
+                         resumes=work.resumes(), tracker=tracker, plan=plan,
                          prompt_form=prompt.form, task=task)
     gathered = {"state_dict": trainable_state(model)} if workers.sharded else {}  # a collective: every process
     if work.writer:
-        with watch.phase("saving"), staged_directory(output, replace=True) as staging:
+        with watch.phase("saving"), owned_directory(output, "bake") as staging:
             # Copy, not move: a kill before the rename below must leave the work folder whole.
             skip_hidden = shutil.ignore_patterns(".*")  # a half-written epoch checkpoint's staging folder
             shutil.copytree(work.path / CHECKPOINTS_DIR, staging / CHECKPOINTS_DIR, ignore=skip_hidden)

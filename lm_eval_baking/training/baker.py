@@ -41,6 +41,10 @@ def prompt_baking_loss(teacher, student_logits: torch.Tensor, top_k: int | None 
     return forward_kl(teacher, student_logits, top_k).sum()
 
 
+class LossDiverged(BakingError):
+    """The loss became inf or nan: these settings can never finish (bake() drops its own fresh work folder)."""
+
+
 class BakingStep(torch.nn.Module):
     """The part of a training step that needs gradients, as one module: the summed KL of a paired batch.
 
@@ -221,7 +225,7 @@ class PromptBaker:
         for step, batch in enumerate(bar, start + 1):
             loss = self._step(batch)
             if not math.isfinite(loss):
-                raise BakingError(
+                raise LossDiverged(
                     f"the loss became {loss} at epoch {epoch} step {step}; lower --learning-rate "
                     f"(now {self.config.learning_rate}) or use --precision fp32"
                 )

@@ -78,6 +78,7 @@ class WorkDir:
         self.path = work_dir_for(output)
         self.writer = writer
         self._lock_fd: int | None = None
+        self._resume_note: dict | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -151,12 +152,24 @@ class WorkDir:
 
     def update_state(self, **values) -> None:
         if self.writer:
-            write_json(self.path / STATE, {**self.state(), **values})
+            state = self.state()
+            if self._resume_note is not None:
+                values = {"resumes": self.resumes(), **values}
+                self._resume_note = None
+            write_json(self.path / STATE, {**state, **values})
 
     def note_resume(self, position: dict | None) -> None:
-        if self.writer:
-            state = self.state()
-            self.update_state(resumes=[*state.get("resumes", []), {"time": time.time(), "from": position}])
+        """Record a resume from `position`, with the next thing saved: a resume that fails before it saves
+        anything leaves the folder byte for byte as it found it."""
+        self._resume_note = {"time": time.time(), "from": position}
+
+    def resumes(self) -> list[dict]:
+        """Every resume of this bake, the one not saved yet included (baking.json's "resumes")."""
+        return [*self.state().get("resumes", []), *([self._resume_note] if self._resume_note else [])]
+
+    def _save_resume_note(self) -> None:
+        if self._resume_note is not None:
+            self.update_state()
 
     # ------------------------------------------------------------------ sampled data
 
@@ -173,6 +186,7 @@ class WorkDir:
 
     def save_trajectories(self, name: str, trajectories) -> None:
         if self.writer:
+            self._save_resume_note()
             write_jsonl(self.path / "data" / f"{name}.jsonl", (t.to_dict() for t in trajectories))
 
     # ------------------------------------------------------------------ training state
@@ -192,6 +206,7 @@ class WorkDir:
         """Write the trainer checkpoint atomically: a kill mid-write leaves the previous one."""
         if not self.writer:
             return
+        self._save_resume_note()
         # Serialised in memory first: torch.save reports a full disk as a RuntimeError ("iostream error"),
         # a plain write as the OSError the caller turns into "free some disk space ... --resume".
         buffer = io.BytesIO()
@@ -202,6 +217,7 @@ class WorkDir:
     def save_epoch_adapter(self, model, epoch: int, weights: dict | None = None) -> None:
         """checkpoints/epoch-N; `weights` (from trainable_state, gathered by every process) when sharded."""
         if self.writer:
+            self._save_resume_note()
             with staged_directory(self.path / CHECKPOINTS_DIR / f"epoch-{epoch}", replace=True) as staging:
                 model.save_pretrained(staging, **({"state_dict": weights} if weights is not None else {}))
 
@@ -308,3 +324,14 @@ def write_error(error: Exception, work: WorkDir) -> OutputWriteError:
     kept = f"the work done so far is kept in {work.path}; " if work.exists() else ""
     return OutputWriteError(f"cannot write {where} ({reason}); {kept}free some disk space or pick a writable "
                             "--output, then rerun the same command with --resume")
+
+
+def kept_note(work: WorkDir, message: str) -> str:
+    """What a failed bake adds about its work folder, which it never deletes: sampled data and checkpoints
+    cost hours, and only an explicit --overwrite discards them (`message` may already say how to start over)."""
+    if not work.exists():
+        return "nothing was written"
+    kept = f"the work so far is kept in {work.path}"
+    if "--overwrite" in message:
+        return kept
+    return f"{kept}: rerun with --resume once that is fixed, or pass --overwrite (without --resume) to start over"

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from ..errors import BakingError
 
@@ -75,14 +75,17 @@ def write_jsonl(path: str | os.PathLike, rows) -> None:
 
 
 @contextmanager
-def staged_directory(final: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
+def staged_directory(final: str | os.PathLike, *, replace: bool, seal: Callable[[Path], None] | None = None,
+                     may_retire: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a scratch folder beside `final`; on success rename it to `final`.
 
     The scratch folder lives in the same parent so the rename is atomic. If the
     block raises, `final` is untouched and the scratch folder is removed. With
     `replace`, an existing non-empty `final` is swapped out only after the new
-    one is complete; callers decide whether `final` may be replaced at all
-    (`artifacts.outputs.check_output`), since this cannot tell ours from a user's.
+    one is complete. This layer cannot tell ours from a user's: `seal(staging)`
+    runs once the block is done (artifacts/manifest.py writes the manifest
+    there) and `may_retire(final)` before an existing `final` is swapped out
+    (it raises to keep it); `artifacts.manifest.owned_directory` passes both.
     Staging folders of `final` left by a killed run are removed first
     (`remove_stale_staging`); the one in use is locked so no other run removes it.
     """
@@ -96,9 +99,13 @@ def staged_directory(final: str | os.PathLike, *, replace: bool) -> Iterator[Pat
         raise BakingError(f"cannot write to {final.parent} ({e.strerror}); choose a writable --output") from None
     try:
         yield staging
+        if seal is not None:
+            seal(staging)
         if final.exists() and any(final.iterdir()):
             if not replace:
                 raise BakingError(f"{final} is not empty; choose another path")
+            if may_retire is not None:
+                may_retire(final)
             retired, retired_held = _held_mkdtemp(_RETIRED.format(name=final.name), final.parent)
             try:
                 os.replace(final, retired / final.name)

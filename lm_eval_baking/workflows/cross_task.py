@@ -17,7 +17,8 @@ import os
 import re
 
 from ..artifacts.bake_dir import BakeDir
-from ..artifacts.outputs import writable_dir
+from ..artifacts.manifest import write_owned_bytes, write_owned_json
+from ..artifacts.outputs import check_apart, check_own_output, writable_dir
 from ..artifacts.safety import check_adapter
 from ..constants import CROSS_TASK_BAKES, CROSS_TASK_FORMAT, CROSS_TASK_HEATMAP, CROSS_TASK_RECORD
 from ..core import models
@@ -30,10 +31,11 @@ from ..evals.task_prompts import load_task, task_manager
 from ..results.cross_task import build_matrix
 from ..results.plots import cross_task_heatmap
 from ..training.config import BakeConfig
-from ..utils.atomic import write_bytes, write_json
 from ..utils.text import quoted
 from .settings import CrossTaskSettings
 from .task_bake import bake_task
+
+KIND = "cross-task report"
 
 
 def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConfig, *,
@@ -48,6 +50,8 @@ def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConf
     unknown = sorted(set(bakes) - set(tasks))
     if unknown:
         raise BakingError(f"--bake names task {quoted(unknown[0])}, which is not in --tasks; add it or drop the bake")
+    check_apart(output_dir, list(bakes.values()), option="--output")
+    check_own_output(output_dir, kind=KIND)
     output_dir = writable_dir(output_dir)  # fail now, not after an hour of baking
     base = models.resolve_model(config.model)
     form = resolve_form(config.prompt_format, models.load_tokenizer(base, trust_remote_code=trust_remote_code))
@@ -87,8 +91,8 @@ def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConf
               "bakes": bakes, "num_fewshot": shots, "limit": settings.limit, "scores": scores,
               "lm_eval_commands": commands}
     report["matrix"] = build_matrix(tasks, scores, threshold_pct=settings.threshold_pct, min_share=settings.min_share)
-    write_json(output_dir / CROSS_TASK_RECORD, report)
-    write_bytes(output_dir / CROSS_TASK_HEATMAP, cross_task_heatmap(report))
+    write_owned_json(output_dir, KIND, CROSS_TASK_RECORD, report)
+    write_owned_bytes(output_dir, KIND, CROSS_TASK_HEATMAP, cross_task_heatmap(report))
     return report
 
 

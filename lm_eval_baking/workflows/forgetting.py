@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 
-from ..artifacts.outputs import writable_dir
+from ..artifacts.manifest import write_owned_bytes, write_owned_json
+from ..artifacts.outputs import check_apart, check_own_output, writable_dir
 from ..constants import FORGETTING_HEATMAP, FORGETTING_RECORD
 from ..evals.forgetting import DEFAULT_BATCH_SIZE, score_models
 from ..results.forgetting import DEFAULT_THRESHOLD_PCT, build_report
 from ..results.plots import report_heatmap
-from ..utils.atomic import write_bytes, write_json
+
+KIND = "forgetting report"
 
 
 def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], output_dir: str | os.PathLike,
@@ -21,6 +23,8 @@ def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], ou
                       batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu", apply_chat_template: bool = False,
                       progress: bool = True) -> dict:
     """Evaluate base and adapters on every task; write and return the report."""
+    check_apart(output_dir, adapters)
+    check_own_output(output_dir, kind=KIND)
     output_dir = writable_dir(output_dir)  # fail now, not after an hour of evaluation
     run = score_models(base_model, adapters, tasks, limit=limit, batch_size=batch_size, device=device,
                        apply_chat_template=apply_chat_template, progress=progress)
@@ -28,7 +32,7 @@ def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], ou
     metrics = {task: s.metric for task, s in run.scores[None].items()}
     report = build_report(run.base_model, run.adapters, run.tasks, per_doc, threshold_pct, metrics=metrics)
     report.update(limit=limit, device=device, apply_chat_template=apply_chat_template)
-    write_json(output_dir / FORGETTING_RECORD, report)
-    write_bytes(output_dir / FORGETTING_HEATMAP, report_heatmap(report))
+    write_owned_json(output_dir, KIND, FORGETTING_RECORD, report)
+    write_owned_bytes(output_dir, KIND, FORGETTING_HEATMAP, report_heatmap(report))
     return report
 

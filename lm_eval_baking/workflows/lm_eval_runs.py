@@ -17,11 +17,12 @@ from pathlib import Path
 
 import yaml
 
+from ..artifacts.manifest import owned_directory
 from ..constants import LM_EVAL_RUN_STAMP, FORGETTING_GROUP
 from ..core.harness import LmEvalRun, tasks_path
 from ..errors import BakingError
 from ..evals.bigbench import ensure_bigbench_tasks
-from ..utils.atomic import staged_directory, write_json
+from ..utils.atomic import write_json
 from ..utils.hashing import sha256_file
 from ..utils.jsonl import read_json_object
 from ..utils.processes import run_child
@@ -48,7 +49,7 @@ def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str) ->
              "inputs": input_hashes(inputs)}
     if read_json_object(output / LM_EVAL_RUN_STAMP) == stamp and any(output.rglob("results_*.json")):
         return False
-    with staged_directory(output, replace=True) as staging:
+    with owned_directory(output, "lm_eval run") as staging:
         argv = LmEvalRun(**{**run.__dict__, "output_path": str(staging), "executable": lm_eval_executable()}).argv()
         sys.stdout.flush()
         code = run_child(argv, env={**os.environ, **OFFLINE})  # ends with us, even on kill -9 (Linux)

@@ -20,7 +20,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..artifacts.lora import export_chain, load_chain
-from ..artifacts.outputs import check_output
+from ..artifacts.manifest import write_owned_json
+from ..artifacts.outputs import check_apart, check_output, made_by_us
 from ..compose.behaviour import CompositionTracker, format_behaviour_table
 from ..compose.evaluators import QualityEvaluator, evaluator_name, resolve_evaluator
 from ..compose.pursuit import RoundScore, pursue, round_change
@@ -37,7 +38,6 @@ from ..results.gate import Check, Threshold, format_checks, judge_forgetting_row
 from ..results.report import build_report
 from ..results.rows import Measurement
 from ..training.plan import check_before_work
-from ..utils.atomic import write_json
 from .lm_eval_runs import ensure_forgetting_data, run_lm_eval
 from .recipe import Recipe
 
@@ -96,8 +96,10 @@ class PipelineResult:
 def run_pipeline(recipe: Recipe, *, overwrite: bool = False, progress: bool = True) -> PipelineResult:
     """Run every step of `recipe` that is not done yet (see the module docstring)."""
     output = recipe.output
+    check_apart(output, [recipe.source, recipe.model, recipe.bake.get("questions"),
+                         *(s.source for s in recipe.stages if s.source != "prompt")])
     check_output(output, overwrite=overwrite, what="pipeline",
-                 same_run=lambda folder: (folder / PIPELINE_RECORD).is_file())
+                 same_run=lambda folder: made_by_us(folder) == "pipeline")
     check_before_work([recipe.stage_config(stage) for stage in recipe.stages], output)
     seconds: dict[str, float] = {}
     steps = tqdm(total=5 + len(recipe.schedule()), desc="pipeline", unit="step", disable=not progress,
@@ -307,7 +309,7 @@ def _fmt(value, spec: str) -> str:
 
 
 def _write_record(output: Path, recipe: Recipe, status: str, result: PipelineResult | None = None) -> None:
-    write_json(output / PIPELINE_RECORD, {
+    write_owned_json(output, "pipeline", PIPELINE_RECORD, {
         "format": PIPELINE_FORMAT,
         "format_version": 1,
         "status": status,

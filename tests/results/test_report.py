@@ -147,7 +147,7 @@ def test_report_bad_inputs_are_one_clear_line(tmp_path, capsys, make_input, mess
 def test_report_refuses_to_replace_a_folder_of_other_files(run, tmp_path):
     output, _ = run
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(BakingError, match="holds other files"):
+    with pytest.raises(BakingError, match="lm-eval-baking did not make"):
         build_report([output / "lm_eval"], tmp_path)
     with pytest.raises(BakingError, match="holds the input"):
         build_report([output / "lm_eval"], output)
