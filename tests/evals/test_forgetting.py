@@ -214,8 +214,9 @@ def test_corrupt_task_file_in_the_cache_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_unknown_lm_eval_task_and_non_adapter_are_clear_errors(tmp_path, tiny_model_dir):
+    (tmp_path / "plain").mkdir()  # beside the output: an output inside an input is refused before this check
     with pytest.raises(BakingError, match="not a PEFT adapter directory"):
-        forgetting_matrix(str(tiny_model_dir), [str(tmp_path)], [LM_EVAL_TASK], tmp_path / "out")
+        forgetting_matrix(str(tiny_model_dir), [str(tmp_path / "plain")], [LM_EVAL_TASK], tmp_path / "out")
     with pytest.raises(BakingError, match="unknown lm_eval task 'baking_forgetting_date_understandin'"):
         expand_tasks(task_manager_for([LM_EVAL_TASK]), ["baking_forgetting_date_understandin"])
 
