@@ -16,27 +16,38 @@ fixed 32-token answers, each pass timed old/new alternately and the best of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
 
 import torch
 
-import lm_eval_baking.core.kl as kl_module
-import lm_eval_baking.core.sampling as sampling_module
 from lm_eval_baking import BakeConfig, PromptBaker
 from lm_eval_baking.core.chat import encode_like_lm_eval
 from lm_eval_baking.core.models import load_model
-from lm_eval_baking.core.prefix_cache import teacher_prefix
+from lm_eval_baking.core.prefix_cache import SharedPrefix, teacher_prefix
 from lm_eval_baking.core.prompts import as_bake_prompt
 from lm_eval_baking.core.questions import load_questions
-from lm_eval_baking.core.sampling import Trajectory
+from lm_eval_baking.core.kl import token_level_kl
+from lm_eval_baking.core.sampling import Trajectory, sample_trajectories
 from lm_eval_baking.core.scoring import continuation_logprobs
 from lm_eval_baking.training.baker import attach_lora
 
 HERE = Path(__file__).parent
 SECTIONS = ("teacher_logprobs", "heldout_kl", "training_step", "sampling")
 ANSWER = "Thank you for your message. I have looked at your parcel and it is on its way; it should arrive soon."
+
+
+class read_whole:
+    """Within the block no shared prefix is found, so every context is read whole: the code before the cache."""
+
+    def __enter__(self):
+        self.of = SharedPrefix.__dict__["of"]
+        SharedPrefix.of = classmethod(lambda *_, **__: None)
+
+    def __exit__(self, *exc):
+        SharedPrefix.of = self.of
 
 
 def best_of(repeats: int, old, new) -> tuple[float, float, object, object]:
@@ -77,8 +88,10 @@ def main() -> None:
     out.update({name: kept[name] for name in SECTIONS if name in kept and name not in args.sections})
 
     def scoring(with_prefix):
-        return lambda: continuation_logprobs(model, tokenizer, pairs, batch_size=16, progress=False,
-                                             prefix=prefix if with_prefix else None)
+        def run():
+            with contextlib.nullcontext() if with_prefix else read_whole():
+                return continuation_logprobs(model, tokenizer, pairs, batch_size=16, progress=False)
+        return run
     if "teacher_logprobs" in args.sections:
         old_s, new_s, old_r, new_r = best_of(args.repeats, scoring(False), scoring(True))
         out["teacher_logprobs"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s,
@@ -86,16 +99,11 @@ def main() -> None:
 
     config = BakeConfig(prompt=prompt_text, model="default", batch_size=8, questions=None)
     peft_model = attach_lora(model, config)
-    real_prefix = kl_module.teacher_prefix
-
     def heldout_kl(with_prefix):
         def run():
-            kl_module.teacher_prefix = real_prefix if with_prefix else (lambda *_: None)
-            try:
-                return kl_module.token_level_kl(peft_model, tokenizer, heldout, prompt_text, batch_size=16,
-                                                progress=False).per_token
-            finally:
-                kl_module.teacher_prefix = real_prefix
+            with contextlib.nullcontext() if with_prefix else read_whole():
+                return token_level_kl(peft_model, tokenizer, heldout, prompt_text, batch_size=16,
+                                      progress=False).per_token
         return run
     if "heldout_kl" in args.sections:
         old_s, new_s, old_r, new_r = best_of(args.repeats, heldout_kl(False), heldout_kl(True))
@@ -119,15 +127,11 @@ def main() -> None:
 
     def sampling(with_prefix):
         def run():
-            sampling_module.teacher_prefix = real_sampling_prefix if with_prefix else (lambda *_: None)
-            try:
-                return [t.answer_ids for t in sampling_module.sample_trajectories(
+            with contextlib.nullcontext() if with_prefix else read_whole():
+                return [t.answer_ids for t in sample_trajectories(
                     model, tokenizer, load_questions()[:args.questions], system_prompt=prompt_text,
                     max_new_tokens=32, temperature=1.0, seed=0, batch_size=16, progress=False)]
-            finally:
-                sampling_module.teacher_prefix = real_sampling_prefix
         return run
-    real_sampling_prefix = sampling_module.teacher_prefix
     if "sampling" in args.sections:
         old_s, new_s, old_r, new_r = best_of(args.repeats, sampling(False), sampling(True))
         out["sampling"] = {"old_s": old_s, "new_s": new_s, "speedup": old_s / new_s,

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .batching import answer_logits, autocast, paired_batch, teacher_mode
 from .chat import encode_like_lm_eval
 from .parallel import SINGLE, Workers
-from .prefix_cache import teacher_prefix
+from .prefix_cache import SharedPrefix
 from .prompts import as_bake_prompt
 
 
@@ -111,7 +111,6 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has
     """
     workers = workers or SINGLE
     prompt = as_bake_prompt(system_prompt, tokenizer)
-    prefix = None if workers.sharded else teacher_prefix(prompt, tokenizer)
 
     def sequence_kls(shard) -> list[tuple[float, int]]:
         def prefixes(prompted: bool):
@@ -120,6 +119,10 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has
 
         teacher_prefixes = prefixes(True)
         student_prefixes = prefixes(student_has_prompt)
+        # What the contexts share is read once (core.prefix_cache); the student from a cache of its own, since
+        # its weights are not the teacher's. Sharded engines gather parameters per forward: not tried there.
+        prefix = None if workers.sharded else SharedPrefix.of(teacher_prefixes)
+        student_prefix = None if workers.sharded else SharedPrefix.of(student_prefixes)
         out = []
         bar = tqdm(range(0, len(shard), batch_size), desc=desc, disable=not progress or not workers.is_main, leave=False)
         for start in bar:
@@ -136,7 +139,8 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has
                         teacher = answer_logits(model, batch.teacher_ids, batch.teacher_mask,
                                                 batch.teacher_positions, prefix)
                 with teacher_mode(model) if student_is_base else contextlib.nullcontext():
-                    student = answer_logits(model, batch.student_ids, batch.student_mask, batch.student_positions)
+                    student = answer_logits(model, batch.student_ids, batch.student_mask, batch.student_positions,
+                                            student_prefix)
             per_position = forward_kl(teacher, student, top_k).cpu()
             out.extend((chunk.sum().item(), len(chunk)) for chunk in per_position.split([len(a) for a in answers]))
         return out

@@ -20,7 +20,7 @@ from .chat import encode_like_lm_eval
 from .kl import teacher_topk
 from .kv_batch import CachedBatch
 from .parallel import SINGLE, Workers
-from .prefix_cache import teacher_prefix
+from .prefix_cache import SharedPrefix
 from .prompts import as_bake_prompt
 from .questions import Question
 
@@ -102,7 +102,7 @@ def sample_trajectories(
     generator_state = torch.random.get_rng_state()
     stop_ids = eos_ids(tokenizer, model)
     # The prompt's tokens are read once and each batch continues from a copy of their cache (core.prefix_cache).
-    shared = None if workers.sharded else teacher_prefix(prompt, tokenizer)
+    shared = None if workers.sharded else SharedPrefix.of(list(prefixes.values()))
     mine = workers.shard(batches)
     bar = tqdm(total=sum(len(b) for _, b in mine), desc=desc, unit="answer", disable=not progress or not workers.is_main)
     try:

@@ -13,19 +13,19 @@ from tqdm.auto import tqdm
 from .batching import answer_logits, pad
 from .chat import lm_eval_encode_pair
 from .parallel import SINGLE, Workers
-from .prefix_cache import SharedPrefix, teacher_prefix
+from .prefix_cache import SharedPrefix
 from .prompts import as_bake_prompt
 from .sampling import Trajectory
 
 
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 16,
-                          desc: str = "scoring", progress: bool = True,
-                          prefix: SharedPrefix | None = None) -> list[tuple[float, int]]:
+                          desc: str = "scoring", progress: bool = True) -> list[tuple[float, int]]:
     """(sum log-prob, token count) of each continuation given its context, lm_eval-style.
 
-    `prefix`: tokens every context starts with, read once (core.prefix_cache; frozen `model` only)."""
+    The tokens all contexts share (a system prompt, a few-shot prefix) are read once (core.prefix_cache)."""
     encoded = [lm_eval_encode_pair(tokenizer, ctx, cont) for ctx, cont in pairs]
+    prefix = SharedPrefix.of([ctx for ctx, _ in encoded])
     results = []
     for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = encoded[start:start + batch_size]
@@ -53,11 +53,11 @@ def score_heldout(model, tokenizer, trajectories: list[Trajectory], system_promp
     plain = [(prompt.context(tokenizer, t.question, prompted=False), t.answer) for t in trajectories]
     progress = progress and workers.is_main
 
-    def scores(pairs, desc, prefix=None):
+    def scores(pairs, desc):
         return workers.map(lambda shard: continuation_logprobs(model, tokenizer, shard, batch_size=batch_size,
-                                                               desc=desc, progress=progress, prefix=prefix), pairs)
+                                                               desc=desc, progress=progress), pairs)
 
-    teacher = scores(prompted, "teacher log-probs", None if workers.sharded else teacher_prefix(prompt, tokenizer))
+    teacher = scores(prompted, "teacher log-probs")
     base = scores(plain, "base log-probs")
     for t, (t_lp, n), (b_lp, _) in zip(trajectories, teacher, base):
         t.teacher_logprob, t.base_logprob, t.n_tokens = t_lp, b_lp, n

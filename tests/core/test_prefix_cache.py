@@ -65,18 +65,19 @@ def test_sampling_from_the_cached_prompt_draws_what_generate_draws(tiny_model_di
     """Same seed, fp32: the answers and the captured top-k teacher of the cached path are generate()'s."""
     import lm_eval_baking.core.sampling as sampling
     from lm_eval_baking.core.models import load_model
+    from lm_eval_baking.core.prefix_cache import teacher_prefix
     from lm_eval_baking.core.questions import Question
 
     model, tokenizer = load_model(tiny_model_dir)
     questions = [Question("Where is my parcel?"), Question("Can I change the address?"), Question("Hi")]
-    assert sampling.teacher_prefix(LONG_PROMPT, tokenizer) is not None
+    assert teacher_prefix(LONG_PROMPT, tokenizer) is not None
 
     def draw():
         return sampling.sample_trajectories(model, tokenizer, questions, system_prompt=LONG_PROMPT,
                                             samples_per_question=2, max_new_tokens=8, temperature=1.0, seed=4,
                                             progress=False, capture_top_k=5)
     cached = draw()
-    monkeypatch.setattr(sampling, "teacher_prefix", lambda *_: None)
+    monkeypatch.setattr(SharedPrefix, "of", classmethod(lambda *_, **__: None))  # every context read whole
     plain = draw()
     assert [t.answer_ids for t in cached] == [t.answer_ids for t in plain]
     assert len({tuple(t.answer_ids) for t in cached}) > 1  # sampled, not one greedy answer

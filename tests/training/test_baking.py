@@ -91,7 +91,7 @@ def test_nan_loss_stops_with_advice_and_writes_nothing(tiny_model_dir, question_
 @pytest.mark.parametrize("overrides, message", [
     ({"prompt": "   "}, "prompt is empty"),
     ({"prompt": "word " * 600}, "exceeds the model's context"),
-    ({"model": "/no/such/model"}, "cannot load model"),
+    ({"model": "/no/such/model"}, "model folder /no/such/model does not exist"),
     ({"questions": "/no/such/file.txt"}, "not found"),
     ({"target_modules": ["no_such_proj"]}, r"matches no linear layer .* q_proj \(2\)"),
     ({"epochs": 0}, "--epochs"),
