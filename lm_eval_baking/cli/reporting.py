@@ -93,9 +93,10 @@ def _run_check(args) -> int:
 def _run_check_matrix(args) -> int:
     from ..constants import CROSS_TASK_RECORD
     from ..errors import BakingError
-    from ..results.cross_task import format_summary, judge_report
+    from ..results.cross_task import check_matrix_settings, format_summary, judge_report
     from ..utils.jsonl import read_json_object
 
+    check_matrix_settings(args.threshold, args.min_share)  # settings before files
     path = args.report / CROSS_TASK_RECORD if args.report.is_dir() else args.report
     data = read_json_object(path)
     if data is None:

@@ -32,6 +32,14 @@ DEFAULT_CONFIDENCE = 0.95
 N_BOOT = 2000
 
 
+def check_matrix_settings(threshold_pct: float | None, min_share: float | None) -> None:
+    """Refuse a threshold or least share no matrix could be judged by (None: the report's own is used)."""
+    if threshold_pct is not None and (not threshold_pct > 0 or not math.isfinite(threshold_pct)):
+        raise BakingError(f"--threshold must be a positive percentage (got {threshold_pct})")
+    if min_share is not None and not 0 < min_share <= 1:
+        raise BakingError(f"--min-share must be above 0 and at most 1 (got {min_share})")
+
+
 def build_matrix(tasks: list[str], scores: dict, *, threshold_pct: float = DEFAULT_THRESHOLD_PCT,
                  min_share: float = DEFAULT_MIN_SHARE, confidence: float = DEFAULT_CONFIDENCE) -> dict:
     """{"cells": {baked: {evaluated: cell}}, "verdict", "level", ...} from per-doc scores.
@@ -39,10 +47,7 @@ def build_matrix(tasks: list[str], scores: dict, *, threshold_pct: float = DEFAU
     `scores["base"][task]["0"|"k"]` and `scores[baked][task]["0"|"k"]` are {"per_doc": [...]} in
     doc order (the same docs for every model). A bake's "k" is needed on its own task only.
     """
-    if not threshold_pct > 0 or not math.isfinite(threshold_pct):
-        raise BakingError(f"--threshold must be a positive percentage (got {threshold_pct})")
-    if not 0 < min_share <= 1:
-        raise BakingError(f"--min-share must be above 0 and at most 1 (got {min_share})")
+    check_matrix_settings(threshold_pct, min_share)
     level = bonferroni_confidence(confidence, len(tasks) ** 2)
     cells = {baked: {evaluated: (_diagonal(scores, baked, level, min_share) if baked == evaluated
                                  else _off_diagonal(scores, baked, evaluated, level, threshold_pct))

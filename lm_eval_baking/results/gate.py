@@ -176,6 +176,8 @@ def check(results, thresholds: list[Threshold], *, baseline=None, tolerance: str
         raise BakingError("--tolerance applies to a --baseline; pass --baseline RESULTS too or drop --tolerance")
     if not thresholds and not baseline:
         raise BakingError("nothing to check: pass a threshold (e.g. --min-quality 0.8) or --baseline RESULTS")
+    # The baseline is read first: a missing one is named, not hidden behind a problem of the results.
+    baseline_collection = _strict_collect(baseline, "--baseline") if baseline else None
     collection = _strict_collect(results, "RESULTS")
     rows = select_rows(collection, variants)
     checks: list[Check] = []
@@ -195,7 +197,7 @@ def check(results, thresholds: list[Threshold], *, baseline=None, tolerance: str
         raise BakingError(f"no selected variant reports {listed(t.metric for t in thresholds)}; pass the results of "
                           "the evaluations that do")
     if baseline:
-        checks += _against_baseline(collection, rows, _strict_collect(baseline, "--baseline"), amount, relative)
+        checks += _against_baseline(collection, rows, baseline_collection, amount, relative)
     return checks
 
 
