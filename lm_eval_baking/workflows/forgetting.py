@@ -10,6 +10,7 @@ import os
 
 from ..artifacts.outputs import writable_dir
 from ..constants import FORGETTING_HEATMAP, FORGETTING_RECORD
+from ..core import models
 from ..evals.forgetting import DEFAULT_BATCH_SIZE, score_models
 from ..results.forgetting import DEFAULT_THRESHOLD_PCT, build_report
 from ..results.plots import report_heatmap
@@ -21,6 +22,7 @@ def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], ou
                       batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu", apply_chat_template: bool = False,
                       progress: bool = True) -> dict:
     """Evaluate base and adapters on every task; write and return the report."""
+    models.check_weights(base_model)  # lm_eval loads the base in its own way: a damaged file is our one line first
     output_dir = writable_dir(output_dir)  # fail now, not after an hour of evaluation
     run = score_models(base_model, adapters, tasks, limit=limit, batch_size=batch_size, device=device,
                        apply_chat_template=apply_chat_template, progress=progress)
