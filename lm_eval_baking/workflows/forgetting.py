@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 
 from ..artifacts.manifest import write_owned_bytes, write_owned_json
-from ..artifacts.outputs import check_apart, check_own_output, writable_dir
+from ..artifacts.outputs import check_apart, check_own_output, check_writable, writable_dir
 from ..constants import FORGETTING_HEATMAP, FORGETTING_RECORD
+from ..core import models
 from ..evals.forgetting import DEFAULT_BATCH_SIZE, score_models
 from ..results.forgetting import DEFAULT_THRESHOLD_PCT, build_report
 from ..results.plots import report_heatmap
@@ -25,13 +26,15 @@ def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], ou
     """Evaluate base and adapters on every task; write and return the report."""
     check_apart(output_dir, adapters)
     check_own_output(output_dir, kind=KIND)
-    output_dir = writable_dir(output_dir)  # fail now, not after an hour of evaluation
+    models.check_weights(base_model)  # lm_eval loads the base in its own way: a damaged file is our one line first
+    check_writable(output_dir)  # fail now, not after an hour of evaluation; creates nothing, so a refusal leaves none
     run = score_models(base_model, adapters, tasks, limit=limit, batch_size=batch_size, device=device,
                        apply_chat_template=apply_chat_template, progress=progress)
     per_doc = {adapter: {task: s.per_doc for task, s in by_task.items()} for adapter, by_task in run.scores.items()}
     metrics = {task: s.metric for task, s in run.scores[None].items()}
     report = build_report(run.base_model, run.adapters, run.tasks, per_doc, threshold_pct, metrics=metrics)
     report.update(limit=limit, device=device, apply_chat_template=apply_chat_template)
+    output_dir = writable_dir(output_dir)
     write_owned_json(output_dir, KIND, FORGETTING_RECORD, report)
     write_owned_bytes(output_dir, KIND, FORGETTING_HEATMAP, report_heatmap(report))
     return report

@@ -134,7 +134,7 @@ def test_questions_that_are_not_a_regular_file_each_get_their_own_line(kind, mes
 
 @pytest.mark.parametrize("command", [
     ["bake", "--prompt", PIRATE], ["pursue", "--prompt", PIRATE], ["sequence", "--prompt", PIRATE],
-    ["strength", "some-bake", "--strength", "0.5"], ["report", "results"], ["forgetting", "some-adapter"],
+    ["strength", "some-bake", "--strength", "0.5"], ["report", "results"], ["forgetting", "--adapters", "some-adapter"],
 ])
 @pytest.mark.parametrize("empty", ["", " "])
 def test_an_empty_output_is_refused_not_read_as_the_current_folder(command, empty, tmp_path, capsys, monkeypatch):
@@ -339,3 +339,8 @@ def test_a_task_without_spare_docs_bakes_with_the_users_questions(tiny_model_dir
     record = json.loads((tmp_path / "bake" / "baking.json").read_text())
     assert record["task"]["questions"] == f"--questions {question_file}" and record["task"]["num_fewshot"] == 18
     assert record["config"]["questions"] == str(question_file)
+
+
+def test_forgetting_refuses_a_damaged_base_before_lm_eval(broken_model, small_bake, tmp_path, capsys):
+    line = refused(capsys, tmp_path, "forgetting", "--adapters", small_bake, "--model", broken_model, "--output", tmp_path / "f")
+    assert f"the weights in {broken_model / 'model.safetensors'} are damaged or truncated" in line
