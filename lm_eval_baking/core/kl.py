@@ -112,17 +112,19 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has
     workers = workers or SINGLE
     prompt = as_bake_prompt(system_prompt, tokenizer)
 
-    def sequence_kls(shard) -> list[tuple[float, int]]:
-        def prefixes(prompted: bool):
-            return [encode_like_lm_eval(tokenizer, prompt.context(tokenizer, t.question, prompted=prompted))
-                    for t in shard]
+    def prefixes(sequences, prompted: bool):
+        return [encode_like_lm_eval(tokenizer, prompt.context(tokenizer, t.question, prompted=prompted))
+                for t in sequences]
 
-        teacher_prefixes = prefixes(True)
-        student_prefixes = prefixes(student_has_prompt)
-        # What the contexts share is read once (core.prefix_cache); the student from a cache of its own, since
-        # its weights are not the teacher's. Sharded engines gather parameters per forward: not tried there.
-        prefix = None if workers.sharded else SharedPrefix.of(teacher_prefixes)
-        student_prefix = None if workers.sharded else SharedPrefix.of(student_prefixes)
+    # What all contexts share is read once (core.prefix_cache), the same split in every process whatever its
+    # shard; the student from a cache of its own, since its weights are not the teacher's. Sharded engines
+    # gather parameters per forward: not tried there.
+    prefix = None if workers.sharded else SharedPrefix.of(prefixes(trajectories, True))
+    student_prefix = None if workers.sharded else SharedPrefix.of(prefixes(trajectories, student_has_prompt))
+
+    def sequence_kls(shard) -> list[tuple[float, int]]:
+        teacher_prefixes = prefixes(shard, True)
+        student_prefixes = prefixes(shard, student_has_prompt)
         out = []
         bar = tqdm(range(0, len(shard), batch_size), desc=desc, disable=not progress or not workers.is_main, leave=False)
         for start in bar:

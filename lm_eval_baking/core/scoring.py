@@ -20,12 +20,15 @@ from .sampling import Trajectory
 
 @torch.no_grad()
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int = 16,
-                          desc: str = "scoring", progress: bool = True) -> list[tuple[float, int]]:
+                          desc: str = "scoring", progress: bool = True,
+                          prefix: SharedPrefix | None | str = "own") -> list[tuple[float, int]]:
     """(sum log-prob, token count) of each continuation given its context, lm_eval-style.
 
-    The tokens all contexts share (a system prompt, a few-shot prefix) are read once (core.prefix_cache)."""
+    The tokens all contexts share (a system prompt, a few-shot prefix) are read once (core.prefix_cache):
+    `prefix`, by default ("own") what these contexts share; None reads every context whole."""
     encoded = [lm_eval_encode_pair(tokenizer, ctx, cont) for ctx, cont in pairs]
-    prefix = SharedPrefix.of([ctx for ctx, _ in encoded])
+    if prefix == "own":
+        prefix = SharedPrefix.of([ctx for ctx, _ in encoded])
     results = []
     for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = encoded[start:start + batch_size]
@@ -41,6 +44,11 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], *, bat
     return results
 
 
+def shared_prefix(tokenizer, pairs: list[tuple[str, str]]) -> SharedPrefix | None:
+    """What the contexts of (context, continuation) pairs share, tokenised as lm_eval does."""
+    return SharedPrefix.of([lm_eval_encode_pair(tokenizer, ctx, cont)[0] for ctx, cont in pairs])
+
+
 def score_heldout(model, tokenizer, trajectories: list[Trajectory], system_prompt, *,
                   batch_size: int = 16, progress: bool = True, workers: Workers = SINGLE) -> None:
     """Fill teacher_logprob / base_logprob / n_tokens in place (model = the unbaked base).
@@ -54,8 +62,10 @@ def score_heldout(model, tokenizer, trajectories: list[Trajectory], system_promp
     progress = progress and workers.is_main
 
     def scores(pairs, desc):
+        # One split for all pairs, so every process of a launch reads its shard as one process would.
+        prefix = None if workers.sharded else shared_prefix(tokenizer, pairs)
         return workers.map(lambda shard: continuation_logprobs(model, tokenizer, shard, batch_size=batch_size,
-                                                               desc=desc, progress=progress), pairs)
+                                                               desc=desc, progress=progress, prefix=prefix), pairs)
 
     teacher = scores(prompted, "teacher log-probs")
     base = scores(plain, "base log-probs")
