@@ -8,9 +8,11 @@ is read again for each answer sampled, scored and trained on. `SharedPrefix`
 runs the frozen teacher over them once and hands every later forward a copy
 of their KV cache, so a forward reads only what follows the prefix.
 
-Only for frozen weights (the base with its adapter off, or a separate teacher
-model): the cache is computed once per module and autocast dtype, and never
-again. The numerics are not bit-identical to one forward over the whole
+The cache is computed once per module and autocast dtype and never again,
+so it is only for weights that do not change while it lives: the frozen
+teacher of a bake (the base with its adapter off, or a separate teacher
+model), or any model within one call of sampling or scoring, which makes
+its own. The numerics are not bit-identical to one forward over the whole
 sequence (other matmul shapes round differently); in fp32 the log-probs agree
 to about 1e-5 (tests/core/test_prefix_cache.py checks seven architectures).
 """
@@ -22,7 +24,7 @@ import inspect
 
 import torch
 
-# Below this many shared tokens the copy of the cache costs about what it saves.
+# Below this many shared tokens there is little to save (a guess: the break-even is not measured).
 MIN_SHARED_TOKENS = 16
 # Questions unlike each other from their first character, so their contexts share only what any question's does.
 _PROBE_QUESTIONS = ("Why is the sky blue?", "2 + 2 = ?", " hello")
