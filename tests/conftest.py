@@ -60,6 +60,28 @@ def tiny_architecture_config(kind: str, tokenizer):
     return config_class(num_key_value_heads=2, **common, **extra)
 
 
+# CLI settings that bake the tiny model in seconds (as tiny_config does for the Python API).
+TINY_BAKE = ["--samples-per-question", "2", "--heldout-samples-per-question", "1", "--max-new-tokens", "8",
+             "--epochs", "1", "--batch-size", "4", "--lora-rank", "4", "--lora-alpha", "8", "--precision", "fp32",
+             "--quiet"]
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the CLI run in-process on `args`."""
+    from lm_eval_baking.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    """The one `lm-eval-baking: error:` line that stderr must be."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lm-eval-baking: error: "), err
+    return lines[0]
+
+
 def tiny_config(tiny_model_dir, question_file, **overrides):
     """A BakeConfig small enough to bake the tiny model in seconds (12 questions, 8-token answers)."""
     from lm_eval_baking import BakeConfig

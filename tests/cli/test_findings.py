@@ -8,26 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_baking.cli import main
 
-from conftest import PIRATE
-
-TINY_BAKE = ["--samples-per-question", "2", "--heldout-samples-per-question", "1", "--max-new-tokens", "8",
-             "--epochs", "1", "--batch-size", "4", "--lora-rank", "4", "--lora-alpha", "8", "--precision", "fp32",
-             "--quiet"]
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lm-eval-baking: error: "), err
-    return lines[0]
-
+from conftest import PIRATE, TINY_BAKE, one_line, run
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

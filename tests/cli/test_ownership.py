@@ -25,24 +25,7 @@ from lm_eval_baking.cli import main
 from lm_eval_baking.constants import MANIFEST
 from lm_eval_baking.errors import BakingError
 
-from conftest import PIRATE, tiny_config
-
-TINY_BAKE = ["--samples-per-question", "2", "--heldout-samples-per-question", "1", "--max-new-tokens", "8",
-             "--epochs", "1", "--batch-size", "4", "--lora-rank", "4", "--lora-alpha", "8", "--precision", "fp32",
-             "--quiet"]
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lm-eval-baking: error: "), err
-    return lines[0]
-
+from conftest import PIRATE, TINY_BAKE, one_line, run, tiny_config
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
     """Every file's bytes and every folder (None) under `folder`, by relative path."""

@@ -12,26 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_baking.cli import main
 from lm_eval_baking.core.stats import compare_paired
 from lm_eval_baking.core.verdicts import (
     Verdict, impossible_value, judge, judge_bound, metric_range, refuse_impossible,
 )
 from lm_eval_baking.errors import BakingError
 
+from conftest import one_line, run
+
 MCKL = "baking_mckl"
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lm-eval-baking: error: "), err
-    return lines[0]
 
 
 def results_file(folder: Path, metrics: dict, *, task: str = MCKL, samples: list[dict] | None = None,
