@@ -54,12 +54,17 @@ TRAIN_MIN = 16
 # Member paths look like bigbench-1.0.0/bigbench/benchmark_tasks/<name>/task.json,
 # where <name> may be a subtask path such as logical_deduction/three_objects.
 _TASK_MEMBER = re.compile(r"^[^/]+/bigbench/benchmark_tasks/(.+)/task\.json$")
-_INDEX_FILE = "task_names.json"
+INDEX_FILE = "task_names.json"
+
+
+# The folder of BIG-bench data (the archive and the extracted task files), when not `<cache>/bigbench`: a shared
+# copy on a cluster, or a folder filled by hand (`tasks/<name>/task.json`, as in BIG-bench's own repository).
+BIGBENCH_DIR_ENV = "LM_EVAL_BAKING_BIGBENCH"
 
 
 def bigbench_dir() -> Path:
-    """Cache folder for the archive and the extracted task files."""
-    return cache_dir() / "bigbench"
+    """Folder for the archive and the extracted task files: $LM_EVAL_BAKING_BIGBENCH, else `<cache>/bigbench`."""
+    return Path(os.environ.get(BIGBENCH_DIR_ENV) or cache_dir() / "bigbench")
 
 
 def task_file(name: str) -> Path:
@@ -204,7 +209,7 @@ def _read_task_json(path: Path) -> dict:
 
 def _check_known(names: list[str]) -> None:
     """Reject unknown names early, once an earlier extraction has listed the archive."""
-    index = bigbench_dir() / _INDEX_FILE
+    index = bigbench_dir() / INDEX_FILE
     if not index.is_file():
         return
     try:
@@ -218,13 +223,16 @@ def _check_known(names: list[str]) -> None:
 
 def _unknown_task(name: str, known) -> BakingError:
     close = difflib.get_close_matches(name, sorted(known), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else f"see {bigbench_dir() / _INDEX_FILE} for the names"
+    hint = f"did you mean {', '.join(close)}?" if close else f"see {bigbench_dir() / INDEX_FILE} for the names"
     return BakingError(f"no BIG-bench task '{name}' in {SDIST_NAME}; {hint}")
 
 
 def _manual_download_hint(archive: Path) -> str:
-    return (f"fetch {SDIST_NAME} by hand (e.g. `pip download --no-deps {SDIST_REQUIREMENT}` with pip < 25), "
-            f"put it at {archive} and rerun")
+    # PyPI stopped serving the 1.0.0 archive (only 0.0.1, without task files, is listed since late 2026), so a
+    # mirror or a copy of BIG-bench's repository is the way to the data.
+    return (f"fetch {SDIST_NAME} from a mirror that still has it and put it at {archive}, or copy the task files of "
+            f"BIG-bench's repository (google/BIG-bench, bigbench/benchmark_tasks/NAME/task.json) to "
+            f"{archive.parent / 'tasks'}/NAME/task.json (set {BIGBENCH_DIR_ENV} to use another folder), and rerun")
 
 
 def _ensure_sdist() -> Path:
@@ -309,7 +317,7 @@ def _extract_tasks(archive: Path, names: list[str]) -> None:
                     found.add(name)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise BakingError(f"cannot extract task files from {archive} ({e}); delete it and rerun to download it again") from None
-    _write_atomically(bigbench_dir() / _INDEX_FILE, json.dumps(sorted(known), indent=0).encode())
+    _write_atomically(bigbench_dir() / INDEX_FILE, json.dumps(sorted(known), indent=0).encode())
     for name in names:
         if name not in found:
             raise _unknown_task(name, known)

@@ -2,7 +2,8 @@
 
 The lm_eval runs use the tiny random model, so their scores mean nothing; they
 check that the real harness loads our data and that the report has the right
-shape. The first run downloads BIG-bench's sdist (~360 MB) into the cache.
+shape. The task files are conftest's synthetic stand-ins in BIG-bench's format
+(PyPI no longer serves the archive, and tests reach no network).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ GROUP_DIR = tasks_path() / "baking_forgetting"
 
 @pytest.fixture(scope="session")
 def bigbench_tasks():
-    """The real BIG-bench files the group needs, downloaded and extracted once."""
+    """The BIG-bench files the group needs (conftest's synthetic ones: nothing is downloaded)."""
     return bigbench.ensure_bigbench_tasks(_group_bigbench_names())
 
 
@@ -194,7 +195,7 @@ def test_unknown_bigbench_task_is_a_clear_error(bigbench_tasks):
 
 
 def test_corrupt_archive_in_the_cache_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("LM_EVAL_BAKING_CACHE", str(tmp_path))
+    monkeypatch.setenv(bigbench.BIGBENCH_DIR_ENV, str(tmp_path / "bigbench"))
     archive = tmp_path / "bigbench" / bigbench.SDIST_NAME
     archive.parent.mkdir(parents=True)
     archive.write_bytes(b"\x1f\x8b truncated download")
@@ -204,7 +205,7 @@ def test_corrupt_archive_in_the_cache_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_corrupt_task_file_in_the_cache_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("LM_EVAL_BAKING_CACHE", str(tmp_path))
+    monkeypatch.setenv(bigbench.BIGBENCH_DIR_ENV, str(tmp_path / "bigbench"))
     broken = bigbench.task_file(BIGBENCH_TASK)
     broken.parent.mkdir(parents=True)
     broken.write_text('{"examples": [')
@@ -222,7 +223,7 @@ def test_unknown_lm_eval_task_and_non_adapter_are_clear_errors(tmp_path, tiny_mo
 
 
 def test_a_failed_download_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("LM_EVAL_BAKING_CACHE", str(tmp_path))
+    monkeypatch.setenv(bigbench.BIGBENCH_DIR_ENV, str(tmp_path / "bigbench"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds no package index, as on a machine without network
 
     with pytest.raises(BakingError, match="pip could not find bigbench==1.0.0 .*put it at"):
