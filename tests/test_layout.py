@@ -167,7 +167,8 @@ def test_the_check_record_and_the_docs_formula_have_one_home():
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
-                fields = {f.target.id for f in node.body if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)}
+                fields = {f.target.id for f in node.body
+                          if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)}
                 if node.name == "Check" or "verdict" in fields and fields & {"limit", "bound", "threshold"}:
                     found.append(f"{where}:{node.lineno}: class {node.name} records a verdict against a bound")
             if isinstance(node, ast.JoinedStr) and any(

@@ -74,12 +74,13 @@ def current_outputs() -> dict:
     for i, (value, ci, bound, limit, docs) in enumerate(BOUNDS):
         verdict, note = judge_bound(value, ci, bound, limit, docs)
         out[f"bound {i}"] = [verdict.value, note]
-    out["docs_needed"] = [docs_needed(sd, e, a, p) for sd, e, a, p in
-                          ((0.3, 0.01, 0.05, 0.8), (0.45, 0.017, 0.05, 0.8), (1.0, 0.1, 0.01, 0.9), (0.2, 0.3, 0.05, 0.8))]
+    powers = ((0.3, 0.01, 0.05, 0.8), (0.45, 0.017, 0.05, 0.8), (1.0, 0.1, 0.01, 0.9), (0.2, 0.3, 0.05, 0.8))
+    out["docs_needed"] = [docs_needed(sd, effect, alpha, power) for sd, effect, alpha, power in powers]
     out["holm"] = holm([0.01, 0.04, 0.03, 0.005, 0.5, 0.04])
     calibration = json.loads((ROOT / "bench/results/gate_calibration.json").read_text())["report"]
     out["forgetting"] = rebuild_report(calibration)["per_adapter"]
-    out["cross_task"] = judge_report(json.loads((ROOT / "bench/results/cross_task_fewshot/cross_task.json").read_text()))
+    cross_task = json.loads((ROOT / "bench/results/cross_task_fewshot/cross_task.json").read_text())
+    out["cross_task"] = judge_report(cross_task)
     return _plain(out)
 
 
@@ -104,7 +105,8 @@ def test_statistics_are_bitwise_what_they_were():
         old[key] = value
     mismatched = []
     for path, before, after in _differences(old, new):
-        if not (_is_p_value(path) and isinstance(before, float) and math.isclose(before, after, rel_tol=1e-13, abs_tol=0.0)):
+        close = isinstance(before, float) and math.isclose(before, after, rel_tol=1e-13, abs_tol=0.0)
+        if not (_is_p_value(path) and close):
             mismatched.append(f"{path}: {before!r} -> {after!r}")
     assert not mismatched, "\n".join(mismatched[:20])
 
