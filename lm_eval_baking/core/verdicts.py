@@ -117,12 +117,15 @@ def docs_to_resolve(n: int | None, half_width: float, gap: float) -> int | None:
     6 places first, so float noise cannot add a doc). For a normal CI this is ``core.stats.docs_needed`` at
     50% power; the CIs here are percentile or exact, so only their half-width is used. Never n or fewer: a
     lopsided CI can straddle the bound with a half-width already below the gap, and an INCONCLUSIVE always
-    needs more docs than it has. None when nothing can be said: no docs counted, a value on the bound, or a
-    half-width that is not finite.
+    needs more docs than it has. None when nothing can be said: no docs counted, a value on the bound (or
+    so near it that no float counts the docs), or a half-width that is not finite.
     """
     if not n or not (math.isfinite(half_width) and math.isfinite(gap)) or gap == 0:
         return None
-    return max(int(n) + 1, math.ceil(round(n * (half_width / abs(gap)) ** 2, 6)))
+    try:
+        return max(int(n) + 1, math.ceil(round(n * (half_width / abs(gap)) ** 2, 6)))
+    except OverflowError:
+        return None
 
 
 def resolve_text(docs: int | None) -> str:

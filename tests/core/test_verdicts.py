@@ -31,7 +31,8 @@ def test_docs_to_resolve_shrinks_the_half_width_to_the_gap_and_asks_for_more(n, 
 
 def test_docs_to_resolve_has_no_answer_without_docs_a_gap_or_a_finite_width():
     assert docs_to_resolve(50, 0.04, 0.02) == 200 and docs_to_resolve(100, 0.08, -0.1) == 101
-    for n, half, gap in ((0, 0.1, 0.1), (None, 0.1, 0.1), (10, math.inf, 0.1), (10, 0.1, 0.0), (10, 0.1, math.nan)):
+    for n, half, gap in ((0, 0.1, 0.1), (None, 0.1, 0.1), (10, math.inf, 0.1), (10, 0.1, 0.0), (10, 0.1, math.nan),
+                         (10, 0.1, 1e-320)):
         assert docs_to_resolve(n, half, gap) is None
     assert resolve_text(200) == "about 200 docs would resolve it" and resolve_text(None) == ""
 
