@@ -30,8 +30,10 @@ from lm_eval_baking.core.verdicts import judge, judge_bound
 from lm_eval_baking.results.cross_task import judge_report
 from lm_eval_baking.results.forgetting import rebuild_report
 
-ROOT = Path(__file__).resolve().parents[2]
 PINS = Path(__file__).with_name("pinned_statistics.json")
+# The per-doc scores of bench/results/gate_calibration.json (the forgetting report in it) and of
+# bench/results/cross_task_fewshot/cross_task.json, copied so that a bench rerun cannot move the pins.
+INPUTS = Path(__file__).with_name("pinned_statistics_inputs.json")
 SPLITS = [(0, 10), (6, 0), (3, 1), (18, 8), (15, 2), (28, 3), (40, 60), (200, 150), (1, 1), (0, 0), (7, 9)]
 BOUNDS = [  # (value, ci, bound, limit, docs)
     (0.82, (0.78, 0.86), "min", 0.8, 50),
@@ -77,10 +79,9 @@ def current_outputs() -> dict:
     powers = ((0.3, 0.01, 0.05, 0.8), (0.45, 0.017, 0.05, 0.8), (1.0, 0.1, 0.01, 0.9), (0.2, 0.3, 0.05, 0.8))
     out["docs_needed"] = [docs_needed(sd, effect, alpha, power) for sd, effect, alpha, power in powers]
     out["holm"] = holm([0.01, 0.04, 0.03, 0.005, 0.5, 0.04])
-    calibration = json.loads((ROOT / "bench/results/gate_calibration.json").read_text())["report"]
-    out["forgetting"] = rebuild_report(calibration)["per_adapter"]
-    cross_task = json.loads((ROOT / "bench/results/cross_task_fewshot/cross_task.json").read_text())
-    out["cross_task"] = judge_report(cross_task)
+    stored = json.loads(INPUTS.read_text())
+    out["forgetting"] = rebuild_report(stored["forgetting"])["per_adapter"]
+    out["cross_task"] = judge_report(stored["cross_task"])
     return _plain(out)
 
 
