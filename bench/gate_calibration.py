@@ -49,7 +49,7 @@ def noisy_copy(bake: Path, output: Path, scale: float, seed: int = 0) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bake", type=Path, required=True, help="a pirate bake folder")
+    parser.add_argument("--bake", type=Path, help="a pirate bake folder (not needed with --rejudge)")
     parser.add_argument("--model", default="default", help="its base model")
     parser.add_argument("--forgetting", type=Path, help="a forgetting.json with the base model's fp32 per-doc scores")
     parser.add_argument("--work", type=Path, default=Path("bench/results/gate-calibration-adapters"),
@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--rejudge", action="store_true",
                         help="judge --output's stored per-doc scores again with today's statistics (no model runs)")
     args = parser.parse_args()
+    if not args.rejudge and args.bake is None:
+        parser.error("--bake is needed to build the damaged adapters (or pass --rejudge)")
     if args.rejudge:
         summary = json.loads(args.output.read_text())
         report = rebuild_report(summary["report"])

@@ -143,6 +143,40 @@ def test_verdict_names_exit_codes_and_the_forgetting_bound_have_one_home():
     assert not found, "\n".join(found)
 
 
+def _is_docs_formula(node: ast.AST) -> bool:
+    """`(a / b) ** 2`: the CI half-width (or effect) scaled to a doc count."""
+    return (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and isinstance(node.left, ast.BinOp)
+            and isinstance(node.left.op, ast.Div) and isinstance(node.right, ast.Constant) and node.right.value == 2)
+
+
+def test_the_check_record_and_the_docs_formula_have_one_home():
+    """The record of a judged value (a class with a verdict and a bound) is core.verdicts.Check, the docs that
+    would resolve an INCONCLUSIVE are core.verdicts.docs_to_resolve and said by resolve_text; the docs a
+    paired test needs to detect a change (power) are core.stats.docs_needed. Nothing else holds either."""
+    home = PACKAGE / "core" / "verdicts.py"
+    formula_homes = {(home, "docs_to_resolve"), (PACKAGE / "core" / "stats.py", "docs_needed")}
+    found = []
+    for path in sources():
+        where = path.relative_to(PACKAGE.parent)
+        tree = ast.parse(path.read_text("utf-8"))
+        allowed = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and (path, f.name) in formula_homes
+                   for n in ast.walk(f)}
+        found += [f"{where}:{n.lineno}: a docs formula" for n in ast.walk(tree)
+                  if _is_docs_formula(n) and id(n) not in allowed]
+        if path == home:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                fields = {f.target.id for f in node.body
+                          if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)}
+                if node.name == "Check" or "verdict" in fields and fields & {"limit", "bound", "threshold"}:
+                    found.append(f"{where}:{node.lineno}: class {node.name} records a verdict against a bound")
+            if isinstance(node, ast.JoinedStr) and any(
+                    isinstance(v, ast.Constant) and "docs would resolve" in str(v.value) for v in node.values):
+                found.append(f"{where}:{node.lineno}: says the docs to resolve itself (use resolve_text)")
+    assert not found, "\n".join(found)
+
+
 def test_argparse_lives_in_the_cli_only():
     outside = [str(p.relative_to(PACKAGE.parent)) for p in sources()
                if "cli" not in p.relative_to(PACKAGE).parts and "argparse" in p.read_text("utf-8")]

@@ -22,6 +22,22 @@ change?" questions; for per-task verdicts in a family of m tasks, judge with CIs
 
 Every draw comes from ``numpy.random.default_rng(seed)`` and sums avoid BLAS: the same call gives bitwise
 identical floats. With fewer than two docs (or clusters) the intervals are ``(-inf, inf)``.
+
+What comes from a library, and what is ours on purpose:
+* McNemar's p is ``scipy.stats.binomtest`` (the discordant split against 1/2), Clopper-Pearson is the closed
+  form ``scipy.stats.beta.ppf``. Not ``binomtest(...).proportion_ci(method="exact")``: that finds the same
+  interval by root-finding, off by up to ~1e-13, where beta.ppf is the formula itself.
+* The power z's are ``statistics.NormalDist().inv_cdf`` (the standard library): ``scipy.stats.norm.ppf``
+  does the same job and differs in the last bits, which would move every stored MDE for nothing.
+* Holm is four lines of numpy. scipy has no Holm (``false_discovery_control`` is Benjamini-Hochberg/-Yekutieli,
+  which controls another error rate); ``statsmodels.stats.multitest.multipletests(method="holm")`` is the
+  same numbers but would add statsmodels (and patsy) to every install for those four lines.
+* The bootstraps and sign-flip tests stay ours. ``scipy.stats.bootstrap`` resamples single observations,
+  not clusters (drift's conversations); it interpolates percentiles where ours takes order statistics and
+  lets an undefined ratio resample widen the CI (``_percentile``); and it draws from another random
+  stream, so every stored CI would move. ``scipy.stats.permutation_test`` likewise flips single docs, not
+  clusters, and draws differently. Ours sum per-unit totals with ``np.bincount`` (no BLAS), which keeps
+  the floats bitwise identical on any machine and thread count.
 """
 
 from __future__ import annotations
@@ -190,15 +206,11 @@ def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p: b docs only the base got right, c only the other; 1.0 when b + c == 0."""
     if int(b) != b or int(c) != c or b < 0 or c < 0:
         raise ValueError(f"discordant counts must be non-negative integers, got {b!r} and {c!r}")
-    n, k = int(b) + int(c), int(min(b, c))
-    if n == 0 or 2 * k == n:
+    from scipy.stats import binomtest  # 0.65 s to import: only paid when 0/1 scores are compared
+    if b + c == 0:
         return 1.0
-    # Exact integer tail, divided once: no rounding until the final, correctly rounded division.
-    term = total = 1
-    for i in range(1, k + 1):
-        term = term * (n - i + 1) // i
-        total += term
-    return min(1.0, total / 2 ** (n - 1))
+    # Under "no change" the split of the discordant docs is Binomial(b + c, 1/2).
+    return min(1.0, float(binomtest(int(min(b, c)), int(b) + int(c), 0.5).pvalue))
 
 
 def _compare(base, other, clusters, n_boot, seed, confidence) -> PairedComparison:

@@ -10,6 +10,12 @@
   cannot be that metric: those are refused as bad input, never judged.
 * ``judge_bound`` - a value with its CI against a bound (`check --min-quality 0.8`): PASS / FAIL /
   INCONCLUSIVE. A missing or unbounded CI proves nothing: INCONCLUSIVE, never PASS.
+* ``Check`` - the record of one judged value: a metric of a variant, its value and CI, the bound, the
+  verdict and a note. `check`, the pipeline and pipeline.json hold their checks as these.
+* ``docs_to_resolve`` / ``resolve_text`` - the one rule for how many docs would resolve an INCONCLUSIVE
+  (``judge``, ``judge_bound``, the cross-task matrix's share kept) and how it is said. The docs a paired
+  test needs to *detect* a given change at 80% power are another question: ``core.stats.docs_needed``,
+  the inverse of the minimum detectable difference.
 """
 
 from __future__ import annotations
@@ -104,6 +110,49 @@ def refuse_impossible(metric: str, value: float, ci: tuple[float, float] | None,
                       "damaged or was edited by hand; re-run the evaluation that wrote it")
 
 
+def docs_to_resolve(n: int | None, half_width: float, gap: float) -> int | None:
+    """Docs that would resolve an INCONCLUSIVE: a CI of `half_width` on `n` docs whose value is `gap` from the bound.
+
+    The half-width shrinks as 1/sqrt(n), so it reaches the gap at n * (half_width / gap)**2 docs (rounded to
+    6 places first, so float noise cannot add a doc). For a normal CI this is ``core.stats.docs_needed`` at
+    50% power; the CIs here are percentile or exact, so only their half-width is used. Never n or fewer: a
+    lopsided CI can straddle the bound with a half-width already below the gap, and an INCONCLUSIVE always
+    needs more docs than it has. None when nothing can be said: no docs counted, a value on the bound (or
+    so near it that no float counts the docs), or a half-width that is not finite.
+    """
+    if not n or not (math.isfinite(half_width) and math.isfinite(gap)) or gap == 0:
+        return None
+    try:
+        return max(int(n) + 1, math.ceil(round(n * (half_width / abs(gap)) ** 2, 6)))
+    except OverflowError:
+        return None
+
+
+def resolve_text(docs: int | None) -> str:
+    """How a verdict's note says `docs_to_resolve` ('' for None)."""
+    return "" if docs is None else f"about {docs} docs would resolve it"
+
+
+@dataclass
+class Check:
+    """One judged value: `metric` of `variant`, its value and 95% CI, `bound` ('min' or 'max') `limit`, the verdict."""
+    metric: str
+    variant: str
+    value: float | None
+    ci: tuple[float, float] | None
+    bound: str
+    limit: float
+    verdict: str
+    note: str = ""
+
+    def __post_init__(self):
+        self.verdict = Verdict(self.verdict).value  # a Verdict member or its value; anything else is a bug
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == Verdict.PASS.value
+
+
 def judge_bound(value: float, ci: tuple[float, float] | None, bound: str, limit: float,
                 docs: int | None = None) -> tuple[Verdict, str]:
     """(verdict, note) of `value` with its 95% CI against `bound` ('min' or 'max') `limit`.
@@ -125,12 +174,7 @@ def judge_bound(value: float, ci: tuple[float, float] | None, bound: str, limit:
         return Verdict.PASS, ""
     if not meets(best):
         return Verdict.FAIL, ""
-    half = (high - low) / 2
-    if docs and value != limit:
-        # Rounded first, as in `judge`, so that float noise cannot add a doc.
-        needed = math.ceil(round(docs * (half / abs(value - limit)) ** 2, 6))
-        return Verdict.INCONCLUSIVE, f"about {needed} docs would resolve it"
-    return Verdict.INCONCLUSIVE, ""
+    return Verdict.INCONCLUSIVE, resolve_text(docs_to_resolve(docs, (high - low) / 2, value - limit))
 
 
 def combine(verdicts: Iterable[str]) -> str:
@@ -183,12 +227,8 @@ def judge(comparison: PairedComparison, threshold: float, *, relative: bool,
     else:
         verdict = Verdict.INCONCLUSIVE
         reason = f"worst case {fmt(worst)} is beyond {fmt(limit)}, best case {fmt(best)} within it"
-        half = (ci.high - ci.low) / 2.0
-        if math.isfinite(half) and change != limit:
-            # The half-width shrinks as 1/sqrt(n) (rounding first, so float noise cannot add a doc);
-            # n or fewer is an artefact of a lopsided percentile CI: an INCONCLUSIVE asks for more.
-            docs = max(comparison.n + 1, math.ceil(round(comparison.n * (half / abs(change - limit)) ** 2, 6)))
-            reason += f"; about {docs} docs would resolve it"
+        docs = docs_to_resolve(comparison.n, (ci.high - ci.low) / 2.0, change - limit)
+        reason += f"; {resolve_text(docs)}" if docs else ""
     return Judgement(verdict, float(change), ci, threshold, relative, docs, reason)
 
 

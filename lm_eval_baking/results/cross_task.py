@@ -22,7 +22,10 @@ import numpy as np
 
 from ..constants import CROSS_TASK_FORMAT
 from ..core.stats import bonferroni_confidence, compare_paired, ratio_quality_ci
-from ..core.verdicts import MAX_FORGETTING_DROP_PCT, Verdict, combine, finite_ci, judge, refuse_impossible
+from ..core.verdicts import (
+    MAX_FORGETTING_DROP_PCT, Verdict, combine, docs_to_resolve, finite_ci, judge, judge_bound, refuse_impossible,
+    resolve_text,
+)
 from ..errors import BakingError
 from ..utils.text import listed, quoted
 
@@ -121,18 +124,17 @@ def _diagonal(scores, task, level, min_share) -> dict:
         return {**cell, "verdict": Verdict.INCONCLUSIVE.value, "docs_to_resolve": None,
                 "reason": "the CI of the share kept is unbounded (the k-shot gain is near 0 in some resamples); "
                           "evaluate more docs"}
-    if share_ci.low >= min_share:
-        return {**cell, "verdict": Verdict.PASS.value, "docs_to_resolve": None,
+    verdict, _ = judge_bound(share, (share_ci.low, share_ci.high), "min", min_share)
+    if verdict is Verdict.PASS:
+        return {**cell, "verdict": verdict.value, "docs_to_resolve": None,
                 "reason": f"keeps at least {share_ci.low:.0%} of the k-shot gain (least allowed {min_share:.0%})"}
-    if share_ci.high < min_share:
-        return {**cell, "verdict": Verdict.FAIL.value, "docs_to_resolve": None,
+    if verdict is Verdict.FAIL:
+        return {**cell, "verdict": verdict.value, "docs_to_resolve": None,
                 "reason": f"keeps at most {share_ci.high:.0%} of the k-shot gain (least allowed {min_share:.0%})"}
-    half = (share_ci.high - share_ci.low) / 2
-    docs = (max(gain.n + 1, math.ceil(gain.n * (half / abs(share - min_share)) ** 2))
-            if math.isfinite(half) and share != min_share else None)
+    docs = docs_to_resolve(gain.n, (share_ci.high - share_ci.low) / 2, share - min_share)
     reason = f"the share kept is {share_ci.low:.0%} to {share_ci.high:.0%}, around the least allowed {min_share:.0%}"
-    return {**cell, "verdict": Verdict.INCONCLUSIVE.value, "docs_to_resolve": docs,
-            "reason": reason + (f"; about {docs} docs would resolve it" if docs else "")}
+    return {**cell, "verdict": verdict.value, "docs_to_resolve": docs,
+            "reason": reason + (f"; {resolve_text(docs)}" if docs else "")}
 
 
 def judge_report(report: dict, *, threshold_pct: float | None = None, min_share: float | None = None) -> dict:

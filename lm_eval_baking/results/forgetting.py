@@ -62,15 +62,9 @@ def judge_adapter(base: dict[str, dict[int, float]], other: dict[str, dict[int, 
         sd = group["comparison"]["sd_difference"]
         base_mean = group["comparison"]["base_mean"]
         group["docs_needed_for_threshold"] = docs_needed(sd, threshold * base_mean) if base_mean else None
-    verdicts = [per_task[t]["verdict"] for t in tasks]
-    if group is None:
-        verdict = Verdict.INCONCLUSIVE.value
-    elif group["verdict"] == Verdict.FAIL.value or Verdict.FAIL.value in verdicts:
-        verdict = Verdict.FAIL.value
-    elif group["verdict"] == Verdict.PASS.value:
-        verdict = Verdict.PASS.value
-    else:
-        verdict = Verdict.INCONCLUSIVE.value
+    # FAIL when the group or any task FAILs on its own, else the group's verdict; no group is INCONCLUSIVE.
+    verdict = combine(([group["verdict"]] if group else []) +
+                      [per_task[t]["verdict"] for t in tasks if per_task[t]["verdict"] == Verdict.FAIL.value])
     return {"per_task": per_task, "group": group, "verdict": verdict,
             "failed_tasks": [t for t in tasks if per_task[t]["verdict"] == Verdict.FAIL.value]}
 

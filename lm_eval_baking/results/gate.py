@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from ..constants import BAKE_RECORD, CROSS_TASK_RECORD, FORGETTING_GROUP, PURSUIT_RECORD
 from ..core.verdicts import (
-    ESTIMATES, Verdict, combine, finite_ci, judge_bound, metric_range, outside_range, range_text,
-    refuse_impossible,
+    ESTIMATES, Check, Verdict, combine, finite_ci, judge_bound, metric_range, outside_range, range_text,
+    refuse_impossible, resolve_text,
 )
 from ..errors import BakingError
 from ..utils.text import listed, quoted
@@ -54,22 +54,6 @@ class Threshold:
     limit: float
     origin: str = ""
     """Which option asked for it, for error messages."""
-
-
-@dataclass
-class Check:
-    metric: str
-    variant: str
-    value: float | None
-    ci: tuple[float, float] | None
-    bound: str
-    limit: float
-    verdict: str
-    note: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict == PASS
 
 
 def parse_bound(text: str, bound: str) -> Threshold:
@@ -264,7 +248,7 @@ def judge_forgetting_row(row: Row, t: Threshold, collection: Collection, tasks: 
     note += f"; tasks failing on their own: {', '.join(failed)}" if failed else ""
     needed = judged["group"]["judgement"]["docs_to_resolve"]
     if judged["verdict"] == INCONCLUSIVE and needed:
-        note += f"; about {needed} docs would resolve it"
+        note += f"; {resolve_text(needed)}"
     if not math.isfinite(m.value):  # the base model scored 0: a relative drop is undefined (INCONCLUSIVE)
         note += "; the base model scores 0 on these docs, so no relative change"
     value = m.value if math.isfinite(m.value) else None

@@ -31,10 +31,10 @@ from ..constants import ADAPTER_WEIGHTS, DRIFT_TASK, JOINT_REFERENCE, MCKL_TASK,
 from ..core import models
 from ..core.harness import LmEvalRun
 from ..core.stats import compare_paired
-from ..core.verdicts import EXIT_CODES
+from ..core.verdicts import EXIT_CODES, Check
 from ..evals.drift import prepare_drift_data
 from ..results.collect import collect
-from ..results.gate import Check, Threshold, format_checks, judge_forgetting_row, judge_value, overall
+from ..results.gate import Threshold, format_checks, judge_forgetting_row, judge_value, overall
 from ..results.report import build_report
 from ..results.rows import Measurement
 from ..training.plan import check_before_work
