@@ -198,8 +198,8 @@ def isolated_evaluate(tmp_path_factory, monkeypatch):
     # evaluate reads these once, at import; another test may have imported it already.
     monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
     monkeypatch.setattr(evaluate.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
-    for name, folder in (("HF_MODULES_CACHE", "modules"), ("HF_EVALUATE_CACHE", "evaluate"), ("HF_METRICS_CACHE", "metrics")):
-        monkeypatch.setattr(evaluate.config, name, home / folder)
+    for name in ("HF_MODULES_CACHE", "HF_EVALUATE_CACHE", "HF_METRICS_CACHE"):
+        monkeypatch.setattr(evaluate.config, name, home / name.lower())
     paired_comparison.cache_clear()
     yield home
     paired_comparison.cache_clear()

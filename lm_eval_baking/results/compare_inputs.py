@@ -160,7 +160,7 @@ def _check_task_settings(baseline: Run, candidate: Run, leaf: str) -> None:
     for key in sorted(set(a[1]) | set(b[1])):
         if a[1].get(key) != b[1].get(key):
             _differ(f"{leaf}'s task config {key}", a[1].get(key), b[1].get(key),
-                    "task definition (the same lm_eval version and task YAML)")
+                    "the same task definition (the same lm_eval version and task YAML)")
 
 
 def _task_setup(run: Run, leaf: str) -> tuple[object, dict]:
@@ -208,6 +208,10 @@ def _pair(baseline: Run, candidate: Run, task: str, leaves: list[str], metric: s
         if any(isinstance(d.get(metric), list) for docs in (docs_a, docs_b) for d in docs.values()):
             return None, f"{task} {shown}: a corpus-level metric (no per-doc score to pair)"
         scored = [sorted(d for d, entry in docs.items() if metric in entry) for docs in (docs_a, docs_b)]
+        for docs_scored, run, path in ((scored[0], baseline, path_a), (scored[1], candidate, path_b)):
+            if not docs_scored and (docs_a or docs_b):
+                raise BakingError(f"{task} reports {shown} but the {run.label}'s per-doc output of {leaf} has no "
+                                  f"{metric} values ({path.name}); {_RERUN}")
         if scored[0] != scored[1]:
             raise BakingError(f"{leaf} {shown}: the baseline scores {len(scored[0])} docs, the candidate "
                               f"{len(scored[1])}; {_RERUN} on the same docs for both")
@@ -220,8 +224,6 @@ def _pair(baseline: Run, candidate: Run, task: str, leaves: list[str], metric: s
         clustered |= use is not None
         labels += [json.dumps([leaf, *(docs_a[d].get(f) for f in use)] if use else [leaf, "doc", d], default=str)
                    for d in scored[0]]
-    if not values[0]:
-        raise BakingError(f"{task} reports {shown} but its per-doc output has no {metric} values; {_RERUN}")
     higher = _direction(baseline, task, metric)
     if higher is None:
         higher = _direction(candidate, task, metric)

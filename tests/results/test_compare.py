@@ -103,7 +103,8 @@ def test_an_unknown_direction_is_judged_both_ways(tmp_path):
     x = np.random.default_rng(0).uniform(1, 2, size=400)
     higher = {"t": {"score": None}}
     up = compare(write_run(tmp_path / "a", {"t": {"score": x.tolist()}}, higher=higher),
-                 write_run(tmp_path / "b", {"t": {"score": (x + 0.5).tolist()}}, higher=higher), settings(max_drop="0.1"))
+                 write_run(tmp_path / "b", {"t": {"score": (x + 0.5).tolist()}}, higher=higher),
+                 settings(max_drop="0.1"))
     assert up.verdict == "FAIL" and up.rows[0].change == "up"
 
 
