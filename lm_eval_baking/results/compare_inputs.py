@@ -203,13 +203,17 @@ def _pair(baseline: Run, candidate: Run, task: str, leaves: list[str], metric: s
     for leaf in leaves:
         fields = named_clusters.get(leaf) or named_clusters.get(task) or DEFAULT_CLUSTERS.get(leaf, ())
         (path_a, a), (path_b, b) = (run.samples(leaf, fields) for run in (baseline, candidate))
+        if filter_name not in a and filter_name not in b and len(leaves) > 1:
+            continue  # a member of a group whose other members use this filter
         docs_a, docs_b = (_filtered(docs, path, filter_name) for docs, path in ((a, path_a), (b, path_b)))
         _same_docs(leaf, docs_a, docs_b, path_a)
         if any(isinstance(d.get(metric), list) for docs in (docs_a, docs_b) for d in docs.values()):
             return None, f"{task} {shown}: a corpus-level metric (no per-doc score to pair)"
         scored = [sorted(d for d, entry in docs.items() if metric in entry) for docs in (docs_a, docs_b)]
+        if not scored[0] and not scored[1]:  # a member of a group that reports other metrics
+            continue
         for docs_scored, run, path in ((scored[0], baseline, path_a), (scored[1], candidate, path_b)):
-            if not docs_scored and (docs_a or docs_b):
+            if not docs_scored:
                 raise BakingError(f"{task} reports {shown} but the {run.label}'s per-doc output of {leaf} has no "
                                   f"{metric} values ({path.name}); {_RERUN}")
         if scored[0] != scored[1]:
@@ -224,6 +228,8 @@ def _pair(baseline: Run, candidate: Run, task: str, leaves: list[str], metric: s
         clustered |= use is not None
         labels += [json.dumps([leaf, *(docs_a[d].get(f) for f in use)] if use else [leaf, "doc", d], default=str)
                    for d in scored[0]]
+    if not values[0]:
+        raise BakingError(f"{task} reports {shown} but no per-doc output of it has {metric} values; {_RERUN}")
     higher = _direction(baseline, task, metric)
     if higher is None:
         higher = _direction(candidate, task, metric)
