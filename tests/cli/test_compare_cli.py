@@ -128,24 +128,28 @@ def test_compare_runs_without_torch_and_help_without_evaluate(tmp_path):
     assert compare_run.stdout.strip().endswith("exit 0 False True"), compare_run.stderr[-2000:]
 
 
-def test_two_real_lm_eval_runs_of_the_tiny_model(tiny_model_dir, tmp_path, capsys):
-    """The real lm_eval CLI, run twice with --log_samples on the same model: the same scores, PASS."""
+def test_real_lm_eval_runs_of_the_tiny_model_and_its_bake(tiny_model_dir, small_bake, tmp_path, capsys):
+    """The real lm_eval CLI with --log_samples: the base model twice (the same scores: PASS), then its bake
+    through peft= (the task configs' metadata differ, which is no reason to refuse)."""
     lm_eval = str(Path(sys.executable).with_name("lm_eval"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH"))
                                          if p)}
-    outputs = []
-    for name in ("base", "again"):
-        output = tmp_path / name
-        subprocess.run([lm_eval, "--model", "hf", "--model_args", f"pretrained={tiny_model_dir}",
+    outputs = {}
+    for name, model_args in (("base", f"pretrained={tiny_model_dir}"), ("again", f"pretrained={tiny_model_dir}"),
+                             ("baked", f"pretrained={tiny_model_dir},peft={small_bake}")):
+        outputs[name] = tmp_path / name
+        subprocess.run([lm_eval, "--model", "hf", "--model_args", model_args,
                         "--tasks", "tiny_fewshot_colours,tiny_fewshot_sums", "--include_path", FEWSHOT_TASKS,
-                        "--device", "cpu", "--batch_size", "8", "--output_path", str(output), "--log_samples"],
+                        "--device", "cpu", "--batch_size", "8", "--output_path", str(outputs[name]), "--log_samples"],
                        check=True, capture_output=True, env=env, timeout=600)
-        outputs.append(output)
-    status, out, err = run(capsys, "compare", *outputs, "--max-drop", "0.5", "--json", tmp_path / "c.json")
+    status, out, err = run(capsys, "compare", outputs["base"], outputs["again"], "--max-drop", "0.5",
+                           "--json", tmp_path / "same.json")
     assert status == 0, err
-    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
-    assert [(r["task"], r["metric"], r["comparison"]["test"]) for r in rows] == [
-        ("tiny_fewshot_colours", "acc", "mcnemar-exact"), ("tiny_fewshot_sums", "exact_match", "mcnemar-exact")]
-    assert [r["comparison"]["n"] for r in rows] == [6, 12]
+    rows = json.loads((tmp_path / "same.json").read_text())["rows"]
+    assert [(r["task"], r["metric"], r["comparison"]["test"], r["comparison"]["n"]) for r in rows] == [
+        ("tiny_fewshot_colours", "acc", "mcnemar-exact", 6), ("tiny_fewshot_sums", "exact_match", "mcnemar-exact", 12)]
     assert "| tiny_fewshot_colours | acc ↑ | 6 |" in out
+    status, out, err = run(capsys, "compare", outputs["base"], outputs["baked"], "--json", tmp_path / "baked.json")
+    assert status in (0, 1, 3) and err == "", err
+    assert len(json.loads((tmp_path / "baked.json").read_text())["rows"]) == 2
