@@ -118,15 +118,19 @@ def _judge(comparison: PairedComparison, settings: CompareSettings, higher_is_be
 
 def _number(value: float, relative: bool) -> str:
     if not math.isfinite(value):
-        return "∞" if value > 0 else "−∞"
+        return "inf" if value > 0 else "-inf"
     return f"{value:+.1%}" if relative else f"{value:+.4g}"
+
+
+def _percent(level: float) -> str:
+    return f"{100 * level:.4g}%"
 
 
 def markdown(result: CompareResult) -> str:
     """The table for stdout and the GitHub job summary, then what it rests on."""
     relative = result.settings.relative
     header = ["task", "metric", "docs", "baseline", "candidate",
-              f"{'relative ' if relative else ''}change [{result.row_confidence:.4g} CI]", "test", "p (Holm)",
+              f"{'relative ' if relative else ''}change [{_percent(result.row_confidence)} CI]", "test", "p (Holm)",
               "change shown", "verdict", "why"]
     cells = []
     for row in result.rows:
@@ -147,8 +151,8 @@ def markdown(result: CompareResult) -> str:
              markdown_table(header, cells), "",
              f"{counts[Verdict.PASS]} pass, {counts[Verdict.FAIL]} fail, {counts[Verdict.INCONCLUSIVE]} inconclusive: "
              f"**{result.verdict}**. Allowed drop: {drop}{' relative to the baseline' if relative else ''}. "
-             f"Each CI is at {result.row_confidence:.4g} (Bonferroni over {m} row{'s' * (m != 1)}: "
-             f"{result.settings.confidence:.4g} family-wise); p-values are Holm-adjusted over the {m}. "
+             f"Each CI is at {_percent(result.row_confidence)} (Bonferroni over {m} row{'s' * (m != 1)}: "
+             f"{_percent(result.settings.confidence)} family-wise); p-values are Holm-adjusted over the {m}. "
              "↑ higher is better, ↓ lower is better, ↕ unknown (judged both ways)."]
     if result.not_compared:
         lines += ["", "Not compared: " + "; ".join(result.not_compared) + "."]

@@ -70,7 +70,7 @@ def test_rows_are_exactly_core_stats_at_the_bonferroni_level(tmp_path):
     assert row(result, "t1", "acc").comparison == compare_paired(a, b, seed=7, confidence=level)
     assert row(result, "t2", "loss").comparison == compare_paired(x.tolist(), y.tolist(), seed=7, confidence=level)
     assert [r.p_holm for r in result.rows] == holm([r.comparison.p_value for r in result.rows])
-    assert f"Each CI is at {level:.4g} (Bonferroni over 2 rows: 0.95 family-wise)" in markdown(result)
+    assert f"Each CI is at {100 * level:.4g}% (Bonferroni over 2 rows: 95% family-wise)" in markdown(result)
 
 
 def test_holm_adjusts_over_every_row(tmp_path):
