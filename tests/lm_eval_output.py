@@ -57,7 +57,7 @@ def write_run(root, scores: dict[str, dict[str, list]], *, higher: dict[str, dic
             _write_samples(folder / f"samples_{task}_{stamp}.jsonl", task_docs, by_filter)
     for group, members in (groups or {}).items():
         first = next(iter(scores[members[0]]))
-        pooled = [v for m in members for v in scores[m][first]]
+        pooled = [v for m in members for v in scores[m].get(first, [])]
         results[group] = {"name": group, "alias": group, first if "," in first else f"{first},none":
                           sum(pooled) / len(pooled)}
         directions[group] = {first.partition(",")[0]: True}

@@ -89,6 +89,8 @@ def _refusals(tmp_path):
         ("same run", same, same / "__models__base" / f"results_{STAMP}.json", [],
          "the baseline and the candidate are the same run"),
         ("missing path", base("a"), tmp_path / "nowhere", [], "does not exist"),
+        ("two runs in one folder", base("a"), write_run(base("b"), scores, stamp="2026-01-02T00-00-00.000000"), [],
+         "holds two runs of arc_easy"),
         ("zero drop", base("a"), base("b"), ["--max-drop", "0"], "--max-drop 0 is not a number above 0"),
         ("word drop", base("a"), base("b"), ["--max-drop", "five"], "--max-drop five is not a number above 0"),
         ("cluster spec", base("a"), base("b"), ["--cluster", "arc_easy"], "--cluster arc_easy is not TASK=FIELD"),
@@ -97,7 +99,7 @@ def _refusals(tmp_path):
 
 REFUSALS = [  # the names of _refusals' cases
     "doc hash", "doc count", "no samples", "metric not per doc", "n-shot", "system instruction", "chat template",
-    "multiturn", "task config", "no shared task", "impossible value", "same run", "missing path", "zero drop",
+    "multiturn", "task config", "no shared task", "impossible value", "same run", "missing path", "two runs in one folder", "zero drop",
     "word drop", "cluster spec"]
 
 

@@ -166,3 +166,12 @@ def test_a_corpus_level_metric_is_listed_as_not_compared(tmp_path):
     assert [r.metric for r in result.rows] == ["acc"]
     assert result.not_compared == ["t drift: a corpus-level metric (no per-doc score to pair)"]
     assert "Not compared: t drift" in markdown(result)
+
+
+def test_a_group_member_without_the_metric_is_left_out_of_its_row(tmp_path):
+    """A group reporting acc over members of which one scores only exact_match: the row pools the others."""
+    scores = {"g_a": {"acc": correct(100, 0.5)}, "g_b": {"acc": correct(80, 0.5, 1)},
+              "g_c": {"exact_match": correct(50, 0.5, 2)}}
+    runs = [write_run(tmp_path / name, scores, groups={"g": ["g_a", "g_b", "g_c"]}) for name in ("a", "b")]
+    result = compare(*runs, settings())
+    assert [(r.task, r.metric, r.comparison.n) for r in result.rows] == [("g", "acc", 180)]
