@@ -73,10 +73,21 @@ class CompareResult:
 
     def to_dict(self) -> dict:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.settings).items()}
-        return {"format": COMPARE_FORMAT, "baseline": self.baseline, "candidate": self.candidate,
+        return _strict({"format": COMPARE_FORMAT, "baseline": self.baseline, "candidate": self.candidate,
                 "settings": settings, "family_confidence": self.settings.confidence,
                 "row_confidence": self.row_confidence, "verdict": self.verdict,
-                "rows": [r.to_dict() for r in self.rows], "not_compared": self.not_compared}
+                "rows": [r.to_dict() for r in self.rows], "not_compared": self.not_compared})
+
+
+def _strict(value):
+    """JSON that any parser reads: an unbounded CI end or an undefined change (inf, nan) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def compare(baseline, candidate, settings: CompareSettings) -> CompareResult:

@@ -175,3 +175,12 @@ def test_a_group_member_without_the_metric_is_left_out_of_its_row(tmp_path):
     runs = [write_run(tmp_path / name, scores, groups={"g": ["g_a", "g_b", "g_c"]}) for name in ("a", "b")]
     result = compare(*runs, settings())
     assert [(r.task, r.metric, r.comparison.n) for r in result.rows] == [("g", "acc", 180)]
+
+
+def test_the_json_record_is_strict_json(tmp_path):
+    """Six docs of a 1/6 baseline: the relative CI is unbounded, and is written as null, not Infinity."""
+    scores = {"t": {"acc": [1, 0, 0, 0, 0, 0]}}
+    result = compare(write_run(tmp_path / "a", scores), write_run(tmp_path / "b", scores), settings())
+    assert result.verdict == "INCONCLUSIVE" and "unbounded" in result.rows[0].judgement.reason
+    text = json.dumps(result.to_dict(), allow_nan=False)
+    assert json.loads(text)["rows"][0]["comparison"]["relative_ci"]["high"] is None
