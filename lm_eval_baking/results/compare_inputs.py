@@ -42,12 +42,15 @@ class Run:
         members = {m for _, _, parsed in self.tasks.values() for group in parsed.group_subtasks.values() for m in group}
         return sorted(t for t in self.tasks if t not in members)
 
-    def leaves(self, task: str) -> list[str]:
+    def leaves(self, task: str, _inside: frozenset = frozenset()) -> list[str]:
         """The tasks with docs under `task` (a group's members, recursively; a task is its own leaf)."""
         members = self.tasks[task][2].group_subtasks.get(task) or []
         if not members:
             return [task]
-        return sorted({leaf for m in members for leaf in (self.leaves(m) if m in self.tasks else [m])})
+        if task in _inside:  # only a damaged file nests a group in itself
+            raise BakingError(f"the {self.label} run's group_subtasks nest {quoted(task)} in itself; rerun lm_eval")
+        inside = _inside | {task}
+        return sorted({leaf for m in members for leaf in (self.leaves(m, inside) if m in self.tasks else [m])})
 
     def samples(self, leaf: str, fields: tuple[str, ...]) -> tuple[Path, dict[str, dict[int, dict]]]:
         results_path = self.file_of(leaf)[0]
@@ -116,6 +119,10 @@ class PairedMetric:
 def paired_metrics(baseline: Run, candidate: Run, named_clusters: dict[str, tuple[str, ...]]
                    ) -> tuple[list[PairedMetric], list[str]]:
     """(the rows to judge, notes on shared metrics that have no per-doc score); a BakingError when not comparable."""
+    for run in (baseline, candidate):
+        if not run.top_level():  # every task a member of a group: only a damaged file nests groups in a circle
+            raise BakingError(f"the {run.label} run's group_subtasks make every task a member of another; rerun "
+                              "lm_eval, its results file is damaged")
     shared = [t for t in baseline.top_level() if t in set(candidate.top_level())]
     if not shared:
         raise BakingError(f"the runs share no task (baseline: {listed(baseline.top_level(), 80)}; candidate: "

@@ -184,3 +184,15 @@ def test_the_json_record_is_strict_json(tmp_path):
     assert result.verdict == "INCONCLUSIVE" and "unbounded" in result.rows[0].judgement.reason
     text = json.dumps(result.to_dict(), allow_nan=False)
     assert json.loads(text)["rows"][0]["comparison"]["relative_ci"]["high"] is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_identical_runs_never_fail_however_few_docs(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 30))
+    scores = {"bits": {"acc": (rng.random(n) < rng.random()).astype(int).tolist()},
+              "reals": {"score": rng.normal(size=n).tolist()}}
+    for max_drop in ("0.01", "1%"):
+        result = compare(write_run(tmp_path / f"a{max_drop}", scores), write_run(tmp_path / f"b{max_drop}", scores),
+                         settings(max_drop=max_drop))
+        assert result.verdict != "FAIL" and all(r.change == "none shown" for r in result.rows)
