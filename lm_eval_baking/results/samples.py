@@ -73,8 +73,10 @@ def _entry(row: dict, keep_doc_fields: tuple[str, ...]) -> dict:
     metrics = row.get("metrics") if isinstance(row.get("metrics"), list) else []
     entry = {"hash": row.get("doc_hash")}
     for metric in metrics:
+        if not isinstance(metric, str):  # a damaged file's metric name can be any JSON, unhashable too
+            continue
         value = row.get(metric)
-        if isinstance(metric, str) and (is_number(value) or isinstance(value, list)):
+        if is_number(value) or isinstance(value, list):
             entry[metric] = value
     doc = row.get("doc") if isinstance(row.get("doc"), dict) else {}
     entry.update({f: doc.get(f) for f in keep_doc_fields})

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import FEWSHOT_TASKS, one_line, run
+from lm_eval_baking.cli import main
 from lm_eval_output import STAMP, write_run
 
 pytestmark = pytest.mark.usefixtures("isolated_evaluate")
@@ -155,3 +156,41 @@ def test_real_lm_eval_runs_of_the_tiny_model_and_its_bake(tiny_model_dir, small_
     status, out, err = run(capsys, "compare", outputs["base"], outputs["baked"], "--json", tmp_path / "baked.json")
     assert status in (0, 1, 3) and err == "", err
     assert len(json.loads((tmp_path / "baked.json").read_text())["rows"]) == 2
+
+
+# ---------------------------------------------------------------------------- any damaged candidate
+
+from hypothesis import example, given, strategies as st  # noqa: E402
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=12),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                       max_size=3), max_leaves=8)
+sample_rows = st.fixed_dictionaries({
+    "doc_id": st.integers(0, 7) | json_values, "doc_hash": st.sampled_from(["h0", "h1"]) | json_values,
+    "filter": st.just("none") | json_values, "metrics": st.just(["acc"]) | json_values,
+    "acc": st.sampled_from([0, 1, 0.5, 3]) | json_values, "doc": json_values})
+results_patches = st.dictionaries(st.sampled_from(["results", "n-shot", "configs", "higher_is_better", "group_subtasks",
+                                                   "config", "system_instruction", "lm_eval_version"]),
+                                  json_values, max_size=2)
+
+
+@given(rows=st.lists(st.integers(0, 5) | sample_rows, max_size=8), patch=results_patches)
+# A metric name that is a list (unhashable) once made every samples reader raise TypeError.
+@example(rows=[{"doc_id": 0, "doc_hash": "h0", "filter": "none", "metrics": [[]], "acc": 0, "doc": None}], patch={})
+def test_any_damaged_candidate_gives_a_verdict_or_one_error_line(tmp_path_factory, capsys, rows, patch):
+    root = tmp_path_factory.mktemp("damaged")
+    scores = {"arc_easy": {"acc": [1, 0, 1, 1, 0, 1]}}
+    a, b = write_run(root / "a", scores), write_run(root / "b", scores)
+    folder = b / "__models__base"
+    results, samples = folder / f"results_{STAMP}.json", folder / f"samples_arc_easy_{STAMP}.jsonl"
+    valid = samples.read_text().splitlines()
+    samples.write_text("\n".join(valid[r] if isinstance(r, int) else json.dumps(r) for r in rows) + "\n")
+    results.write_text(json.dumps({**json.loads(results.read_text()), **patch}))
+    before = {p: p.read_bytes() for p in (*a.rglob("*.json*"), *b.rglob("*.json*"))}
+    code = main(["compare", str(a), str(b)])
+    if code == 2:
+        one_line(capsys.readouterr().err)
+    else:
+        assert code in (0, 1, 3)
+        capsys.readouterr()
+    assert {p: p.read_bytes() for p in before} == before
