@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..core.stats import Interval, PairedComparison
+from ..errors import BakingError
 
 
 def paired_comparison_path() -> Path:
@@ -31,7 +32,8 @@ def paired_comparison_path() -> Path:
 def _without_transformers():
     """`import evaluate` imports transformers' pipelines, and with them torch (2.5 s, measured), only to offer its
     model evaluators, which a comparison never uses; evaluate guards that import with `except ImportError`, so a
-    blocked transformers keeps `compare` free of torch. Nothing changes when transformers is already loaded."""
+    blocked transformers keeps `compare` free of torch (evaluate's model evaluators then stay unavailable in this
+    process; nothing here uses them). Nothing changes when transformers is already loaded."""
     if "transformers" in sys.modules:
         yield
         return
@@ -51,7 +53,12 @@ def paired_comparison():
             import evaluate
     except ImportError:  # an evaluate that needs transformers at import: load it the ordinary way
         import evaluate
-    return evaluate.load(str(paired_comparison_path()), module_type="comparison", keep_in_memory=True)
+    try:
+        return evaluate.load(str(paired_comparison_path()), module_type="comparison", keep_in_memory=True)
+    except OSError as e:  # evaluate copies the module into its modules cache before importing it
+        where = e.filename or "the Hugging Face modules cache"
+        raise BakingError(f"evaluate could not load our paired_comparison module: cannot write {where} "
+                          f"({e.strerror or e}); set HF_MODULES_CACHE (or HF_HOME) to a writable folder") from None
 
 
 def comparison_from_output(out: dict) -> PairedComparison:

@@ -194,3 +194,16 @@ def test_any_damaged_candidate_gives_a_verdict_or_one_error_line(tmp_path_factor
         assert code in (0, 1, 3)
         capsys.readouterr()
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_unwritable_modules_cache_is_one_line(capsys, tmp_path, monkeypatch):
+    import evaluate
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", blocker / "modules")
+    a = write_run(tmp_path / "a", {"arc_easy": {"acc": BASE}})
+    b = write_run(tmp_path / "b", {"arc_easy": {"acc": BASE}})
+    status, out, err = run(capsys, "compare", a, b, "--json", tmp_path / "c.json")
+    assert status == 2 and out == "" and not (tmp_path / "c.json").exists()
+    assert "set HF_MODULES_CACHE (or HF_HOME) to a writable folder" in one_line(err)
