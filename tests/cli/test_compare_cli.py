@@ -1,5 +1,5 @@
 """`lm-eval-baking compare` from the command line: exit codes, --json, the GitHub job summary, every refusal in
-one line with nothing written, no torch, and two real `lm_eval --log_samples` runs of the tiny model."""
+one line with nothing written, any damaged candidate, no torch, and real `lm_eval --log_samples` runs of the tiny model."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from conftest import FEWSHOT_TASKS, one_line, run
 from lm_eval_baking.cli import main
@@ -159,8 +161,6 @@ def test_real_lm_eval_runs_of_the_tiny_model_and_its_bake(tiny_model_dir, small_
 
 
 # ---------------------------------------------------------------------------- any damaged candidate
-
-from hypothesis import example, given, strategies as st  # noqa: E402
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=12),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
