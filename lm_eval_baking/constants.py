@@ -51,6 +51,7 @@ CROSS_TASK_FORMAT = "lm-eval-baking/cross-task"
 CROSS_TASK_HEATMAP = "cross_task.png"
 CROSS_TASK_BAKES = "bakes"
 REPORT_FORMAT = "lm-eval-baking/report"
+COMPARE_FORMAT = "lm-eval-baking/compare"  # `compare --json FILE`
 LM_EVAL_RUN_STAMP = "lm_eval_run.json"
 PIPELINE_RECORD = "pipeline.json"
 PIPELINE_FORMAT = "lm-eval-baking/pipeline"

@@ -239,3 +239,23 @@ def tiny_pipeline(tiny_model_dir, question_file, tmp_path_factory):
 
     recipe = parse_recipe(tiny_recipe(tmp_path_factory.mktemp("pipeline"), tiny_model_dir, question_file))
     return recipe, run_pipeline(recipe, progress=False)
+
+
+@pytest.fixture
+def isolated_evaluate(tmp_path_factory, monkeypatch):
+    """`evaluate` offline, its module copies and caches in a temporary folder, our comparison module loaded anew."""
+    import evaluate
+
+    from lm_eval_baking.results.evaluate_module import paired_comparison
+
+    home = tmp_path_factory.getbasetemp() / "hf-evaluate"
+    for name, value in {"HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    # evaluate reads these once, at import; another test may have imported it already.
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
+    monkeypatch.setattr(evaluate.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+    for name in ("HF_MODULES_CACHE", "HF_EVALUATE_CACHE", "HF_METRICS_CACHE"):
+        monkeypatch.setattr(evaluate.config, name, home / name.lower())
+    paired_comparison.cache_clear()
+    yield home
+    paired_comparison.cache_clear()

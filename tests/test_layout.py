@@ -187,6 +187,7 @@ def test_argparse_lives_in_the_cli_only():
     ["tasks-path"],
     ["report", "{results}", "--output", "{tmp}/report"],
     ["check", "{results}", "--min-quality", "0.5"],
+    ["compare", "--help"],  # a real compare without torch: tests/cli/test_compare_cli.py
     ["bake", "--help"],
 ])
 def test_light_commands_run_without_torch(command, tmp_path):

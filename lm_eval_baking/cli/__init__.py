@@ -12,7 +12,7 @@ import errno
 import sys
 
 from ..errors import BakingError
-from . import baking, composing, evaluating, reporting, running
+from . import baking, comparing, composing, evaluating, reporting, running
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
@@ -45,6 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lm-eval-baking", description="Bake prompts into PEFT LoRA adapters and validate them with "
                                            "lm-evaluation-harness.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (baking, composing, evaluating, reporting, running):
+    for module in (baking, composing, evaluating, reporting, comparing, running):
         module.register(commands)
     return parser

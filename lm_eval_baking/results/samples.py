@@ -30,11 +30,33 @@ def read_samples(path: Path, keep_doc_fields: tuple[str, ...] = ()) -> dict[int,
     Only the first filter's row of each doc is kept (the "none" filter when there is one). Numeric metric
     values only; a metric that is a list (drift's (bucket, score) pair) is kept as it is.
     """
+    docs: dict[int, dict] = {}
+    for _, row in _rows(path):
+        doc_id = row["doc_id"]
+        if doc_id in docs and row.get("filter") != "none":
+            continue
+        docs[doc_id] = _entry(row, keep_doc_fields)
+    return docs
+
+
+def read_samples_by_filter(path: Path, keep_doc_fields: tuple[str, ...] = ()) -> dict[str, dict[int, dict]]:
+    """filter -> doc_id -> the entry `read_samples` gives, for every filter (gsm8k's strict-match and
+    flexible-extract score the same docs twice). A doc_id twice under one filter is a damaged file."""
+    by_filter: dict[str, dict[int, dict]] = {}
+    for line_no, row in _rows(path):
+        docs = by_filter.setdefault(str(row.get("filter", "none")), {})
+        if row["doc_id"] in docs:
+            raise SamplesError(f"line {line_no} repeats doc_id {row['doc_id']} under filter {row.get('filter')!r}")
+        docs[row["doc_id"]] = _entry(row, keep_doc_fields)
+    return by_filter
+
+
+def _rows(path: Path):
+    """(line number, row) of every non-empty line; a row must be an object with a whole doc_id."""
     try:
         text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SamplesError(f"unreadable ({getattr(e, 'strerror', None) or type(e).__name__})") from None
-    docs: dict[int, dict] = {}
     for line_no, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
@@ -44,19 +66,21 @@ def read_samples(path: Path, keep_doc_fields: tuple[str, ...] = ()) -> dict[int,
             raise SamplesError(f"line {line_no} is not valid JSON") from None
         if not isinstance(row, dict) or not isinstance(row.get("doc_id"), int) or isinstance(row.get("doc_id"), bool):
             raise SamplesError(f"line {line_no} has no whole doc_id")
-        doc_id = row["doc_id"]
-        if doc_id in docs and row.get("filter") != "none":
+        yield line_no, row
+
+
+def _entry(row: dict, keep_doc_fields: tuple[str, ...]) -> dict:
+    metrics = row.get("metrics") if isinstance(row.get("metrics"), list) else []
+    entry = {"hash": row.get("doc_hash")}
+    for metric in metrics:
+        if not isinstance(metric, str):  # a damaged file's metric name can be any JSON, unhashable too
             continue
-        metrics = row.get("metrics") if isinstance(row.get("metrics"), list) else []
-        entry = {"hash": row.get("doc_hash")}
-        for metric in metrics:
-            value = row.get(metric)
-            if isinstance(metric, str) and (is_number(value) or isinstance(value, list)):
-                entry[metric] = value
-        doc = row.get("doc") if isinstance(row.get("doc"), dict) else {}
-        entry.update({f: doc.get(f) for f in keep_doc_fields})
-        docs[doc_id] = entry
-    return docs
+        value = row.get(metric)
+        if is_number(value) or isinstance(value, list):
+            entry[metric] = value
+    doc = row.get("doc") if isinstance(row.get("doc"), dict) else {}
+    entry.update({f: doc.get(f) for f in keep_doc_fields})
+    return entry
 
 
 def paired_values(base: dict[int, dict], other: dict[int, dict], metric: str) -> tuple[list[int], list, list]:

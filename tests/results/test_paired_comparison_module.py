@@ -90,3 +90,18 @@ def test_batches_and_degenerate_inputs(paired):
     assert single["difference_ci_low"] == -math.inf and single["difference_ci_high"] == math.inf
     zero_base = module.compute(predictions1=[0, 0, 0], predictions2=[1, 0, 1])
     assert zero_base["relative_change"] is None and zero_base["relative_ci_low"] is None
+
+
+def test_clusters_match_paired_cluster_comparison(paired):
+    from lm_eval_baking.core.stats import paired_cluster_comparison
+    from lm_eval_baking.results.evaluate_module import comparison_from_output
+
+    module, _ = paired
+    rng = np.random.default_rng(2)
+    base, other = rng.uniform(size=60), rng.uniform(size=60)
+    clusters = [f"conversation {i // 5}" for i in range(60)]
+    out = module.compute(predictions1=base.tolist(), predictions2=other.tolist(), clusters=clusters, n_boot=500)
+    assert out["test"] == "cluster-permutation"
+    assert comparison_from_output(out) == paired_cluster_comparison(base, other, clusters, n_boot=500)
+    assert comparison_from_output(module.compute(predictions1=base.tolist(), predictions2=other.tolist())) == \
+        compare_paired(base, other)

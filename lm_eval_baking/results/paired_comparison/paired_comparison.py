@@ -1,13 +1,14 @@
 """Paired comparison of two models' per-doc scores, as a Hugging Face `evaluate` comparison module.
 
-A thin shell around `lm_eval_baking.core.stats.compare_paired`: the numbers are computed there and
-only flattened here, so the module and the library can never disagree.
+A thin shell around `lm_eval_baking.core.stats` (`compare_paired`, or `paired_cluster_comparison` when
+docs come in clusters): the numbers are computed there and only flattened here, so the module and the
+library can never disagree. `lm-eval-baking compare` computes every row through this module.
 """
 
 import datasets
 import evaluate
 
-from lm_eval_baking.core.stats import compare_paired
+from lm_eval_baking.core.stats import compare_paired, paired_cluster_comparison
 
 _DESCRIPTION = """
 Compares two models scored on the same docs, doc by doc. Returns the mean difference (model 2 minus
@@ -24,13 +25,16 @@ Args:
     predictions2 (`list` of `float`): per-doc scores of the second model on the same docs, same order.
     n_boot (`int`, default 2000): bootstrap resamples (and sign flips for the permutation test).
     seed (`int`, default 0): seed of every random draw; the same inputs and seed give the same output.
+    clusters (`list`, default None): one label per doc; docs with the same label are correlated (the turns
+        of one conversation) and are resampled and sign-flipped together (cluster bootstrap CIs and a
+        cluster permutation test). None: every doc is its own unit.
     confidence (`float`, default 0.95): CI level.
     alpha (`float`, default 0.05), power (`float`, default 0.8): for the minimum detectable difference.
 
 Returns:
     n, base_mean, other_mean, difference, difference_ci_low, difference_ci_high, confidence,
     relative_change, relative_ci_low, relative_ci_high (None when the base mean is 0), p_value,
-    test ("mcnemar-exact" or "paired-permutation"), discordant_base_better and
+    test ("mcnemar-exact", "paired-permutation" or "cluster-permutation"), discordant_base_better and
     discordant_other_better (docs only one model got right; None unless every score is 0 or 1),
     sd_difference, minimum_detectable_difference. CI ends are -inf/inf with fewer than 2 docs.
 
@@ -69,8 +73,13 @@ class PairedComparison(evaluate.Comparison):
             ),
         )
 
-    def _compute(self, predictions1, predictions2, n_boot=2000, seed=0, confidence=0.95, alpha=0.05, power=0.8):
-        result = compare_paired(predictions1, predictions2, n_boot=n_boot, seed=seed, confidence=confidence)
+    def _compute(self, predictions1, predictions2, n_boot=2000, seed=0, confidence=0.95, alpha=0.05, power=0.8,
+                 clusters=None):
+        if clusters is None:
+            result = compare_paired(predictions1, predictions2, n_boot=n_boot, seed=seed, confidence=confidence)
+        else:
+            result = paired_cluster_comparison(predictions1, predictions2, clusters, n_boot=n_boot, seed=seed,
+                                               confidence=confidence)
         relative = result.relative_ci
         discordant = result.discordant or (None, None)
         return {
