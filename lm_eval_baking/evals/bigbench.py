@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..errors import BakingError
 from ..core.models import cache_dir
+from ..utils.atomic import write_bytes
 from ..utils.processes import run_child
 from .lm_eval_glue import check_peft
 
@@ -305,23 +306,11 @@ def _extract_tasks(archive: Path, names: list[str]) -> None:
                 name = match.group(1)
                 known.append(name)
                 if name in wanted:
-                    _write_atomically(task_file(name), tar.extractfile(member).read())
+                    write_bytes(task_file(name), tar.extractfile(member).read())
                     found.add(name)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise BakingError(f"cannot extract task files from {archive} ({e}); delete it and rerun to download it again") from None
-    _write_atomically(bigbench_dir() / _INDEX_FILE, json.dumps(sorted(known), indent=0).encode())
+    write_bytes(bigbench_dir() / _INDEX_FILE, json.dumps(sorted(known), indent=0).encode())
     for name in names:
         if name not in found:
             raise _unknown_task(name, known)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
