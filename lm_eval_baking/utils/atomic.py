@@ -229,7 +229,10 @@ def make_readable(folder: Path) -> None:
             mode = os.lstat(path).st_mode
             if not stat.S_ISLNK(mode):
                 executable = stat.S_ISDIR(mode) or stat.S_IMODE(mode) & 0o111
-                os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+                try:
+                    os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+                except OSError:
+                    pass  # a filesystem without modes (vfat): the output matters more than its modes
 
 
 def umask() -> int:
