@@ -89,7 +89,8 @@ def test_the_wheel_installs_every_task_file_and_data_file_outside_the_checkout(i
 
 
 def fake_bigbench_cache(cache: Path) -> None:
-    """A cache holding the baking_fewshot tasks' BIG-bench files (synthetic examples), so lm_eval runs offline."""
+    """A cache holding the baking_fewshot tasks' BIG-bench files (synthetic examples), so lm_eval runs offline.
+    (Both $LM_EVAL_BAKING_CACHE and $LM_EVAL_BAKING_BIGBENCH point the child at it.)"""
     names = [yaml.safe_load(path.read_text("utf-8"))["dataset_kwargs"]["task_name"]
              for path in sorted((TASKS / "baking_fewshot").glob("baking_fewshot_*.yaml"))]
     for name in names:
@@ -106,7 +107,8 @@ def test_lm_eval_runs_our_task_from_the_installed_package(installed, tiny_model_
     tasks = check([installed / "bin" / "lm-eval-baking", "tasks-path"], tmp_path).strip()
     out = check([installed / "bin" / "python", "-m", "lm_eval", "--model", "hf", "--model_args",
                  f"pretrained={tiny_model_dir}", "--include_path", tasks, "--tasks", "baking_fewshot",
-                 "--limit", "2", "--device", "cpu", "--batch_size", "8"], tmp_path, LM_EVAL_BAKING_CACHE=cache)
+                 "--limit", "2", "--device", "cpu", "--batch_size", "8"], tmp_path, LM_EVAL_BAKING_CACHE=cache,
+                LM_EVAL_BAKING_BIGBENCH=cache / "bigbench")
     for task in ("baking_fewshot_plural", "baking_fewshot_past_tense", "baking_fewshot_negation",
                  "baking_fewshot_identity"):
         assert re.search(rf"\|\s*(- )?{task}\s*\|.*\|exact_match\|", out), out

@@ -306,11 +306,15 @@ def _extract_tasks(archive: Path, names: list[str]) -> None:
                 name = match.group(1)
                 known.append(name)
                 if name in wanted:
-                    write_bytes(task_file(name), tar.extractfile(member).read())
+                    _write_atomically(task_file(name), tar.extractfile(member).read())
                     found.add(name)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise BakingError(f"cannot extract task files from {archive} ({e}); delete it and rerun to download it again") from None
-    write_bytes(bigbench_dir() / _INDEX_FILE, json.dumps(sorted(known), indent=0).encode())
+    _write_atomically(bigbench_dir() / _INDEX_FILE, json.dumps(sorted(known), indent=0).encode())
     for name in names:
         if name not in found:
             raise _unknown_task(name, known)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    write_bytes(path, data)  # utils.atomic: the user's umask, not mkstemp's 0600

@@ -61,7 +61,7 @@ def test_extracted_bigbench_files_get_the_umask(tmp_path, monkeypatch, mask):
 
     from lm_eval_baking.evals import bigbench
 
-    monkeypatch.setenv("LM_EVAL_BAKING_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bigbench, "bigbench_dir", lambda: tmp_path / "cache" / "bigbench")
     archive = tmp_path / "bigbench.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         data = json.dumps({"examples": []}).encode()
