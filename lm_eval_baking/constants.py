@@ -73,6 +73,9 @@ LEGACY_RECORDS = (BAKE_RECORD, PURSUIT_RECORD, SEQUENCE_RECORD, FORGETTING_RECOR
 # ---------------------------------------------------------------------------- names shared across layers
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what a model card names as its base_model
+# The lm_eval task folders: tasks/ at the top of the repository, copied into the package by a build (setup.py).
+TASKS_DIR = "tasks"
 BUILTIN_QUESTIONS = "builtin"
 MCKL_TASK = "baking_mckl"
 DRIFT_TASK = "baking_persona_drift"

@@ -27,6 +27,7 @@ from ..constants import (
     MODEL_CARD, TRAIN_DATA,
 )
 from ..core.harness import LmEvalRun
+from ..core.hub import hub_model_id
 from ..errors import BakingError
 from ..utils.atomic import write_json, write_jsonl, write_text
 from ..utils.jsonl import read_json_object, read_jsonl
@@ -270,9 +271,13 @@ def model_card(record: BakeRecord) -> str:
 | prompted base vs this adapter | {kl['final_per_token']:.4f} |
 | ratio | {kl['ratio_to_unprompted']:.1%} |
 """
+    # base_model is a Hub id or absent, never a local path (core/hub.py); tests/artifacts/test_model_card.py
+    # checks the front matter the way huggingface_hub reads it.
+    hub_id = hub_model_id((record.config or {}).get("model"), base or None)
+    base_model = f"base_model: {hub_id}\n" if hub_id else ""
     return f"""---
 library_name: peft
-base_model: {base}
+{base_model}pipeline_tag: text-generation
 tags: [prompt-baking, lora, lm-eval-baking]
 ---
 # Baked prompt adapter

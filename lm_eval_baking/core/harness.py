@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..constants import TASKS_DIR
 from ..errors import BakingError
 
 # For a task we know nothing about, the first of these it reports is its headline metric;
@@ -20,15 +20,21 @@ TASKS_PATH_COMMAND = '"$(lm-eval-baking tasks-path)"'
 
 
 def tasks_path() -> Path:
-    """The `tasks/` folder of lm_eval task YAMLs: the repository's in a checkout, else the installed copy."""
+    """The folder of our lm_eval task folders: the installed copy inside the package, else the checkout's `tasks/`.
+
+    A build (setup.py) copies the repository's top-level `tasks/` into the package; a source checkout or an
+    editable install has no such copy and reads the repository's own.
+    """
+    package = Path(__file__).resolve().parents[1]
     candidates = [
-        Path(__file__).resolve().parents[2] / "tasks",  # source checkout / editable install
-        Path(sys.prefix) / "share" / "lm_eval_baking" / "tasks",  # wheel install (data_files)
+        package / TASKS_DIR,  # a wheel or `pip install .`
+        package.parent / TASKS_DIR,  # a source checkout or an editable install
     ]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    raise BakingError("lm-eval-baking's task folder is missing; reinstall with `pip install lm-eval-baking`")
+    raise BakingError(f"lm-eval-baking's task folder is missing (looked in {candidates[0]} and {candidates[1]}); "
+                      "reinstall with `pip install --force-reinstall lm-eval-baking`")
 
 
 def headline_metric(metrics: Sequence[str], higher_is_better: dict[str, bool | None]) -> str | None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..errors import BakingError
 from ..core.models import cache_dir
+from ..utils.atomic import write_bytes
 from ..utils.processes import run_child
 from .lm_eval_glue import check_peft
 
@@ -324,12 +325,4 @@ def _extract_tasks(archive: Path, names: list[str]) -> None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, data)  # utils.atomic: the user's umask, not mkstemp's 0600

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,9 +32,11 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; the file should read like any other
     try:
         yield Path(tmp)
+        # mkstemp makes 0600, and so do libraries that write through a temp file of their own (safetensors):
+        # the file should read like any other the user writes.
+        os.chmod(tmp, 0o666 & ~umask())
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -99,6 +102,7 @@ def staged_directory(final: str | os.PathLike, *, replace: bool, seal: Callable[
         raise BakingError(f"cannot write to {final.parent} ({e.strerror}); choose a writable --output") from None
     try:
         yield staging
+        make_readable(staging)  # what libraries wrote in it with 0600 (safetensors) too
         if seal is not None:
             seal(staging)
         if final.exists() and any(final.iterdir()):
@@ -215,11 +219,20 @@ def _release(fd: int | None) -> None:
 
 
 def make_readable(folder: Path) -> None:
-    """Apply the umask to a folder made by mkdtemp (0700) and its files, for outputs meant to be shared."""
+    """Give a folder made by mkdtemp (0700) and everything in it the modes a plain write would: 0644 files and
+    0755 folders (and executables) under umask 022. Symlinks are left alone, and never followed."""
     mask = umask()
     os.chmod(folder, 0o777 & ~mask)
-    for path in folder.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    for parent, folders, files in os.walk(folder):  # never into a symlinked folder
+        for name in folders + files:
+            path = os.path.join(parent, name)
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode):
+                executable = stat.S_ISDIR(mode) or stat.S_IMODE(mode) & 0o111
+                try:
+                    os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+                except OSError:
+                    pass  # a filesystem without modes (vfat): the output matters more than its modes
 
 
 def umask() -> int:
