@@ -43,6 +43,17 @@ def add_settings(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ..
             group.add_argument(flag, type=kind, **options)
 
 
+def refuse_renamed(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """`old`, a flag an earlier version had, refused with one line naming `new` (scripts may still pass it).
+    Hidden from --help; it also keeps argparse from reading `old` as an abbreviation of a longer flag."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, *_):
+            raise BakingError(f"{old} was renamed {new}; pass {new} instead")
+
+    parser.add_argument(old, action=Renamed, nargs="?", help=argparse.SUPPRESS)
+
+
 def output_path(text: str) -> Path:
     """The type of every command's --output: a path, never empty text, which Path() would quietly turn into '.',
     the folder the user is in. Raised as a BakingError (main() prints it as its one line), not argparse's usage."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..core.verdicts import EXIT_CODES, MAX_FORGETTING_DROP_PCT, Verdict
 from ..results.gate import NAMED_THRESHOLDS
-from .options import output_path
+from .options import output_path, refuse_renamed
 
 
 def register(commands) -> None:
@@ -17,7 +17,8 @@ def register(commands) -> None:
     report.add_argument("--output", "-o", type=output_path, required=True,
                         help="folder for report.md, report.html, report.json and the plots (replaced as a whole)")
     report.add_argument("--title", default="lm-eval-baking report", help="the report's title")
-    report.add_argument("--forgetting-threshold", type=float, default=None,
+    refuse_renamed(report, "--forgetting-threshold", "--max-forgetting-drop-pct")
+    report.add_argument("--max-forgetting-drop-pct", type=float, default=None,
                         help=f"drop (%%) the forgetting heatmap marks as failing (default: {MAX_FORGETTING_DROP_PCT})")
     report.set_defaults(run=_run_report)
 
@@ -30,6 +31,7 @@ def register(commands) -> None:
                        help="lm_eval --output_path folders or results_*.json files")
     for option, _, _, text in NAMED_THRESHOLDS:
         check.add_argument(option, type=str, default=None, metavar="X", help=text.replace("%", "%%"))
+    refuse_renamed(check, "--max-forgetting", "--max-forgetting-drop-pct")
     check.add_argument("--min", action="append", default=[], metavar="NAME=VALUE",
                        help="lower bound for any metric: a column name or TASK:METRIC (repeatable)")
     check.add_argument("--max", action="append", default=[], metavar="NAME=VALUE",
@@ -51,7 +53,8 @@ def register(commands) -> None:
                     "inconclusive (more docs would resolve it), 2 on bad input.")
     matrix.add_argument("report", type=Path, metavar="CROSS_TASK",
                         help="a cross-task output folder or its cross_task.json")
-    matrix.add_argument("--threshold", type=float, default=None, metavar="PCT",
+    refuse_renamed(matrix, "--threshold", "--max-forgetting-drop-pct")
+    matrix.add_argument("--max-forgetting-drop-pct", type=float, default=None, metavar="PCT",
                         help=f"largest allowed relative drop (%%) of another task's score (default: the run's, "
                              f"{MAX_FORGETTING_DROP_PCT})")
     matrix.add_argument("--min-share", type=float, default=None, metavar="S",
@@ -64,7 +67,7 @@ def _run_report(args) -> None:
     from ..results.report import build_report
     from ..results.tables import leaderboard
 
-    report = build_report(args.results, args.output, forgetting_threshold_pct=args.forgetting_threshold,
+    report = build_report(args.results, args.output, max_forgetting_drop_pct=args.max_forgetting_drop_pct,
                           title=args.title)
     header, cells = leaderboard(report.collection)
     print(markdown_table([h for h in header[:7]], [line[:7] for line in cells]))
@@ -96,12 +99,13 @@ def _run_check_matrix(args) -> int:
     from ..results.cross_task import check_matrix_settings, format_summary, judge_report
     from ..utils.jsonl import read_json_object
 
-    check_matrix_settings(args.threshold, args.min_share)  # settings before files
+    check_matrix_settings(args.max_forgetting_drop_pct, args.min_share)  # settings before files
     path = args.report / CROSS_TASK_RECORD if args.report.is_dir() else args.report
     data = read_json_object(path)
     if data is None:
         raise BakingError(f"{path} is missing or not a JSON object; pass a `lm-eval-baking cross-task` output folder")
-    data["matrix"] = judge_report(data, threshold_pct=args.threshold, min_share=args.min_share)
+    data["matrix"] = judge_report(data, max_forgetting_drop_pct=args.max_forgetting_drop_pct,
+                                  min_share=args.min_share)
     print(format_summary(data))
     sys.stdout.flush()
     return EXIT_CODES[data["matrix"]["verdict"]]

@@ -35,6 +35,14 @@ class Verdict(str, enum.Enum):
 # for baking, a target under test. Every forgetting check's default (flags, recipes, reports) is this one.
 MAX_FORGETTING_DROP_PCT = 3.4
 
+
+def check_forgetting_drop(value, option: str) -> None:
+    """The one rule of an allowed forgetting drop (`option`, its name where it was given): a finite percentage
+    above 0, since a paired CI always has some width and no drop at all can never be shown."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise BakingError(f"{option} must be a finite number above 0 (got {value}); it is the largest allowed drop "
+                          f"in percent, e.g. {MAX_FORGETTING_DROP_PCT}")
+
 # 2 is bad input (cli.main): a verdict never exits 2.
 EXIT_CODES = {Verdict.PASS.value: 0, Verdict.FAIL.value: 1, Verdict.INCONCLUSIVE.value: 3}
 

@@ -151,8 +151,8 @@ def run_pipeline(recipe: Recipe, *, overwrite: bool = False, progress: bool = Tr
     with timed("report"):
         report = build_report([output / "lm_eval", output / "stages"], output / "report",
                               title=f"lm-eval-baking pipeline: {recipe.source or output}",
-                              forgetting_threshold_pct=(recipe.validation.forgetting.max_drop_pct
-                                                        if recipe.validation.forgetting else None))
+                              max_forgetting_drop_pct=(recipe.validation.forgetting.max_forgetting_drop_pct
+                                                       if recipe.validation.forgetting else None))
     checks = all_checks(recipe, adapter, pursued)
     steps.close()
     result = PipelineResult(output, adapter, stages, checks, overall(checks), seconds,
@@ -266,9 +266,10 @@ def all_checks(recipe: Recipe, adapter: Path, pursued: dict[str, dict] | None = 
             checks.append(judge_value("adherence", f"{v.drift.persona} persona", row.get("adherence") if row else None,
                                       "min", v.drift.min_adherence, docs))
     if v.forgetting:
-        collection = collect([lm_eval_dir / "forgetting"], forgetting_threshold_pct=v.forgetting.max_drop_pct)
+        collection = collect([lm_eval_dir / "forgetting"], max_forgetting_drop_pct=v.forgetting.max_forgetting_drop_pct)
         row = _adapter_row(collection, adapter)
-        threshold = Threshold("forgetting", "max", v.forgetting.max_drop_pct, "validation.forgetting.max_drop_pct")
+        threshold = Threshold("forgetting", "max", v.forgetting.max_forgetting_drop_pct,
+                              "validation.forgetting.max_forgetting_drop_pct")
         checks.append(judge_forgetting_row(row, threshold, collection, v.forgetting.tasks))
     return checks
 

@@ -17,7 +17,7 @@
       device: cpu
       mckl: {min_quality: 0.5}        # baking_mckl for every stage's prompt, against the original base + that prompt
       drift: {stage: spanish, persona: spanish, max_drift: 0.3, conversations: 5}
-      forgetting: {tasks: [baking_forgetting], max_drop_pct: 3.4}
+      forgetting: {tasks: [baking_forgetting], max_forgetting_drop_pct: 5}
 
 Paths in a recipe are read like paths on the command line: relative to the folder
 the pipeline runs in. Every key is checked before any model work; a bad recipe is
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..compose.config import ComposeSettings, PursuitSettings
 from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
-from ..core.verdicts import MAX_FORGETTING_DROP_PCT
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT, check_forgetting_drop
 from ..errors import BakingError
 from ..evals.config import ConversationSettings
 from ..training.config import BakeConfig
@@ -67,7 +67,7 @@ class DriftCheck:
 @dataclass
 class ForgettingCheck:
     tasks: list[str]
-    max_drop_pct: float = MAX_FORGETTING_DROP_PCT
+    max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT
     max_docs: int | None = 200
 
 
@@ -230,18 +230,24 @@ def _validation(raw, stage_names: list[str]) -> Validation:
             conversations=conversations, probes_at=tuple(sorted(set(probes))),
             sampled_answers=_whole(drift.get("sampled_answers", 1), "validation.drift.sampled_answers", minimum=0))
     if top.get("forgetting") is not None:
-        forgetting = _mapping(top["forgetting"], "validation.forgetting", {"tasks", "max_drop_pct", "max_docs"})
+        if isinstance(top["forgetting"], dict) and "max_drop_pct" in top["forgetting"]:
+            raise RecipeError("recipe key 'validation.forgetting.max_drop_pct' was renamed max_forgetting_drop_pct; "
+                              "rename it in the recipe")
+        forgetting = _mapping(top["forgetting"], "validation.forgetting", {"tasks", "max_forgetting_drop_pct",
+                                                                           "max_docs"})
         tasks = forgetting.get("tasks", [FORGETTING_GROUP])
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
             raise RecipeError("recipe key 'validation.forgetting.tasks' must list lm_eval tasks or groups, e.g. "
                               "[baking_forgetting]")
-        drop = _number(forgetting.get("max_drop_pct", ForgettingCheck.max_drop_pct), "validation.forgetting.max_drop_pct")
-        if not drop > 0:
-            raise RecipeError("recipe key 'validation.forgetting.max_drop_pct' must be above 0: it is the largest "
-                              f"allowed drop in %, e.g. {MAX_FORGETTING_DROP_PCT}")
+        drop = _number(forgetting.get("max_forgetting_drop_pct", ForgettingCheck.max_forgetting_drop_pct),
+                       "validation.forgetting.max_forgetting_drop_pct")
+        try:
+            check_forgetting_drop(drop, "recipe key 'validation.forgetting.max_forgetting_drop_pct'")
+        except BakingError as e:
+            raise RecipeError(str(e)) from None
         max_docs = forgetting.get("max_docs", ForgettingCheck.max_docs)
         validation.forgetting = ForgettingCheck(
-            tasks=tasks, max_drop_pct=drop,
+            tasks=tasks, max_forgetting_drop_pct=drop,
             max_docs=None if max_docs is None else _whole(max_docs, "validation.forgetting.max_docs", minimum=1))
     return validation
 

@@ -29,7 +29,9 @@ from conftest import FRENCH, PIRATE, tiny_recipe
     (lambda r: r["validation"]["mckl"].update(min_quality=2), "can never pass at 2: it must be at most 1"),
     (lambda r: r["validation"]["drift"].update(stage="nope"), "no stage nope; use one of pirate, french"),
     (lambda r: r["validation"]["drift"].update(probes_at=[99]), "'validation.drift.probes_at' must list turns"),
-    (lambda r: r["validation"]["forgetting"].update(max_drop_pct=0), "'validation.forgetting.max_drop_pct' must be above 0"),
+    (lambda r: r["validation"]["forgetting"].update(max_forgetting_drop_pct=0),
+     "'validation.forgetting.max_forgetting_drop_pct' must be a finite number above 0"),
+    (lambda r: r["validation"]["forgetting"].update(max_drop_pct=3), "max_drop_pct' was renamed max_forgetting_drop_pct"),
 ])
 def test_a_bad_recipe_is_one_line_naming_the_key(damage, message, tmp_path, tiny_model_dir, question_file):
     recipe = tiny_recipe(tmp_path, tiny_model_dir, question_file)
