@@ -6,7 +6,8 @@
         with core.verdicts.judge.
     cell (A, A), the diagonal: the bake's gain on its own task over the base model 0-shot, the
         base model's own k-shot gain, and the share of that gain the bake keeps
-        (gain / k-shot gain), each with a paired CI; judged against a least share (default 0.5).
+        (gain / k-shot gain), each with a paired CI; judged against a least share (default
+        results.settings.DEFAULT_MIN_SHARE).
         The bake re-prompted with its own k-shot context is reported beside it.
 
 Every cell is one question in a family of N² (N(N-1) off the diagonal, N on it), so every CI
@@ -24,22 +25,14 @@ import numpy as np
 from ..constants import CROSS_TASK_FORMAT
 from ..core.stats import bonferroni_confidence, compare_paired, ratio_quality_ci
 from ..core.verdicts import (
-    MAX_FORGETTING_DROP_PCT, Verdict, check_forgetting_drop, combine, finite_ci, judge, refuse_impossible,
+    MAX_FORGETTING_DROP_PCT, Verdict, combine, finite_ci, judge, refuse_impossible,
 )
 from ..errors import BakingError
 from ..utils.text import listed, quoted
+from .settings import DEFAULT_MIN_SHARE, check_matrix_settings
 
-DEFAULT_MIN_SHARE = 0.5
 DEFAULT_CONFIDENCE = 0.95
 N_BOOT = 2000
-
-
-def check_matrix_settings(max_forgetting_drop_pct: float | None, min_share: float | None) -> None:
-    """Refuse an allowed drop or least share no matrix could be judged by (None: the report's own is used)."""
-    if max_forgetting_drop_pct is not None:
-        check_forgetting_drop(max_forgetting_drop_pct, "--max-forgetting-drop-pct")
-    if min_share is not None and not 0 < min_share <= 1:
-        raise BakingError(f"--min-share must be above 0 and at most 1 (got {min_share})")
 
 
 def build_matrix(tasks: list[str], scores: dict, *, max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT,

@@ -339,21 +339,3 @@ def format_checks(checks: list[Check]) -> str:
     out.append(f"\n{counts[PASS]} passed, {counts[FAIL]} failed, {counts[INCONCLUSIVE]} inconclusive: "
                f"{overall(checks)}")
     return "\n".join(out)
-
-
-# The named thresholds of `check`: (option, metric, bound, help).
-NAMED_THRESHOLDS = (
-    ("--min-quality", "quality", "min", "lowest baking_mckl quality (1 = the prompt's effect fully baked in)"),
-    ("--max-kl", "kl", "max", "highest baking_mckl kl_per_token"),
-    ("--max-forgetting-drop-pct", FORGETTING, "max",
-     "largest allowed relative drop (%) of the baking_forgetting accuracy versus the base model, paired per doc "
-     f"(needs lm_eval --log_samples), e.g. {MAX_FORGETTING_DROP_PCT}"),
-    ("--max-drift", "drift", "max", "highest persona drift (adherence early minus late)"),
-    ("--min-adherence", "adherence", "min", "lowest persona adherence"),
-)
-
-
-def named_threshold(option: str, value: str) -> Threshold:
-    """The Threshold a named option (--min-quality 0.8, ...) asks for."""
-    _, metric, bound, _ = next(n for n in NAMED_THRESHOLDS if n[0] == option)
-    return Threshold(metric, bound, _number(value, option), f"{option} {value}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT, check_forgetting_drop
 from ..errors import BakingError
+from ..results.settings import DEFAULT_MIN_SHARE
 from ..utils.settings import in_range, setting
 
 
@@ -21,7 +23,7 @@ class CrossTaskSettings:
         "Largest allowed relative drop of another task's 0-shot score after a bake, in percent of the base "
         f"model's 0-shot score ({MAX_FORGETTING_DROP_PCT}% is the bound the project brief claims; a target under "
         "test)."))
-    min_share: float = setting(0.5, help=(
+    min_share: float = setting(DEFAULT_MIN_SHARE, help=(
         "Least share of the base model's k-shot gain a bake must keep on its own task, 0-shot."))
 
     def __post_init__(self):
@@ -34,3 +36,12 @@ class CrossTaskSettings:
             if not ok:
                 raise BakingError(message)
         check_forgetting_drop(self.max_forgetting_drop_pct, "--max-forgetting-drop-pct")
+
+
+@dataclass
+class PipelineSettings:
+    """How `lm-eval-baking pipeline` runs a recipe (what it bakes and checks comes from the recipe itself)."""
+
+    recipe: Path = setting(positional=True, help="a YAML (or JSON) recipe; see recipes/demo.yaml")
+    overwrite: bool = setting(False, help="re-bake and re-evaluate everything instead of reusing finished steps")
+    quiet: bool = setting(False, help="no progress bars")
