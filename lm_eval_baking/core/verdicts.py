@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import BakingError
-from .stats import Interval, PairedComparison, compare_paired, paired_scores, unbounded_interval
+from .stats import CONFIDENCE, Interval, PairedComparison, compare_paired, paired_scores, unbounded_interval
 
 
 class Verdict(str, enum.Enum):
@@ -201,7 +201,7 @@ def judge(comparison: PairedComparison, threshold: float, *, relative: bool,
 
 
 def false_fail_rate(base, other, threshold: float, *, relative: bool, replicates: int = 20, seed: int = 0,
-                    n_boot: int = 1000, confidence: float = 0.95, higher_is_better: bool = True) -> float:
+                    n_boot: int = 1000, confidence: float = CONFIDENCE, higher_is_better: bool = True) -> float:
     """Share of doc-resampled replicates of (base, other) that ``judge`` FAILs: ~0 for a harmless bake."""
     base, other = paired_scores(base, other)
     if int(replicates) != replicates or replicates < 1:

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from ..constants import CROSS_TASK_FORMAT
-from ..core.stats import bonferroni_confidence, compare_paired, ratio_quality_ci
+from ..core.stats import CONFIDENCE, RESAMPLES, bonferroni_confidence, compare_paired, ratio_quality_ci
 from ..core.verdicts import (
     MAX_FORGETTING_DROP_PCT, Verdict, combine, finite_ci, judge, refuse_impossible,
 )
@@ -31,8 +31,7 @@ from ..errors import BakingError
 from ..utils.text import listed, quoted
 from .settings import DEFAULT_MIN_SHARE, check_matrix_settings
 
-DEFAULT_CONFIDENCE = 0.95
-N_BOOT = 2000
+DEFAULT_CONFIDENCE, N_BOOT = CONFIDENCE, RESAMPLES
 
 
 def build_matrix(tasks: list[str], scores: dict, *, max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..constants import DRIFT_TASK, FORGETTING_GROUP, MCKL_TASK
-from ..core.stats import Interval, compare_paired, ratio_quality_ci
+from ..core.stats import CONFIDENCE, Interval, compare_paired, ratio_quality_ci
 from .drift import drift_summary, paired_by_turn
 from .forgetting import RESAMPLES, judge_adapter
 from .rows import FORGETTING, FORGETTING_METRIC, HEADLINE_COLUMNS, Collection, Measurement, Row, Variant
@@ -163,5 +163,6 @@ def _paired_quality(before: dict[int, dict], after: dict[int, dict]) -> Interval
                       np.nan)
     if np.isnan(deltas).any():
         return None
-    low, high = np.quantile(deltas, [0.025, 0.975])
-    return Interval(float(low), float(high), 0.95)
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(deltas, [tail, 1 - tail])
+    return Interval(float(low), float(high), CONFIDENCE)

@@ -26,12 +26,10 @@ from __future__ import annotations
 import math
 
 from ..constants import FORGETTING_FORMAT
-from ..core.stats import bonferroni_confidence, compare_paired, docs_needed, holm
+from ..core.stats import CONFIDENCE, RESAMPLES, bonferroni_confidence, compare_paired, docs_needed, holm
 from ..core.verdicts import Verdict, combine, judge
 from ..utils.text import model_label
 
-CONFIDENCE = 0.95
-RESAMPLES = 2000
 
 
 def paired_docs(base: dict[int, float], other: dict[int, float]) -> tuple[list[float], list[float]]:
