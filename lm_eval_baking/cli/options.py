@@ -37,9 +37,8 @@ def add_settings(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ..
         help_text = f.metadata.get("help", "")
         kind, optional = _kind(hints[f.name])
         flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
-        item = kind
-        if kind in (list, tuple):
-            item = _kind(typing.get_args(_bare(hints[f.name]))[0])[0] if typing.get_args(_bare(hints[f.name])) else str
+        item_hints = typing.get_args(_bare(hints[f.name])) if kind in (list, tuple) else ()
+        item = _kind(item_hints[0])[0] if item_hints else (str if kind in (list, tuple) else kind)
         options = {"help": _with_default(help_text, None if required else default)}
         if f.metadata.get("metavar"):
             options["metavar"] = f.metadata["metavar"]
@@ -57,8 +56,6 @@ def add_settings(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ..
             group.add_argument(*names, action=argparse.BooleanOptionalAction, **options)
         elif kind in (list, tuple):
             repeat = {"action": "append"} if f.metadata.get("repeat") else {"nargs": "+"}
-            if repeat.get("action") and default is not None:
-                options["default"] = list(default)  # argparse appends to the default itself: a fresh one
             group.add_argument(*names, type=_typed(item, flag), **repeat, **options)
         else:
             group.add_argument(*names, type=_typed(kind, flag), **options)

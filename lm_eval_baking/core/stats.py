@@ -154,7 +154,8 @@ def _resample(codes: np.ndarray, g: int, n_boot: int, seed: int, *arrays: np.nda
     return [s[idx].sum(axis=1) for s in sums]
 
 
-def cluster_bootstrap_ci(values, clusters, *, n_boot: int = RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> Interval:
+def cluster_bootstrap_ci(values, clusters, *, n_boot: int = RESAMPLES, seed: int = 0,
+                         confidence: float = CONFIDENCE) -> Interval:
     """CI of the mean of `values` (docs weighted equally), resampling whole clusters with replacement."""
     x = _scores(values, "values")
     _check(n_boot, confidence)
@@ -170,7 +171,8 @@ def bootstrap_ci(values, *, n_boot: int = RESAMPLES, seed: int = 0, confidence: 
     return cluster_bootstrap_ci(values, None, n_boot=n_boot, seed=seed, confidence=confidence)
 
 
-def ratio_quality_ci(model_kl, base_kl, *, n_boot: int = RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> Interval:
+def ratio_quality_ci(model_kl, base_kl, *, n_boot: int = RESAMPLES, seed: int = 0,
+                     confidence: float = CONFIDENCE) -> Interval:
     """CI of the MC-KL quality 1 - sum(model_kl) / sum(base_kl), resampling the (model, base) pairs jointly."""
     model, base = paired_scores(model_kl, base_kl, ("model_kl", "base_kl"))
     _check(n_boot, confidence)
@@ -272,7 +274,8 @@ def _with_exact_interval(discordant, n, base_mean, diff_ci, rel_ci, confidence):
     return diff_ci, rel_ci
 
 
-def compare_paired(base, other, *, n_boot: int = RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> PairedComparison:
+def compare_paired(base, other, *, n_boot: int = RESAMPLES, seed: int = 0,
+                   confidence: float = CONFIDENCE) -> PairedComparison:
     """Paired comparison of per-doc scores; the permutation test (non-0/1 scores) uses n_boot sign flips."""
     return _compare(base, other, None, n_boot, seed, confidence)
 
@@ -296,7 +299,8 @@ def ratio_of_means(numerator, denominator, *, n_boot: int = RESAMPLES, seed: int
     return value, _percentile(_divide(n_tot, d_tot), confidence)
 
 
-def trend(x, y, clusters, *, n_boot: int = RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> tuple[float, Interval]:
+def trend(x, y, clusters, *, n_boot: int = RESAMPLES, seed: int = 0,
+          confidence: float = CONFIDENCE) -> tuple[float, Interval]:
     """Least-squares slope of y on x (e.g. adherence per turn) with a cluster-bootstrap CI."""
     x, y = paired_scores(x, y, ("x", "y"))
     _check(n_boot, confidence)
