@@ -25,12 +25,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lm_eval_baking.artifacts.lora import export_strength
-from lm_eval_baking.core.verdicts import false_fail_rate
+from lm_eval_baking.core.verdicts import MAX_FORGETTING_DROP_PCT, false_fail_rate
 from lm_eval_baking.evals.forgetting import DEFAULT_TASKS, score_models
 from lm_eval_baking.results.forgetting import build_report, format_summary, rebuild_report, stored_per_doc
 from lm_eval_baking.utils.atomic import write_json
 
-THRESHOLD_PCT = 3.4
+THRESHOLD_PCT = MAX_FORGETTING_DROP_PCT
 NOISE = 3.0
 
 

@@ -226,7 +226,7 @@ def tiny_recipe(root, tiny_model_dir, question_file) -> dict:
             # 25 turns of 2 tokens fit the tiny model's 512-token context.
             "drift": {"stage": "french", "persona": "french", "max_drift": 1.0, "conversations": 2, "turns": 25,
                       "max_new_tokens": 2, "probes_at": [1, 25], "sampled_answers": 1},
-            "forgetting": {"tasks": [FORGETTING_TASK], "max_drop_pct": 50.0, "max_docs": 4},
+            "forgetting": {"tasks": [FORGETTING_TASK], "max_forgetting_drop_pct": 50.0, "max_docs": 4},
         },
     }
 

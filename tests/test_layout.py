@@ -177,6 +177,62 @@ def test_the_check_record_and_the_docs_formula_have_one_home():
     assert not found, "\n".join(found)
 
 
+# Numeric defaults shared by many modules, and the one module that may define each (every other one imports it).
+# A default is a parameter's default, a module or class constant, or a `setting(...)` / `field(...)` default.
+DEFAULT_HOMES = {
+    3.4: "core/verdicts.py",   # MAX_FORGETTING_DROP_PCT
+    0.95: "core/stats.py",     # CONFIDENCE
+    2000: "core/stats.py",     # RESAMPLES
+    0.05: "core/stats.py",     # ALPHA
+    0.8: "core/stats.py",      # POWER
+}
+
+
+def numeric_defaults(tree: ast.AST):
+    """(value, line) of every numeric default the module defines."""
+    def number(node):
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            value = number(node.operand)
+            return None if value is None else -value
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return node.value
+        return None
+
+    candidates = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arguments):
+            candidates += [d for d in node.defaults + node.kw_defaults if d is not None]
+        elif isinstance(node, (ast.Module, ast.ClassDef)):
+            for statement in node.body:
+                if isinstance(statement, (ast.Assign, ast.AnnAssign)) and statement.value is not None:
+                    value = statement.value
+                    if isinstance(value, ast.Call) and getattr(value.func, "id", "") in ("setting", "field"):
+                        candidates += value.args[:1] + [k.value for k in value.keywords if k.arg == "default"]
+                    elif isinstance(value, ast.Tuple):
+                        candidates += value.elts
+                    else:
+                        candidates.append(value)
+    return [(value, node.lineno) for node in candidates if (value := number(node)) is not None]
+
+
+def test_each_shared_numeric_default_is_defined_in_one_module():
+    """3.4 (the forgetting bound), 0.95, 2000, 0.05 and 0.8 (the statistics' defaults) are defined as a default
+    only in their home; a second definition would let two commands drift apart."""
+    found = []
+    for path in sources():
+        where = str(path.relative_to(PACKAGE))
+        for value, line in numeric_defaults(ast.parse(path.read_text("utf-8"))):
+            home = next((h for v, h in DEFAULT_HOMES.items() if v == value and type(v) is type(value)), None)
+            if home is not None and home != where:
+                found.append(f"{where}:{line}: default {value!r} belongs in {home}")
+    assert not found, "\n".join(found)
+
+
+def test_the_layout_check_finds_a_second_default():
+    tree = ast.parse("LIMIT = 3.4\ndef f(x=2000, *, c=0.95): ...\nclass S:\n    p: float = setting(0.05, help='x')\n")
+    assert sorted(v for v, _ in numeric_defaults(tree)) == [0.05, 0.95, 3.4, 2000]
+
+
 def test_argparse_lives_in_the_cli_only():
     outside = [str(p.relative_to(PACKAGE.parent)) for p in sources()
                if "cli" not in p.relative_to(PACKAGE).parts and "argparse" in p.read_text("utf-8")]

@@ -10,7 +10,7 @@ from ..training.config import BakeConfig
 from ..workflows.settings import CrossTaskSettings
 from ..evals.drift import DEFAULT_PROBES_AT
 from ..evals.personas import persona_names
-from .options import add_settings, output_path, quiet_libraries, settings_from_args
+from .options import add_settings, output_path, quiet_libraries, refuse_renamed, settings_from_args
 
 
 def register(commands) -> None:
@@ -39,6 +39,7 @@ def register(commands) -> None:
     forgetting.add_argument("--output", "-o", type=output_path, required=True,
                             help="folder for forgetting.json and forgetting.png")
     add_settings(forgetting, ForgettingSettings)
+    refuse_renamed(forgetting, "--threshold", "--max-forgetting-drop-pct")
     forgetting.add_argument("--quiet", action="store_true", help="no progress bar")
     forgetting.set_defaults(run=_run_forgetting)
 
@@ -58,6 +59,7 @@ def register(commands) -> None:
                        help="let a model from the hub run its own Python code (off: only transformers' own code runs)")
     cross.add_argument("--quiet", action="store_true", help="no progress bars")
     add_settings(cross, CrossTaskSettings, title="evaluation and verdicts")
+    refuse_renamed(cross, "--threshold", "--max-forgetting-drop-pct")
     add_settings(cross, TaskPromptSettings, title="the tasks' few-shot prompts")
     add_settings(cross, BakeConfig, exclude=("prompt", "questions"), title="bake settings (BakeConfig)")
     cross.set_defaults(run=_run_cross_task)
@@ -94,7 +96,8 @@ def _run_forgetting(args) -> int:
     from ..workflows.forgetting import forgetting_matrix
 
     report = forgetting_matrix(
-        settings.model, args.adapters, settings.tasks, args.output, threshold_pct=settings.threshold_pct,
+        settings.model, args.adapters, settings.tasks, args.output,
+        max_forgetting_drop_pct=settings.max_forgetting_drop_pct,
         limit=settings.limit, batch_size=settings.batch_size, device=settings.device,
         apply_chat_template=settings.apply_chat_template, progress=not args.quiet,
     )

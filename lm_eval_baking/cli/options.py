@@ -14,33 +14,86 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ..errors import BakingError
+from ..utils.text import quoted
 
 
 def add_settings(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ...] = (),
                  title: str | None = None) -> None:
-    """One option per field of the dataclass `cls` (fields marked cli=False and `exclude` are left out)."""
+    """One option per field of the dataclass `cls` (fields marked cli=False and `exclude` are left out).
+
+    A field's metadata (`utils.settings.setting`) may also say: `positional=True` (an argument, not a flag;
+    a list field takes one or more), `repeat=True` (a list flag given once per item), `short="-o"`, `flag`
+    (the option's name when it is not the field's), `choices`, `metavar`. A field without a default is a
+    required option. Numbers and paths given on the command line are checked here, so a bad one is one line.
+    """
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in exclude or f.metadata.get("cli", True) is False:
             continue
+        required = f.default is MISSING and f.default_factory is MISSING
         default = f.default if f.default is not MISSING else (
             f.default_factory() if f.default_factory is not MISSING else None)
         help_text = f.metadata.get("help", "")
         kind, optional = _kind(hints[f.name])
-        options = {"dest": f.name, "default": default, "help": _with_default(help_text, default)}
+        flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
+        item_hints = typing.get_args(_bare(hints[f.name])) if kind in (list, tuple) else ()
+        item = _kind(item_hints[0])[0] if item_hints else (str if kind in (list, tuple) else kind)
+        options = {"help": _with_default(help_text, None if required else default)}
         if f.metadata.get("metavar"):
             options["metavar"] = f.metadata["metavar"]
         if f.metadata.get("choices"):
             options["choices"] = list(f.metadata["choices"])
-        flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
+        if f.metadata.get("positional"):
+            group.add_argument(f.name, type=_typed(item, f.metadata.get("metavar", f.name)),
+                               **({"nargs": "+"} if kind in (list, tuple) else {}), **options)
+            continue
+        options.update(dest=f.name, default=default)
+        names = [flag] + ([f.metadata["short"]] if f.metadata.get("short") else [])
+        if required:
+            options["required"] = True
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, **options)
         elif kind in (list, tuple):
-            item = typing.get_args(hints[f.name])[0] if typing.get_args(hints[f.name]) else str
-            group.add_argument(flag, nargs="+", type=item, **options)
+            repeat = {"action": "append"} if f.metadata.get("repeat") else {"nargs": "+"}
+            group.add_argument(*names, type=_typed(item, flag), **repeat, **options)
         else:
-            group.add_argument(flag, type=kind, **options)
+            group.add_argument(*names, type=_typed(kind, flag), **options)
+
+
+def _typed(kind, flag: str):
+    """The argparse type of an option: numbers and paths refused as one `BakingError` line, not a usage text."""
+    if kind is Path:
+        return output_path if flag == "--output" else Path
+    if kind not in (int, float):
+        return kind
+
+    def number(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a finite number"
+            raise BakingError(f"{flag} needs {what}, got {quoted(text)}") from None
+
+    return number
+
+
+def _bare(hint):
+    """`hint` without its `| None`."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def refuse_renamed(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """`old`, a flag an earlier version had, refused with one line naming `new` (scripts may still pass it).
+    Hidden from --help; it also keeps argparse from reading `old` as an abbreviation of a longer flag."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, *_):
+            raise BakingError(f"{old} was renamed {new}; pass {new} instead")
+
+    parser.add_argument(old, action=Renamed, nargs="?", help=argparse.SUPPRESS)
 
 
 def output_path(text: str) -> Path:

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from ..workflows.settings import PipelineSettings
+from .options import add_settings, settings_from_args
 
 
 def register(commands) -> None:
@@ -11,23 +12,21 @@ def register(commands) -> None:
         "pipeline", help="run a recipe: bake its prompts in cycles, pursue each, validate, report, one verdict",
         description="Exit 0 when every check passes, 1 when one fails, 3 when none fails but one is inconclusive, "
                     "2 on a bad recipe. A rerun reuses every finished step, so a killed pipeline is run again.")
-    pipeline.add_argument("recipe", type=Path, help="a YAML (or JSON) recipe; see recipes/demo.yaml")
-    pipeline.add_argument("--overwrite", action="store_true",
-                          help="re-bake and re-evaluate everything instead of reusing finished steps")
-    pipeline.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_settings(pipeline, PipelineSettings)
     pipeline.set_defaults(run=_run_pipeline)
 
 
 def _run_pipeline(args) -> int:
     from ..workflows.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)  # a bad recipe is refused before torch is even imported
+    settings = settings_from_args(PipelineSettings, args)
+    recipe = load_recipe(settings.recipe)  # a bad recipe is refused before torch is even imported
     from ..workflows.pipeline import format_pipeline, run_pipeline
     from .options import quiet_libraries
 
     quiet_libraries()
     try:
-        result = run_pipeline(recipe, overwrite=args.overwrite, progress=not args.quiet)
+        result = run_pipeline(recipe, overwrite=settings.overwrite, progress=not settings.quiet)
     except KeyboardInterrupt as e:
         if str(e):  # a bake's own line: where its work is kept
             raise

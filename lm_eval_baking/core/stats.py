@@ -51,6 +51,16 @@ import numpy as np
 
 _INF = float("inf")
 
+# The one home of the statistical defaults every module uses (tests/test_layout.py checks no other defines them).
+CONFIDENCE = 0.95
+"""Level of every CI and verdict unless a caller asks for another (Bonferroni levels are derived from it)."""
+RESAMPLES = 2000
+"""Bootstrap resamples of every CI."""
+ALPHA = 0.05
+"""Two-sided significance level of the power calculations (docs needed, smallest detectable difference)."""
+POWER = 0.8
+"""Power of those calculations."""
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -90,7 +100,7 @@ class PairedComparison:
     # cluster-robust standard error, so the MDE and docs_to_resolve stay honest for clustered docs.
     sd_difference: float
 
-    def minimum_detectable_difference(self, alpha: float = 0.05, power: float = 0.8) -> float:
+    def minimum_detectable_difference(self, alpha: float = ALPHA, power: float = POWER) -> float:
         return minimum_detectable_difference(self.sd_difference, self.n, alpha, power)
 
     def to_dict(self) -> dict:
@@ -160,7 +170,8 @@ def _resample(codes: np.ndarray, g: int, n_boot: int, seed: int, *arrays: np.nda
     return [s[idx].sum(axis=1) for s in sums]
 
 
-def cluster_bootstrap_ci(values, clusters, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Interval:
+def cluster_bootstrap_ci(values, clusters, *, n_boot: int = RESAMPLES, seed: int = 0,
+                         confidence: float = CONFIDENCE) -> Interval:
     """CI of the mean of `values` (docs weighted equally), resampling whole clusters with replacement."""
     x = _scores(values, "values")
     _check(n_boot, confidence)
@@ -171,12 +182,13 @@ def cluster_bootstrap_ci(values, clusters, *, n_boot: int = 2000, seed: int = 0,
     return _percentile(total / docs, confidence)
 
 
-def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Interval:
+def bootstrap_ci(values, *, n_boot: int = RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> Interval:
     """Percentile-bootstrap CI of the mean of `values`, resampling docs with replacement."""
     return cluster_bootstrap_ci(values, None, n_boot=n_boot, seed=seed, confidence=confidence)
 
 
-def ratio_quality_ci(model_kl, base_kl, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Interval:
+def ratio_quality_ci(model_kl, base_kl, *, n_boot: int = RESAMPLES, seed: int = 0,
+                     confidence: float = CONFIDENCE) -> Interval:
     """CI of the MC-KL quality 1 - sum(model_kl) / sum(base_kl), resampling the (model, base) pairs jointly."""
     model, base = paired_scores(model_kl, base_kl, ("model_kl", "base_kl"))
     _check(n_boot, confidence)
@@ -274,19 +286,20 @@ def _with_exact_interval(discordant, n, base_mean, diff_ci, rel_ci, confidence):
     return diff_ci, rel_ci
 
 
-def compare_paired(base, other, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> PairedComparison:
+def compare_paired(base, other, *, n_boot: int = RESAMPLES, seed: int = 0,
+                   confidence: float = CONFIDENCE) -> PairedComparison:
     """Paired comparison of per-doc scores; the permutation test (non-0/1 scores) uses n_boot sign flips."""
     return _compare(base, other, None, n_boot, seed, confidence)
 
 
-def paired_cluster_comparison(base, other, clusters, *, n_boot: int = 2000, seed: int = 0,
-                              confidence: float = 0.95) -> PairedComparison:
+def paired_cluster_comparison(base, other, clusters, *, n_boot: int = RESAMPLES, seed: int = 0,
+                              confidence: float = CONFIDENCE) -> PairedComparison:
     """`compare_paired` for clustered docs: cluster bootstrap CIs and a cluster sign-flip p."""
     return _compare(base, other, clusters, n_boot, seed, confidence)
 
 
-def ratio_of_means(numerator, denominator, *, n_boot: int = 2000, seed: int = 0,
-                   confidence: float = 0.95) -> tuple[float, Interval]:
+def ratio_of_means(numerator, denominator, *, n_boot: int = RESAMPLES, seed: int = 0,
+                   confidence: float = CONFIDENCE) -> tuple[float, Interval]:
     """mean(numerator) / mean(denominator) over paired docs, with a paired-bootstrap CI: the share of a behaviour
     gain kept, or MC-KL over the unprompted MC-KL. NaN, and resamples undefined, where the denominator is ≤ 0."""
     num, den = paired_scores(numerator, denominator, ("numerator", "denominator"))
@@ -298,7 +311,8 @@ def ratio_of_means(numerator, denominator, *, n_boot: int = 2000, seed: int = 0,
     return value, _percentile(_divide(n_tot, d_tot), confidence)
 
 
-def trend(x, y, clusters, *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> tuple[float, Interval]:
+def trend(x, y, clusters, *, n_boot: int = RESAMPLES, seed: int = 0,
+          confidence: float = CONFIDENCE) -> tuple[float, Interval]:
     """Least-squares slope of y on x (e.g. adherence per turn) with a cluster-bootstrap CI."""
     x, y = paired_scores(x, y, ("x", "y"))
     _check(n_boot, confidence)
@@ -334,13 +348,13 @@ def _z(alpha: float, power: float, sd_difference: float) -> float:
     return NormalDist().inv_cdf(1.0 - alpha / 2.0) + NormalDist().inv_cdf(power)
 
 
-def minimum_detectable_difference(sd_difference: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+def minimum_detectable_difference(sd_difference: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
     """Smallest |true mean difference| a two-sided paired test at `alpha` detects with `power`; inf if n < 2."""
     z = _z(alpha, power, sd_difference)
     return z * sd_difference / math.sqrt(n) if n >= 2 else _INF
 
 
-def docs_needed(sd_difference: float, effect: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
+def docs_needed(sd_difference: float, effect: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
     """Docs a paired test needs to detect `effect` (the inverse of the MDE); None when effect == 0."""
     z = _z(alpha, power, sd_difference)
     if math.isnan(effect):

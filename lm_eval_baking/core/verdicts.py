@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import BakingError
-from .stats import Interval, PairedComparison, compare_paired, paired_scores, unbounded_interval
+from .stats import CONFIDENCE, Interval, PairedComparison, compare_paired, paired_scores, unbounded_interval
 
 
 class Verdict(str, enum.Enum):
@@ -40,6 +40,14 @@ class Verdict(str, enum.Enum):
 # The allowed relative drop (%) of another task's score after a bake: the bound the project brief claims
 # for baking, a target under test. Every forgetting check's default (flags, recipes, reports) is this one.
 MAX_FORGETTING_DROP_PCT = 3.4
+
+
+def check_forgetting_drop(value, option: str) -> None:
+    """The one rule of an allowed forgetting drop (`option`, its name where it was given): a finite percentage
+    above 0, since a paired CI always has some width and no drop at all can never be shown."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise BakingError(f"{option} must be a finite number above 0 (got {value}); it is the largest allowed drop "
+                          f"in percent, e.g. {MAX_FORGETTING_DROP_PCT}")
 
 # 2 is bad input (cli.main): a verdict never exits 2.
 EXIT_CODES = {Verdict.PASS.value: 0, Verdict.FAIL.value: 1, Verdict.INCONCLUSIVE.value: 3}
@@ -233,7 +241,7 @@ def judge(comparison: PairedComparison, threshold: float, *, relative: bool,
 
 
 def false_fail_rate(base, other, threshold: float, *, relative: bool, replicates: int = 20, seed: int = 0,
-                    n_boot: int = 1000, confidence: float = 0.95, higher_is_better: bool = True) -> float:
+                    n_boot: int = 1000, confidence: float = CONFIDENCE, higher_is_better: bool = True) -> float:
     """Share of doc-resampled replicates of (base, other) that ``judge`` FAILs: ~0 for a harmless bake."""
     base, other = paired_scores(base, other)
     if int(replicates) != replicates or replicates < 1:

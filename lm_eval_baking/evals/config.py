@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
-from ..core.verdicts import MAX_FORGETTING_DROP_PCT
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT, check_forgetting_drop
 from ..errors import BakingError
 from ..utils.settings import MAX_TEMPERATURE, in_range, setting
 
@@ -91,7 +91,7 @@ class ForgettingSettings:
     model: str = setting(DEFAULT_MODEL, help="Base model the adapters were baked on: 'default', a HF id or a directory.")
     tasks: list[str] = setting(default_factory=lambda: [FORGETTING_GROUP], help=(
         "lm_eval tasks or groups to score on; groups are expanded into their tasks."))
-    threshold_pct: float = setting(MAX_FORGETTING_DROP_PCT, flag="threshold", help=(
+    max_forgetting_drop_pct: float = setting(MAX_FORGETTING_DROP_PCT, help=(
         "Largest allowed relative drop of a task's score, in percent of the base model's score."))
     limit: float | None = setting(None, metavar="N", help=(
         "Docs per task: a count, or a fraction below 1 (for quick checks only: verdicts need every doc)."))
@@ -104,9 +104,7 @@ class ForgettingSettings:
             if not in_range(self.limit, above=0):
                 raise BakingError(f"--limit must be a finite number above 0 (got {self.limit})")
             self.limit = int(self.limit) if self.limit >= 1 else self.limit
-        if not in_range(self.threshold_pct, above=0):
-            raise BakingError(f"--threshold must be a finite number above 0 (got {self.threshold_pct}); it is the largest allowed "
-                              "drop in percent, e.g. 3.4")
+        check_forgetting_drop(self.max_forgetting_drop_pct, "--max-forgetting-drop-pct")
         if self.batch_size < 1:
             raise BakingError("--batch-size must be at least 1")
         if not self.tasks:

@@ -14,10 +14,11 @@ from ..core import models
 from ..core.harness import headline_metric
 from ..errors import BakingError
 from ..utils.text import first_line, model_label, quoted
+from .config import ForgettingSettings
 from .lm_eval_glue import expand_tasks, task_manager_for
 
 DEFAULT_TASKS = ["baking_forgetting"]
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = ForgettingSettings.batch_size
 
 
 @dataclass

@@ -12,13 +12,13 @@ from lm_eval.api.task import ConfigurableTask
 
 from ..artifacts.bake_dir import HELDOUT_FIELDS, BakeDir
 from ..constants import BAKE_RECORD, DRIFT_TASK, MCKL_TASK
-from ..core.stats import ratio_quality_ci
+from ..core.stats import RESAMPLES, ratio_quality_ci
 from ..errors import BakingError
 from ..utils.text import quoted
 from .drift import early_minus_late, scorer_from_json, score_doc
 from .lm_eval_glue import check_peft, task_error
 
-QUALITY_CI_RESAMPLES = 2000
+QUALITY_CI_RESAMPLES = RESAMPLES
 DEFAULT_SAMPLED_ANSWERS = 4
 
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from ..core.harness import tasks_path
 from ..errors import BakingError
 from ..utils.text import listed, quoted
+from .config import TaskPromptSettings
 from .lm_eval_glue import check_tasks
 
-DEFAULT_FEWSHOT_SEED = 1234  # lm_eval's default --fewshot_random_seed
+DEFAULT_FEWSHOT_SEED = TaskPromptSettings.fewshot_seed  # lm_eval's default --fewshot_random_seed
 MIN_QUESTIONS = 10
 SUPPORTED_OUTPUT_TYPES = ("generate_until", "multiple_choice")
 # Task config keys that name this machine's files or this run's model, not the task: left out of its hash.

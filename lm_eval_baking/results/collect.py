@@ -22,11 +22,11 @@ from ..constants import (
     BAKE_FORMAT, BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_RECORD, FORGETTING_FORMAT, FORGETTING_RECORD,
     PURSUIT_FORMAT, PURSUIT_RECORD,
 )
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT
 from ..errors import BakingError
 from ..utils.hashing import sha256_text
 from ..utils.jsonl import read_json_object
 from .derived import add_derived
-from .forgetting import DEFAULT_THRESHOLD_PCT
 from .results_files import Skip, is_number, parse_results_file, read_json, task_metrics
 from .rows import (
     DRIFT_TASK, FORGETTING_GROUP, FORGETTING_METRIC, HEADLINE_COLUMNS, Collection, Measurement, Row, Skipped,
@@ -66,7 +66,7 @@ def _kind_of_file(path: Path) -> str | None:
     return None
 
 
-def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -> Collection:
+def collect(paths, *, max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT) -> Collection:
     """Read every input under `paths` into variant rows and records; bad files go to `skipped`."""
     found = input_files(paths)
     files = [(f, kind) for f in found if (kind := _kind_of_file(f))]
@@ -105,7 +105,7 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
         except Skip as skip:
             collection.skipped.append(Skipped(str(path), str(skip)))
     _add_forgetting_reports(rows, collection)
-    add_derived(rows, collection, forgetting_threshold_pct)
+    add_derived(rows, collection, max_forgetting_drop_pct)
     collection.rows = _label_rows(rows)
     if not collection.rows and not collection.bakes and not collection.pursuits and not collection.cross_task_reports:
         if len(collection.skipped) == 1:

@@ -1,6 +1,6 @@
 """`CompareSettings`: what `lm-eval-baking compare` judges and how (the CLI's options come from these fields).
 
-Light on purpose (no numpy, no evaluate): `compare --help` builds its options from this module.
+Light on purpose (no evaluate, no torch): `compare --help` builds its options from this module.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..constants import DRIFT_TASK
+from ..core.stats import CONFIDENCE, RESAMPLES
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT
 from ..errors import BakingError
 from ..utils.settings import in_range, setting
@@ -36,9 +37,9 @@ class CompareSettings:
         None, choices=("pass", "fail"),
         help="treat an inconclusive comparison as passing (exit 0) or failing (exit 1) instead of exit 3")
     confidence: float = setting(
-        0.95, help="family-wise confidence: each row's CI is at the Bonferroni level that keeps all rows' CIs "
+        CONFIDENCE, help="family-wise confidence: each row's CI is at the Bonferroni level that keeps all rows' CIs "
                    "jointly at this one")
-    resamples: int = setting(2000, help="bootstrap resamples (and sign flips of the permutation tests) per row")
+    resamples: int = setting(RESAMPLES, help="bootstrap resamples (and sign flips of the permutation tests) per row")
     seed: int = setting(0, help="seed of every resample; the same inputs and seed give the same table")
 
     def __post_init__(self):

@@ -2,10 +2,12 @@
 
     cell (baked on A, evaluated on B), A ≠ B: the change of B's score, doc by doc against the base
         model 0-shot (core.stats.compare_paired), judged against an allowed relative drop
-        (default 3.4%, the bound the project brief claims for baking) with core.verdicts.judge.
+        (default core.verdicts.MAX_FORGETTING_DROP_PCT, the bound the project brief claims for baking)
+        with core.verdicts.judge.
     cell (A, A), the diagonal: the bake's gain on its own task over the base model 0-shot, the
         base model's own k-shot gain, and the share of that gain the bake keeps
-        (gain / k-shot gain), each with a paired CI; judged against a least share (default 0.5).
+        (gain / k-shot gain), each with a paired CI; judged against a least share (default
+        results.settings.DEFAULT_MIN_SHARE).
         The bake re-prompted with its own k-shot context is reported beside it.
 
 Every cell is one question in a family of N² (N(N-1) off the diagonal, N on it), so every CI
@@ -21,43 +23,33 @@ import math
 import numpy as np
 
 from ..constants import CROSS_TASK_FORMAT
-from ..core.stats import bonferroni_confidence, compare_paired, ratio_quality_ci
+from ..core.stats import CONFIDENCE, RESAMPLES, bonferroni_confidence, compare_paired, ratio_quality_ci
 from ..core.verdicts import (
     MAX_FORGETTING_DROP_PCT, Verdict, combine, docs_to_resolve, finite_ci, judge, judge_bound, refuse_impossible,
     resolve_text,
 )
 from ..errors import BakingError
 from ..utils.text import listed, quoted
+from .settings import DEFAULT_MIN_SHARE, check_matrix_settings
 
-DEFAULT_THRESHOLD_PCT = MAX_FORGETTING_DROP_PCT
-DEFAULT_MIN_SHARE = 0.5
-DEFAULT_CONFIDENCE = 0.95
-N_BOOT = 2000
+DEFAULT_CONFIDENCE, N_BOOT = CONFIDENCE, RESAMPLES
 
 
-def check_matrix_settings(threshold_pct: float | None, min_share: float | None) -> None:
-    """Refuse a threshold or least share no matrix could be judged by (None: the report's own is used)."""
-    if threshold_pct is not None and (not threshold_pct > 0 or not math.isfinite(threshold_pct)):
-        raise BakingError(f"--threshold must be a positive percentage (got {threshold_pct})")
-    if min_share is not None and not 0 < min_share <= 1:
-        raise BakingError(f"--min-share must be above 0 and at most 1 (got {min_share})")
-
-
-def build_matrix(tasks: list[str], scores: dict, *, threshold_pct: float = DEFAULT_THRESHOLD_PCT,
+def build_matrix(tasks: list[str], scores: dict, *, max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT,
                  min_share: float = DEFAULT_MIN_SHARE, confidence: float = DEFAULT_CONFIDENCE) -> dict:
     """{"cells": {baked: {evaluated: cell}}, "verdict", "level", ...} from per-doc scores.
 
     `scores["base"][task]["0"|"k"]` and `scores[baked][task]["0"|"k"]` are {"per_doc": [...]} in
     doc order (the same docs for every model). A bake's "k" is needed on its own task only.
     """
-    check_matrix_settings(threshold_pct, min_share)
+    check_matrix_settings(max_forgetting_drop_pct, min_share)
     level = bonferroni_confidence(confidence, len(tasks) ** 2)
     cells = {baked: {evaluated: (_diagonal(scores, baked, level, min_share) if baked == evaluated
-                                 else _off_diagonal(scores, baked, evaluated, level, threshold_pct))
+                                 else _off_diagonal(scores, baked, evaluated, level, max_forgetting_drop_pct))
                      for evaluated in tasks} for baked in tasks}
     verdicts = [cell["verdict"] for row in cells.values() for cell in row.values()]
     overall = combine(verdicts)
-    return {"tasks": tasks, "cells": cells, "verdict": overall, "threshold_pct": threshold_pct,
+    return {"tasks": tasks, "cells": cells, "verdict": overall, "threshold_pct": max_forgetting_drop_pct,
             "min_share": min_share, "confidence": confidence, "cell_confidence": level,
             "counts": {v.value: verdicts.count(v.value) for v in Verdict}}
 
@@ -84,7 +76,7 @@ def _interval(ci) -> list[float] | None:
     return None if ci is None else [ci.low, ci.high]
 
 
-def _off_diagonal(scores, baked, evaluated, level, threshold_pct) -> dict:
+def _off_diagonal(scores, baked, evaluated, level, max_forgetting_drop_pct) -> dict:
     base, other = _docs(scores, "base", evaluated, "0"), _docs(scores, baked, evaluated, "0")
     c = compare_paired(base, other, n_boot=N_BOOT, confidence=level)
     cell = {"kind": "other", "n": c.n, "base": c.base_mean, "baked": c.other_mean, "difference": c.difference,
@@ -94,7 +86,7 @@ def _off_diagonal(scores, baked, evaluated, level, threshold_pct) -> dict:
         # A 0-1 score of 0 cannot drop: there is nothing to forget, whatever the bake does.
         return {**cell, "verdict": Verdict.PASS.value, "reason": "the base model scores 0: nothing to lose",
                 "docs_to_resolve": None}
-    j = judge(c, threshold_pct / 100, relative=True)
+    j = judge(c, max_forgetting_drop_pct / 100, relative=True)
     return {**cell, "verdict": j.verdict.value, "reason": j.reason, "docs_to_resolve": j.docs_to_resolve}
 
 
@@ -137,7 +129,7 @@ def _diagonal(scores, task, level, min_share) -> dict:
             "reason": reason + (f"; {resolve_text(docs)}" if docs else "")}
 
 
-def judge_report(report: dict, *, threshold_pct: float | None = None, min_share: float | None = None) -> dict:
+def judge_report(report: dict, *, max_forgetting_drop_pct: float | None = None, min_share: float | None = None) -> dict:
     """The matrix of a cross_task.json, recomputed from its per-doc scores (with other thresholds if given)."""
     if not isinstance(report, dict) or report.get("format") != CROSS_TASK_FORMAT:
         raise BakingError("not a cross-task report (cross_task.json written by `lm-eval-baking cross-task`)")
@@ -146,8 +138,8 @@ def judge_report(report: dict, *, threshold_pct: float | None = None, min_share:
         raise BakingError("the cross-task report lacks its tasks or scores; rerun `lm-eval-baking cross-task`")
     matrix = report.get("matrix") or {}
     return build_matrix(tasks, report["scores"],
-                        threshold_pct=matrix.get("threshold_pct", DEFAULT_THRESHOLD_PCT) if threshold_pct is None
-                        else threshold_pct,
+                        max_forgetting_drop_pct=(matrix.get("threshold_pct", MAX_FORGETTING_DROP_PCT)
+                                                 if max_forgetting_drop_pct is None else max_forgetting_drop_pct),
                         min_share=matrix.get("min_share", DEFAULT_MIN_SHARE) if min_share is None else min_share,
                         confidence=matrix.get("confidence", DEFAULT_CONFIDENCE))
 

@@ -10,21 +10,21 @@ from __future__ import annotations
 import numpy as np
 
 from ..constants import DRIFT_TASK, FORGETTING_GROUP, MCKL_TASK
-from ..core.stats import Interval, compare_paired, ratio_quality_ci
+from ..core.stats import CONFIDENCE, Interval, compare_paired, ratio_quality_ci
 from .drift import drift_summary, paired_by_turn
 from .forgetting import RESAMPLES, judge_adapter
 from .rows import FORGETTING, FORGETTING_METRIC, HEADLINE_COLUMNS, Collection, Measurement, Row, Variant
 from .samples import paired_values
 
 
-def add_derived(rows: dict[Variant, Row], collection: Collection, forgetting_threshold_pct: float) -> None:
+def add_derived(rows: dict[Variant, Row], collection: Collection, max_forgetting_drop_pct: float) -> None:
     for row in rows.values():
         _quality_ci(row)
         _drift(row)
     for row in rows.values():
         base = rows.get(Variant(row.variant.model))
         if base is not None and not row.variant.is_plain_base:
-            judged = judge_forgetting(base, row, collection, forgetting_threshold_pct)
+            judged = judge_forgetting(base, row, collection, max_forgetting_drop_pct)
             if judged is not None:
                 row.forgetting = judged
                 row.metrics[(FORGETTING, "drop_pct")] = forgetting_measurement(judged)
@@ -41,7 +41,7 @@ def forgetting_members(collection: Collection, *rows: Row, tasks: list[str] | No
     return [t for t in members if all(t in r.samples for r in rows)]
 
 
-def judge_forgetting(base: Row, row: Row, collection: Collection, threshold_pct: float,
+def judge_forgetting(base: Row, row: Row, collection: Collection, max_forgetting_drop_pct: float,
                      tasks: list[str] | None = None) -> dict | None:
     """The paired forgetting judgement of `row` against the plain base row, or None without per-doc output."""
     members = forgetting_members(collection, base, row, tasks=tasks)
@@ -53,7 +53,7 @@ def judge_forgetting(base: Row, row: Row, collection: Collection, threshold_pct:
         if shared:
             base_docs[task] = {d: float(a[d][metric]) for d in shared}
             row_docs[task] = {d: float(b[d][metric]) for d in shared}
-    return judge_adapter(base_docs, row_docs, threshold_pct) if base_docs else None
+    return judge_adapter(base_docs, row_docs, max_forgetting_drop_pct) if base_docs else None
 
 
 def forgetting_measurement(judged: dict) -> Measurement:
@@ -163,5 +163,6 @@ def _paired_quality(before: dict[int, dict], after: dict[int, dict]) -> Interval
                       np.nan)
     if np.isnan(deltas).any():
         return None
-    low, high = np.quantile(deltas, [0.025, 0.975])
-    return Interval(float(low), float(high), 0.95)
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(deltas, [tail, 1 - tail])
+    return Interval(float(low), float(high), CONFIDENCE)

@@ -19,12 +19,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..core.stats import bootstrap_ci, paired_cluster_comparison, trend
+from ..core.stats import RESAMPLES, bootstrap_ci, paired_cluster_comparison, trend
 from .samples import read_samples
 
 EARLY_MAX_TURN = 5
 LATE_MIN_TURN = 25
-RESAMPLES = 2000
 
 
 def _cluster(doc: dict) -> str:

@@ -6,8 +6,8 @@ paired bootstrap CI of the change, absolute and relative; for the whole group,
 the same pooled over every doc (each doc weighs the same), which is where a
 bound of a few percent can be resolved.
 
-Verdicts against an allowed relative drop (default 3.4%, the bound the brief
-claims for baking: a target under test, not a fact):
+Verdicts against an allowed relative drop (default `core.verdicts.MAX_FORGETTING_DROP_PCT`, the bound
+the brief claims for baking: a target under test, not a fact):
 
 - PASS: even the worst end of the CI is within the allowed drop;
 - FAIL: even the best end is beyond it (a drop beyond the bound is established);
@@ -26,13 +26,10 @@ from __future__ import annotations
 import math
 
 from ..constants import FORGETTING_FORMAT
-from ..core.stats import bonferroni_confidence, compare_paired, docs_needed, holm
-from ..core.verdicts import MAX_FORGETTING_DROP_PCT, Verdict, combine, judge
+from ..core.stats import CONFIDENCE, RESAMPLES, bonferroni_confidence, compare_paired, docs_needed, holm
+from ..core.verdicts import Verdict, combine, judge
 from ..utils.text import model_label
 
-DEFAULT_THRESHOLD_PCT = MAX_FORGETTING_DROP_PCT
-CONFIDENCE = 0.95
-RESAMPLES = 2000
 
 
 def paired_docs(base: dict[int, float], other: dict[int, float]) -> tuple[list[float], list[float]]:
@@ -41,11 +38,12 @@ def paired_docs(base: dict[int, float], other: dict[int, float]) -> tuple[list[f
     return [base[d] for d in shared], [other[d] for d in shared]
 
 
-def judge_adapter(base: dict[str, dict[int, float]], other: dict[str, dict[int, float]], threshold_pct: float, *,
+def judge_adapter(base: dict[str, dict[int, float]], other: dict[str, dict[int, float]],
+                  max_forgetting_drop_pct: float, *,
                   seed: int = 0) -> dict:
     """Per-task and pooled paired comparisons of one adapter's per-doc scores against the base model's."""
     tasks = [t for t in base if t in other and paired_docs(base[t], other[t])[0]]
-    threshold = threshold_pct / 100.0
+    threshold = max_forgetting_drop_pct / 100.0
     per_task_confidence = bonferroni_confidence(CONFIDENCE, max(1, len(tasks)))
     per_task, pooled_base, pooled_other = {}, [], []
     for task in tasks:
@@ -82,7 +80,7 @@ def _cell(comparison, threshold: float) -> dict:
     }
 
 
-def build_report(base_model: str, adapters: list[str], tasks: list[str], per_doc: dict, threshold_pct: float,
+def build_report(base_model: str, adapters: list[str], tasks: list[str], per_doc: dict, max_forgetting_drop_pct: float,
                  *, metrics: dict[str, str] | None = None) -> dict:
     """forgetting.json: `per_doc[None]` is the base model's {task: {doc_id: score}}, `per_doc[adapter]` each adapter's."""
     report = {
@@ -92,13 +90,14 @@ def build_report(base_model: str, adapters: list[str], tasks: list[str], per_doc
         "adapters": adapters,
         "tasks": tasks,
         "metrics": metrics or {},
-        "threshold_pct": threshold_pct,
+        "threshold_pct": max_forgetting_drop_pct,  # the file format's key, kept so older reports still read
         "method": "paired per doc: McNemar exact (0/1 scores) or sign-flip permutation p; percentile bootstrap CIs "
                   f"({RESAMPLES} resamples), for 0/1 scores widened to hold the exact conditional (Clopper-Pearson) "
                   "interval; per-task verdicts at Bonferroni-level CIs, Holm-adjusted p; group pooled over all docs "
                   "at 95%",
         "base": {task: _mean(per_doc[None][task]) for task in tasks},
-        "per_adapter": {adapter: judge_adapter(per_doc[None], per_doc[adapter], threshold_pct) for adapter in adapters},
+        "per_adapter": {adapter: judge_adapter(per_doc[None], per_doc[adapter], max_forgetting_drop_pct)
+                        for adapter in adapters},
     }
     report["verdict"] = combine([report["per_adapter"][a]["verdict"] for a in adapters])
     report["passed"] = report["verdict"] == Verdict.PASS.value

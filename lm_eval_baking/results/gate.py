@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from ..constants import BAKE_RECORD, CROSS_TASK_RECORD, FORGETTING_GROUP, PURSUIT_RECORD
 from ..core.verdicts import (
-    ESTIMATES, Check, Verdict, combine, finite_ci, judge_bound, metric_range, outside_range, range_text,
-    refuse_impossible, resolve_text,
+    ESTIMATES, MAX_FORGETTING_DROP_PCT, Check, Verdict, combine, finite_ci, judge_bound, metric_range, outside_range,
+    range_text, refuse_impossible, resolve_text,
 )
 from ..errors import BakingError
 from ..utils.text import listed, quoted
@@ -92,8 +92,8 @@ def validate_thresholds(thresholds: list[Threshold]) -> None:
             raise BakingError(f"{t.origin} can never pass: {t.metric} is at least {low:g}; "
                               f"use a value of {low:g} or more")
         if t.metric == FORGETTING and t.bound == "max" and t.limit <= 0:
-            raise BakingError(f"{t.origin}: the allowed drop must be above 0 % (e.g. 3.4); a paired CI always has "
-                              "some width, so no drop at all can never be shown")
+            raise BakingError(f"{t.origin}: the allowed drop must be above 0 % (e.g. {MAX_FORGETTING_DROP_PCT}); a "
+                              "paired CI always has some width, so no drop at all can never be shown")
     for metric, bounds in by_metric.items():
         low, high = bounds.get("min"), bounds.get("max")
         if low and high and low.limit > high.limit:
@@ -323,21 +323,3 @@ def format_checks(checks: list[Check]) -> str:
     out.append(f"\n{counts[PASS]} passed, {counts[FAIL]} failed, {counts[INCONCLUSIVE]} inconclusive: "
                f"{overall(checks)}")
     return "\n".join(out)
-
-
-# The named thresholds of `check`: (option, metric, bound, help).
-NAMED_THRESHOLDS = (
-    ("--min-quality", "quality", "min", "lowest baking_mckl quality (1 = the prompt's effect fully baked in)"),
-    ("--max-kl", "kl", "max", "highest baking_mckl kl_per_token"),
-    ("--max-forgetting", FORGETTING, "max",
-     "largest allowed relative drop (%) of the baking_forgetting accuracy versus the base model, paired per doc "
-     "(needs lm_eval --log_samples), e.g. 3.4"),
-    ("--max-drift", "drift", "max", "highest persona drift (adherence early minus late)"),
-    ("--min-adherence", "adherence", "min", "lowest persona adherence"),
-)
-
-
-def named_threshold(option: str, value: str) -> Threshold:
-    """The Threshold a named option (--min-quality 0.8, ...) asks for."""
-    _, metric, bound, _ = next(n for n in NAMED_THRESHOLDS if n[0] == option)
-    return Threshold(metric, bound, _number(value, option), f"{option} {value}")

@@ -111,7 +111,7 @@ def plot_drift(rows: list[Row]) -> bytes | None:
     return _png(fig)
 
 
-def plot_forgetting(collection: Collection, threshold_pct: float) -> list[tuple[str, bytes]]:
+def plot_forgetting(collection: Collection, max_forgetting_drop_pct: float) -> list[tuple[str, bytes]]:
     """One heatmap per base model: each adapter's paired change per forgetting task (lm_eval runs with
     --log_samples, or `lm-eval-baking forgetting` reports)."""
     images = []
@@ -121,13 +121,13 @@ def plot_forgetting(collection: Collection, threshold_pct: float) -> list[tuple[
         if not judged:
             continue
         try:
-            images.append((f"paired against {base.label}", forgetting_heatmap(judged, threshold_pct)))
+            images.append((f"paired against {base.label}", forgetting_heatmap(judged, max_forgetting_drop_pct)))
         except (KeyError, TypeError, ValueError) as e:
             collection.skipped.append(Skipped(base.label, f"no forgetting heatmap ({e})"))
     return images
 
 
-def forgetting_heatmap(judged: list[tuple[str, dict]], threshold_pct: float) -> bytes:
+def forgetting_heatmap(judged: list[tuple[str, dict]], max_forgetting_drop_pct: float) -> bytes:
     """Relative change (%) per adapter and task, painted only where its paired CI excludes zero."""
     import numpy as np
 
@@ -137,7 +137,7 @@ def forgetting_heatmap(judged: list[tuple[str, dict]], threshold_pct: float) -> 
     cells = [[j["per_task"].get(t) for t in tasks] + [j["group"]] for _, j in judged]
     values = np.array([[_painted(c) for c in row] for row in cells], dtype=float).reshape(len(judged), len(columns))
     shown = np.abs(values[np.isfinite(values)])
-    span = max(threshold_pct * 2, float(shown.max()) if shown.size else 0.0)
+    span = max(max_forgetting_drop_pct * 2, float(shown.max()) if shown.size else 0.0)
     fig, ax = plt.subplots(figsize=(2.4 + 1.15 * len(columns), 3.6 + 0.55 * len(judged)), layout="constrained")
     image = ax.imshow(np.nan_to_num(values, nan=0.0), cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
     ax.set_xticks(range(len(columns)), [short_task(t) for t in columns], rotation=45, ha="right")
@@ -153,7 +153,7 @@ def forgetting_heatmap(judged: list[tuple[str, dict]], threshold_pct: float) -> 
             dark = math.isfinite(value) and abs(value) > 0.6 * span
             ax.text(col, row, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label="paired change vs base (%), 0 where the CI includes 0")
-    ax.set_title(f"Cross-task forgetting, paired per doc (allowed drop {threshold_pct}%)", fontsize=10)
+    ax.set_title(f"Cross-task forgetting, paired per doc (allowed drop {max_forgetting_drop_pct}%)", fontsize=10)
     return _png(fig)
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from ..artifacts.manifest import owned_directory
 from ..artifacts.outputs import check_apart, check_own_output, check_writable
 from ..constants import REPORT_FORMAT
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT, check_forgetting_drop
 from ..errors import BakingError
 from ..utils.atomic import make_readable, write_json
 from .collect import collect, display_path
 from .cross_task import matrix_table, own_task_table
-from .forgetting import DEFAULT_THRESHOLD_PCT
 from .plots import cross_task_heatmap, plot_drift, plot_forgetting, plot_kl_per_epoch, plot_pursuit
 from .render import LEGEND, render_html, render_markdown
 from .rows import Collection
@@ -56,7 +56,7 @@ class Report:
         return self.output / "report.md"
 
 
-def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: float | None = None,
+def build_report(paths, output: str | os.PathLike, *, max_forgetting_drop_pct: float | None = None,
                  title: str = "lm-eval-baking report") -> Report:
     """Read `paths` and write report.md, report.html (self-contained), report.json and the plots to `output`.
 
@@ -67,10 +67,9 @@ def build_report(paths, output: str | os.PathLike, *, forgetting_threshold_pct: 
     check_apart(output, paths)
     check_own_output(output, kind=KIND)
     check_writable(output)
-    threshold = DEFAULT_THRESHOLD_PCT if forgetting_threshold_pct is None else forgetting_threshold_pct
-    if not threshold > 0:
-        raise BakingError(f"--forgetting-threshold must be above 0 (got {threshold}); it is the allowed drop in %")
-    collection = collect(paths, forgetting_threshold_pct=threshold)
+    threshold = MAX_FORGETTING_DROP_PCT if max_forgetting_drop_pct is None else max_forgetting_drop_pct
+    check_forgetting_drop(threshold, "--max-forgetting-drop-pct")
+    collection = collect(paths, max_forgetting_drop_pct=threshold)
     plots = [
         ("KL per epoch", "kl_per_epoch.png", plot_kl_per_epoch(collection.bakes)),
         ("Pursuit rounds", "pursuit_rounds.png", plot_pursuit(collection.pursuits)),

@@ -90,7 +90,8 @@ def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConf
     report = {"format": CROSS_TASK_FORMAT, "format_version": 1, "base_model": base, "form": form, "tasks": tasks,
               "bakes": bakes, "num_fewshot": shots, "limit": settings.limit, "scores": scores,
               "lm_eval_commands": commands}
-    report["matrix"] = build_matrix(tasks, scores, threshold_pct=settings.threshold_pct, min_share=settings.min_share)
+    report["matrix"] = build_matrix(tasks, scores, max_forgetting_drop_pct=settings.max_forgetting_drop_pct,
+                                    min_share=settings.min_share)
     write_owned_json(output_dir, KIND, CROSS_TASK_RECORD, report)
     write_owned_bytes(output_dir, KIND, CROSS_TASK_HEATMAP, cross_task_heatmap(report))
     return report

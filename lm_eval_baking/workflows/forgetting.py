@@ -13,14 +13,15 @@ from ..artifacts.outputs import check_apart, check_own_output, check_writable, w
 from ..constants import FORGETTING_HEATMAP, FORGETTING_RECORD
 from ..core import models
 from ..evals.forgetting import DEFAULT_BATCH_SIZE, score_models
-from ..results.forgetting import DEFAULT_THRESHOLD_PCT, build_report
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT
+from ..results.forgetting import build_report
 from ..results.plots import report_heatmap
 
 KIND = "forgetting report"
 
 
 def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], output_dir: str | os.PathLike,
-                      threshold_pct: float = DEFAULT_THRESHOLD_PCT, limit: int | float | None = None,
+                      max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT, limit: int | float | None = None,
                       batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu", apply_chat_template: bool = False,
                       progress: bool = True) -> dict:
     """Evaluate base and adapters on every task; write and return the report."""
@@ -32,7 +33,7 @@ def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], ou
                        apply_chat_template=apply_chat_template, progress=progress)
     per_doc = {adapter: {task: s.per_doc for task, s in by_task.items()} for adapter, by_task in run.scores.items()}
     metrics = {task: s.metric for task, s in run.scores[None].items()}
-    report = build_report(run.base_model, run.adapters, run.tasks, per_doc, threshold_pct, metrics=metrics)
+    report = build_report(run.base_model, run.adapters, run.tasks, per_doc, max_forgetting_drop_pct, metrics=metrics)
     report.update(limit=limit, device=device, apply_chat_template=apply_chat_template)
     output_dir = writable_dir(output_dir)
     write_owned_json(output_dir, KIND, FORGETTING_RECORD, report)

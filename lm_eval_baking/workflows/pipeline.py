@@ -151,8 +151,8 @@ def run_pipeline(recipe: Recipe, *, overwrite: bool = False, progress: bool = Tr
     with timed("report"):
         report = build_report([output / "lm_eval", output / "stages"], output / "report",
                               title=f"lm-eval-baking pipeline: {recipe.source or output}",
-                              forgetting_threshold_pct=(recipe.validation.forgetting.max_drop_pct
-                                                        if recipe.validation.forgetting else None))
+                              max_forgetting_drop_pct=(recipe.validation.forgetting.max_forgetting_drop_pct
+                                                       if recipe.validation.forgetting else None))
     checks = all_checks(recipe, adapter, pursued)
     steps.close()
     result = PipelineResult(output, adapter, stages, checks, overall(checks), seconds,
@@ -246,15 +246,15 @@ def all_checks(recipe: Recipe, adapter: Path, pursued: dict[str, dict] | None = 
     target = JOINT_REFERENCE if len(recipe.stages) > 1 else recipe.stages[0].name
     label = "all prompts joined" if len(recipe.stages) > 1 else f"{recipe.stages[0].name} prompt"
     row = _adapter_row(collect([lm_eval_dir / "mckl" / target]), adapter)
-    if v.min_quality is not None:
-        checks.append(judge_value("quality", label, row.get("quality") if row else None, "min", v.min_quality))
-    if v.max_kl is not None:
-        checks.append(judge_value("kl", label, row.get("kl") if row else None, "max", v.max_kl))
-    if v.min_pursued_difference is not None:
+    if v.mckl.min_quality is not None:
+        checks.append(judge_value("quality", label, row.get("quality") if row else None, "min", v.mckl.min_quality))
+    if v.mckl.max_kl is not None:
+        checks.append(judge_value("kl", label, row.get("kl") if row else None, "max", v.mckl.max_kl))
+    if v.pursued.min_difference is not None:
         for name, p in (pursued or {}).items():
             m = Measurement(p["difference"], ci=tuple(p["ci"]), higher_is_better=True, source=p["evaluator"])
             checks.append(judge_value("pursued", f"{name} ({p['evaluator']}) − prompted base", m, "min",
-                                      v.min_pursued_difference, p["questions"],
+                                      v.pursued.min_difference, p["questions"],
                                       note=f"adapter {p['adapter']:.3f}, prompted base {p['prompted_base']:.3f}"))
     if v.drift:
         row = _adapter_row(collect([lm_eval_dir / "drift"]), adapter)
@@ -266,9 +266,10 @@ def all_checks(recipe: Recipe, adapter: Path, pursued: dict[str, dict] | None = 
             checks.append(judge_value("adherence", f"{v.drift.persona} persona", row.get("adherence") if row else None,
                                       "min", v.drift.min_adherence, docs))
     if v.forgetting:
-        collection = collect([lm_eval_dir / "forgetting"], forgetting_threshold_pct=v.forgetting.max_drop_pct)
+        collection = collect([lm_eval_dir / "forgetting"], max_forgetting_drop_pct=v.forgetting.max_forgetting_drop_pct)
         row = _adapter_row(collection, adapter)
-        threshold = Threshold("forgetting", "max", v.forgetting.max_drop_pct, "validation.forgetting.max_drop_pct")
+        threshold = Threshold("forgetting", "max", v.forgetting.max_forgetting_drop_pct,
+                              "validation.forgetting.max_forgetting_drop_pct")
         checks.append(judge_forgetting_row(row, threshold, collection, v.forgetting.tasks))
     return checks
 

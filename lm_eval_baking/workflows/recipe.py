@@ -17,11 +17,18 @@
       device: cpu
       mckl: {min_quality: 0.5}        # baking_mckl for every stage's prompt, against the original base + that prompt
       drift: {stage: spanish, persona: spanish, max_drift: 0.3, conversations: 5}
-      forgetting: {tasks: [baking_forgetting], max_drop_pct: 3.4}
+      forgetting: {tasks: [baking_forgetting], max_forgetting_drop_pct: 5}
 
 Paths in a recipe are read like paths on the command line: relative to the folder
 the pipeline runs in. Every key is checked before any model work; a bad recipe is
 one line naming the key, the problem and the fix (`RecipeError`).
+
+A recipe is read into the same config classes the command line uses (`PursuitSettings`,
+`ComposeSettings`, `ConversationSettings`, and the check classes below) by
+`utils.settings.from_mapping`: every key is a dataclass field, every default is that
+field's, and each class's own `__post_init__` checks its values. (`transformers.
+HfArgumentParser.parse_dict` was tried: it neither checks types nor reads nested
+sections, and its unknown-key error lists keys without the nearest valid one.)
 """
 
 from __future__ import annotations
@@ -32,16 +39,55 @@ from pathlib import Path
 
 from ..compose.config import ComposeSettings, PursuitSettings
 from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
-from ..core.verdicts import MAX_FORGETTING_DROP_PCT
+from ..core.verdicts import MAX_FORGETTING_DROP_PCT, check_forgetting_drop
 from ..errors import BakingError
 from ..evals.config import ConversationSettings
 from ..training.config import BakeConfig
 from ..utils.jsonl import read_text
+from ..utils.settings import from_mapping, in_range, refuse_unknown_keys, setting
 from ..utils.text import listed, quoted
+
+# Recipe keys an earlier version read, and their names now: refused with one line naming the new one.
+RENAMED_KEYS = {"max_drop_pct": "max_forgetting_drop_pct"}
 
 
 class RecipeError(BakingError):
     """A recipe that cannot be run: the message names the key, the problem and the fix."""
+
+
+def _bounded(value, key: str, *, low: float | None = None, high: float | None = None) -> None:
+    """Refuse a bound no result could ever meet (`key`: its name in the recipe)."""
+    if value is None:
+        return
+    if not in_range(value):
+        raise BakingError(f"{key} must be a finite number, not {quoted(value, 40)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low:g}" if high is None else f"at most {high:g}" if low is None else \
+            f"between {low:g} and {high:g}"
+        raise BakingError(f"{key} can never pass at {value:g}: it must be {bounds}")
+
+
+@dataclass
+class StageSpec:
+    """One entry of `stages:` as written: a name and one of prompt, prompt_file or task."""
+
+    name: str = setting(help="the stage's name, e.g. name: persona")
+    prompt: str | None = setting(None, help="the prompt to bake")
+    prompt_file: Path | None = setting(None, help="a UTF-8 file holding the prompt to bake")
+    task: str | None = setting(None, help="an lm-eval task whose few-shot prompt is baked")
+    num_fewshot: int | None = setting(None, help="with task: the few-shot examples in the baked context")
+    pursuit: PursuitSettings | None = setting(None, help="prompt pursuit of this stage")
+
+    def __post_init__(self):
+        if not self.name.strip():
+            raise BakingError("name needs non-empty text, e.g. name: persona")
+        given = [key for key in ("prompt", "prompt_file", "task") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise BakingError(f"needs exactly one of prompt, prompt_file or task (it has {listed(given) or 'none'}); "
+                              "e.g. prompt: 'Always respond in Spanish.'")
+        if self.task is not None:
+            raise BakingError("task: stages from lm-eval tasks are baked with `lm-eval-baking bake --task`; in a "
+                              "recipe, give the prompt or prompt_file for now")
 
 
 @dataclass
@@ -54,33 +100,115 @@ class Stage:
 
 
 @dataclass
+class MckLCheck:
+    """`validation.mckl`: baking_mckl for every stage's prompt, against the original base + that prompt."""
+
+    min_quality: float | None = setting(None, help="lowest quality (1 = the prompt's effect fully baked in)")
+    max_kl: float | None = setting(None, help="highest kl_per_token")
+
+    def __post_init__(self):
+        _bounded(self.min_quality, "min_quality", high=1.0)
+        _bounded(self.max_kl, "max_kl", low=0.0)
+
+
+@dataclass
+class PursuedCheck:
+    """`validation.pursued`: every pursued stage's evaluator score of the adapter minus the prompted base's."""
+
+    min_difference: float | None = setting(0.0, help="least paired difference (null: not checked)")
+
+    def __post_init__(self):
+        _bounded(self.min_difference, "min_difference", low=-1.0, high=1.0)
+
+
+@dataclass
 class DriftCheck:
-    stage: str
-    persona: str
-    max_drift: float | None = None
-    min_adherence: float | None = None
-    conversations: ConversationSettings = field(default_factory=ConversationSettings)
-    probes_at: tuple[int, ...] = (1, 30)
-    sampled_answers: int = 1
+    """`validation.drift`: persona drift of one stage's persona; the conversation settings sit beside these."""
+
+    stage: str = setting(help="the stage whose prompt the persona chats under, e.g. stage: spanish")
+    persona: str = setting(help="a built-in persona, e.g. persona: spanish")
+    max_drift: float | None = setting(None, help="highest drift (adherence early minus late)")
+    min_adherence: float | None = setting(None, help="lowest adherence")
+    conversations: ConversationSettings = setting(default_factory=ConversationSettings, flatten=True,
+                                                  help="the conversations' settings, as `drift-data` takes them")
+    probes_at: tuple[int, ...] | None = setting(None, help="turns after which the probes are asked (default: "
+                                                           "the first and the last)")
+    sampled_answers: int = setting(1, help="sampled answers per probe besides the greedy one")
+
+    def __post_init__(self):
+        for key in ("stage", "persona"):
+            if not getattr(self, key).strip():
+                raise BakingError(f"{key} needs non-empty text")
+        _bounded(self.max_drift, "max_drift", low=-1.0)
+        _bounded(self.min_adherence, "min_adherence", high=1.0)
+        turns = self.conversations.turns
+        probes = (1, turns) if self.probes_at is None else self.probes_at
+        if not probes or not all(0 <= t <= turns for t in probes):
+            raise BakingError(f"probes_at must list turns between 0 and {turns}, e.g. [1, {turns}]")
+        self.probes_at = tuple(sorted(set(probes)))
+        if self.sampled_answers < 0:
+            raise BakingError(f"sampled_answers must be a whole number of at least 0, not {self.sampled_answers}")
 
 
 @dataclass
 class ForgettingCheck:
-    tasks: list[str]
-    max_drop_pct: float = MAX_FORGETTING_DROP_PCT
-    max_docs: int | None = 200
+    """`validation.forgetting`: the adapter against the base model on lm_eval tasks, paired per doc."""
+
+    tasks: list[str] = setting(default_factory=lambda: [FORGETTING_GROUP], help="lm_eval tasks or groups")
+    max_forgetting_drop_pct: float = setting(MAX_FORGETTING_DROP_PCT, help="largest allowed relative drop, in %")
+    max_docs: int | None = setting(200, help="docs per task (null: all)")
+
+    def __post_init__(self):
+        if not self.tasks or not all(t.strip() for t in self.tasks):
+            raise BakingError(f"tasks must list lm_eval tasks or groups, e.g. [{FORGETTING_GROUP}]")
+        check_forgetting_drop(self.max_forgetting_drop_pct, "max_forgetting_drop_pct")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise BakingError(f"max_docs must be a whole number of at least 1, not {self.max_docs}")
 
 
 @dataclass
 class Validation:
-    device: str = "cpu"
-    batch_size: int = 8
-    min_quality: float | None = None
-    max_kl: float | None = None
-    min_pursued_difference: float | None = 0.0
-    """A pursued stage's evaluator score of the adapter minus the prompted base's (paired), at least this."""
-    drift: DriftCheck | None = None
-    forgetting: ForgettingCheck | None = None
+    device: str = setting("cpu", help="torch device of the lm_eval runs")
+    batch_size: int = setting(8, help="lm_eval batch size")
+    mckl: MckLCheck | None = setting(default_factory=MckLCheck, help="the baking_mckl check")
+    pursued: PursuedCheck | None = setting(default_factory=PursuedCheck, help="the pursued stages' check")
+    drift: DriftCheck | None = setting(None, help="the persona-drift check")
+    forgetting: ForgettingCheck | None = setting(None, help="the forgetting check")
+
+    def __post_init__(self):
+        if not self.device.strip():
+            raise BakingError("device needs non-empty text, e.g. device: cpu")
+        if self.batch_size < 1:
+            raise BakingError(f"batch_size must be a whole number of at least 1, not {self.batch_size}")
+        self.mckl = self.mckl or MckLCheck()  # `mckl: null`: nothing checked
+        self.pursued = self.pursued or PursuedCheck(min_difference=None)  # `pursued: null`: not checked
+
+
+@dataclass
+class RecipeSpec:
+    """A recipe file as written: what `from_mapping` reads before paths and prompt files are resolved."""
+
+    output: Path = setting(help="the folder the pipeline writes to, e.g. output: runs/agent")
+    stages: list[StageSpec] = setting(help="the stages, e.g. stages: [{name: persona, prompt: '...'}]")
+    model: str = setting(DEFAULT_MODEL, help="base model: 'default', a HF id or a directory")
+    cycles: int = setting(1, help="go through the stages this many times")
+    compose: ComposeSettings | None = setting(default_factory=ComposeSettings, help="what every stage bakes towards")
+    bake: dict | None = setting(default_factory=dict, help="BakeConfig settings of every stage's bake")
+    validation: Validation | None = setting(default_factory=Validation, help="the checks after the bakes")
+
+    def __post_init__(self):
+        # A section left empty (`bake:` with nothing under it) is the section's defaults.
+        self.compose, self.bake = self.compose or ComposeSettings(), self.bake or {}
+        self.validation = self.validation or Validation()
+        if not self.model.strip():
+            raise RecipeError("recipe key 'model' needs non-empty text, e.g. model: default")
+        if self.cycles < 1:
+            raise RecipeError(f"recipe key 'cycles' must be a whole number of at least 1, not {self.cycles}")
+        if not self.stages:
+            raise RecipeError("recipe key 'stages' must be a non-empty list of stages, e.g. "
+                              "stages: [{name: persona, prompt: 'Always respond in Spanish.'}]")
+        refuse_unknown_keys(self.bake, {f.name for f in fields(BakeConfig)} - {"prompt", "model"},
+                            "recipe key 'bake'")
 
 
 @dataclass
@@ -126,36 +254,34 @@ def load_recipe(path: str | Path) -> Recipe:
     except Exception as e:  # noqa: BLE001 - yaml raises its own YAMLError family
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RecipeError(f"recipe {path} is not valid YAML ({quoted(first, 120)}); fix the file") from None
-    return parse_recipe(data, source=path)
+    try:
+        return parse_recipe(data, source=path)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None
 
 
 def parse_recipe(data, *, base_dir: Path = Path("."), source: Path | None = None) -> Recipe:
     """A Recipe from already-parsed YAML/JSON; relative paths are taken from `base_dir` (default: here)."""
-    top = _mapping(data, None, {"model", "output", "stages", "cycles", "compose", "bake", "validation"})
-    model = _text(top.get("model", DEFAULT_MODEL), "model")
-    if "output" not in top:
-        raise RecipeError("recipe key 'output' is missing; name the folder the pipeline writes to, e.g. "
-                          "output: runs/agent")
-    output = _resolve(_text(top["output"], "output"), base_dir)
-    bake = _mapping(top.get("bake") or {}, "bake", {f.name for f in fields(BakeConfig)} - {"prompt", "model"})
-    cycles = _whole(top.get("cycles", 1), "cycles", minimum=1)
-    raw_stages = top.get("stages")
-    if not isinstance(raw_stages, list) or not raw_stages:
-        raise RecipeError("recipe key 'stages' must be a non-empty list of stages, e.g. "
-                          "stages: [{name: persona, prompt: 'Always respond in Spanish.'}]")
-    stages = [_stage(raw, f"stages[{i}]", base_dir) for i, raw in enumerate(raw_stages)]
+    _refuse_renamed(data, "")
+    try:
+        spec = from_mapping(RecipeSpec, data, what="recipe")
+    except RecipeError:
+        raise
+    except BakingError as e:
+        raise RecipeError(str(e)) from None
+    stages = [_stage(s, f"stages[{i}]", base_dir) for i, s in enumerate(spec.stages)]
     names = [s.name for s in stages]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise RecipeError(f"recipe key 'stages': the name {quoted(duplicated[0])} is used twice; give every stage "
                           "its own name")
-    compose = _mapping(top.get("compose") or {}, "compose", {f.name for f in fields(ComposeSettings)})
-    try:
-        compose = ComposeSettings(**compose)
-    except (BakingError, TypeError) as e:
-        raise RecipeError(f"recipe key 'compose': {e}") from None
-    recipe = Recipe(model=model, output=output, stages=stages, cycles=cycles, bake=bake,
-                    validation=_validation(top.get("validation") or {}, names), source=source, compose=compose)
+    drift = spec.validation.drift
+    if drift is not None and drift.stage not in names:
+        raise RecipeError(f"recipe key 'validation.drift.stage': no stage {quoted(drift.stage)}; use one of "
+                          f"{listed(names)}")
+    output = spec.output if spec.output.is_absolute() else base_dir / spec.output
+    recipe = Recipe(model=spec.model, output=output, stages=stages, cycles=spec.cycles, bake=spec.bake,
+                    validation=spec.validation, source=source, compose=spec.compose)
     for stage in stages:  # every stage's bake settings, checked now rather than after the first bake
         try:
             recipe.stage_config(stage)
@@ -164,126 +290,22 @@ def parse_recipe(data, *, base_dir: Path = Path("."), source: Path | None = None
     return recipe
 
 
-def _stage(raw, where: str, base_dir: Path) -> Stage:
-    stage = _mapping(raw, where, {"name", "prompt", "prompt_file", "task", "num_fewshot", "pursuit"})
-    name = _text(stage.get("name"), f"{where}.name")
-    given = [key for key in ("prompt", "prompt_file", "task") if key in stage]
-    if len(given) != 1:
-        raise RecipeError(f"recipe key '{where}' needs exactly one of prompt, prompt_file or task "
-                          f"(it has {listed(given) or 'none'}); e.g. prompt: 'Always respond in Spanish.'")
-    if "prompt" in stage:
-        prompt, source = _text(stage["prompt"], f"{where}.prompt"), "prompt"
-    elif "prompt_file" in stage:
-        path = _resolve(_text(stage["prompt_file"], f"{where}.prompt_file"), base_dir)
-        prompt, source = read_text(path, f"{where}.prompt_file"), str(path)
+def _stage(spec: StageSpec, where: str, base_dir: Path) -> Stage:
+    if spec.prompt is not None:
+        prompt, source = spec.prompt, "prompt"
     else:
-        raise RecipeError(f"recipe key '{where}.task': stages from lm-eval tasks are baked with "
-                          "`lm-eval-baking bake --task`; in a recipe, give the prompt or prompt_file for now")
+        path = spec.prompt_file if spec.prompt_file.is_absolute() else base_dir / spec.prompt_file
+        prompt, source = read_text(path, f"{where}.prompt_file"), str(path)
     if not prompt.strip():
         raise RecipeError(f"recipe key '{where}' has an empty prompt; write the prompt to bake")
-    pursuit = None
-    if stage.get("pursuit") is not None:
-        settings = _mapping(stage["pursuit"], f"{where}.pursuit", {f.name for f in fields(PursuitSettings)})
-        try:
-            pursuit = PursuitSettings(**settings)
-        except (BakingError, TypeError) as e:
-            raise RecipeError(f"recipe key '{where}.pursuit': {e}") from None
-    return Stage(name=name, prompt=prompt, source=source, pursuit=pursuit)
+    return Stage(name=spec.name, prompt=prompt, source=source, pursuit=spec.pursuit)
 
 
-def _validation(raw, stage_names: list[str]) -> Validation:
-    top = _mapping(raw, "validation", {"device", "batch_size", "mckl", "pursued", "drift", "forgetting"})
-    validation = Validation(device=_text(top.get("device", "cpu"), "validation.device"),
-                            batch_size=_whole(top.get("batch_size", 8), "validation.batch_size", minimum=1))
-    if top.get("mckl") is not None:
-        mckl = _mapping(top["mckl"], "validation.mckl", {"min_quality", "max_kl"})
-        validation.min_quality = _number(mckl.get("min_quality"), "validation.mckl.min_quality", high=1.0)
-        validation.max_kl = _number(mckl.get("max_kl"), "validation.mckl.max_kl", low=0.0)
-    if "pursued" in top:
-        pursued = _mapping(top["pursued"] or {}, "validation.pursued", {"min_difference"})
-        validation.min_pursued_difference = _number(pursued.get("min_difference"), "validation.pursued.min_difference",
-                                                    low=-1.0, high=1.0)
-    if top.get("drift") is not None:
-        drift = _mapping(top["drift"], "validation.drift",
-                         {"stage", "persona", "max_drift", "min_adherence", "conversations", "turns",
-                          "max_new_tokens", "temperature", "seed", "user_context_turns", "probes_at", "sampled_answers"})
-        stage = _text(drift.get("stage"), "validation.drift.stage")
-        if stage not in stage_names:
-            raise RecipeError(f"recipe key 'validation.drift.stage': no stage {quoted(stage)}; use one of "
-                              f"{listed(stage_names)}")
-        try:
-            conversations = ConversationSettings(**{k: drift[k] for k in
-                                                    ("conversations", "turns", "max_new_tokens", "temperature", "seed",
-                                                     "user_context_turns")
-                                                    if k in drift})
-        except (BakingError, TypeError) as e:
-            raise RecipeError(f"recipe key 'validation.drift': {e}") from None
-        probes = drift.get("probes_at", [1, conversations.turns])
-        if not isinstance(probes, list) or not probes or not all(
-                isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= conversations.turns for t in probes):
-            raise RecipeError(f"recipe key 'validation.drift.probes_at' must list turns between 0 and "
-                              f"{conversations.turns}, e.g. [1, {conversations.turns}]")
-        validation.drift = DriftCheck(
-            stage=stage, persona=_text(drift.get("persona"), "validation.drift.persona"),
-            max_drift=_number(drift.get("max_drift"), "validation.drift.max_drift", low=-1.0),
-            min_adherence=_number(drift.get("min_adherence"), "validation.drift.min_adherence", high=1.0),
-            conversations=conversations, probes_at=tuple(sorted(set(probes))),
-            sampled_answers=_whole(drift.get("sampled_answers", 1), "validation.drift.sampled_answers", minimum=0))
-    if top.get("forgetting") is not None:
-        forgetting = _mapping(top["forgetting"], "validation.forgetting", {"tasks", "max_drop_pct", "max_docs"})
-        tasks = forgetting.get("tasks", [FORGETTING_GROUP])
-        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
-            raise RecipeError("recipe key 'validation.forgetting.tasks' must list lm_eval tasks or groups, e.g. "
-                              "[baking_forgetting]")
-        drop = _number(forgetting.get("max_drop_pct", ForgettingCheck.max_drop_pct), "validation.forgetting.max_drop_pct")
-        if not drop > 0:
-            raise RecipeError("recipe key 'validation.forgetting.max_drop_pct' must be above 0: it is the largest "
-                              f"allowed drop in %, e.g. {MAX_FORGETTING_DROP_PCT}")
-        max_docs = forgetting.get("max_docs", ForgettingCheck.max_docs)
-        validation.forgetting = ForgettingCheck(
-            tasks=tasks, max_drop_pct=drop,
-            max_docs=None if max_docs is None else _whole(max_docs, "validation.forgetting.max_docs", minimum=1))
-    return validation
-
-
-# ---------------------------------------------------------------------------- typed reads with one-line errors
-
-
-def _mapping(value, where: str | None, allowed: set[str]) -> dict:
-    """`value` as a mapping with only `allowed` keys; `where` is its recipe key (None: the whole recipe)."""
-    what = f"recipe key '{where}'" if where else "the recipe"
-    if not isinstance(value, dict):
-        raise RecipeError(f"{what} must be a mapping of settings, not {quoted(value, 40)}")
-    unknown = sorted(str(k) for k in value if k not in allowed)
-    if unknown:
-        raise RecipeError(f"{what} has unknown setting {quoted(unknown[0])}; use one of {listed(sorted(allowed))}")
-    return value
-
-
-def _text(value, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise RecipeError(f"recipe key '{where}' needs a non-empty text value, not {quoted(value, 40)}")
-    return value
-
-
-def _whole(value, where: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RecipeError(f"recipe key '{where}' must be a whole number of at least {minimum}, not {quoted(value, 40)}")
-    return value
-
-
-def _number(value, where: str, *, low: float | None = None, high: float | None = None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise RecipeError(f"recipe key '{where}' must be a number, not {quoted(value, 40)}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"at least {low:g}" if high is None else f"at most {high:g}" if low is None else \
-            f"between {low:g} and {high:g}"
-        raise RecipeError(f"recipe key '{where}' can never pass at {value:g}: it must be {bounds}")
-    return float(value)
-
-
-def _resolve(path: str, base_dir: Path) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() else base_dir / candidate
+def _refuse_renamed(data, where: str) -> None:
+    """A key an earlier version read (RENAMED_KEYS), anywhere in the recipe: one line naming its new name."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        here = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+        if key in RENAMED_KEYS:
+            raise RecipeError(f"recipe key '{here}' was renamed {RENAMED_KEYS[key]}; rename it in the recipe")
+        _refuse_renamed(value, here)

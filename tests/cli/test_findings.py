@@ -128,7 +128,8 @@ def test_an_unknown_evaluator_metric_is_refused_before_round_one(tiny_model_dir,
     (["--max-kl", "-1"], "can never pass: kl is at least 0"),
     (["--min-quality", "1.5"], "can never pass: quality is at most 1"),
     (["--max-drift", "-2"], "can never pass: drift is at least -1"),
-    (["--max-forgetting", "0"], "the allowed drop must be above 0"),
+    (["--max-forgetting-drop-pct", "0"], "the allowed drop must be above 0"),
+    (["--max-forgetting", "3"], "--max-forgetting was renamed --max-forgetting-drop-pct; pass"),
     (["--min", "adherence=1.01"], "can never pass: adherence is at most 1"),
 ])
 def test_impossible_thresholds_are_bad_input(threshold, message, tmp_path, capsys):

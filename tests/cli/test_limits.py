@@ -91,7 +91,7 @@ def test_one_rule_for_finite_numbers_in_range():
 
 @pytest.mark.parametrize("settings, message", [
     ({"limit": float("inf")}, "--limit must be a finite number above 0 (got inf)"),
-    ({"threshold_pct": float("inf")}, "--threshold must be a finite number above 0 (got inf)"),
+    ({"max_forgetting_drop_pct": float("inf")}, "--max-forgetting-drop-pct must be a finite number above 0 (got inf)"),
 ])
 def test_forgetting_settings_refuse_infinite_numbers(settings, message):
     from lm_eval_baking.errors import BakingError

@@ -99,8 +99,10 @@ CASES = [
     # report and check
     ("report on a path that does not exist", ["report", "{tmp}/no-results", "--output", "{tmp}/rep"], {}),
     ("report on an empty folder", ["report", "{tmp}/empty", "--output", "{tmp}/rep"], {"empty": None}),
-    ("report --forgetting-threshold -5", ["report", "{bake}", "--output", "{tmp}/rep", "--forgetting-threshold", "-5"],
-     {}),
+    ("report --max-forgetting-drop-pct -5", ["report", "{bake}", "--output", "{tmp}/rep",
+                                             "--max-forgetting-drop-pct", "-5"], {}),
+    ("report --forgetting-threshold (the flag's old name)", ["report", "{bake}", "--output", "{tmp}/rep",
+                                                             "--forgetting-threshold", "5"], {}),
     ("check with no threshold", ["check", "{bake}"], {}),
     ("check on a results file with no results in it", ["check", "{tmp}/results_x.json", "--max-kl", "1"],
      {"results_x.json": "{\"results\": {}}"}),

@@ -137,7 +137,7 @@ def test_forgetting_command_writes_json_and_heatmap(bigbench_tasks, tiny_model_d
     args = parser.parse_args([
         "forgetting", "--model", str(tiny_model_dir), "--adapters", str(tiny_adapter), "--tasks", LM_EVAL_TASK,
         "--output", str(out), "--limit", "4", "--batch-size", "4", "--quiet",
-        "--threshold", "1000",  # a drop can't exceed 100%, so this run must pass
+        "--max-forgetting-drop-pct", "1000",  # a drop can't exceed 100%, so this run must pass
     ])
 
     code = args.run(args)

@@ -84,13 +84,13 @@ def test_summary_heatmap_and_rejudging():
     text = format_summary(report)
     assert "FAIL: bake of a on b" in text and "verdict: FAIL" in text
     assert cross_task_heatmap(report).startswith(b"\x89PNG")
-    assert judge_report(report, threshold_pct=100)["cells"]["a"]["b"]["verdict"] == "PASS"
+    assert judge_report(report, max_forgetting_drop_pct=100)["cells"]["a"]["b"]["verdict"] == "PASS"
 
 
 @pytest.mark.parametrize("a_on_b, threshold, code", [(None, None, 0), ([0.0] * N, None, 1), ([0.0] * N, "100", 0)])
 def test_check_matrix_exit_codes(tmp_path, a_on_b, threshold, code, capsys):
     (tmp_path / "cross_task.json").write_text(json.dumps(report_of(scores(a_on_b=a_on_b))))
-    assert main(["check-matrix", str(tmp_path)] + (["--threshold", threshold] if threshold else [])) == code
+    assert main(["check-matrix", str(tmp_path)] + (["--max-forgetting-drop-pct", threshold] if threshold else [])) == code
 
 
 def test_check_matrix_inconclusive_and_bad_input(tmp_path, capsys):

@@ -221,9 +221,9 @@ def test_max_forgetting_needs_per_doc_output(run, tmp_path, capsys):
     shutil.copytree(output / "lm_eval" / "forgetting", runs)
     for samples in runs.rglob("samples_*.jsonl"):
         samples.unlink()
-    code, _, err = _cli(["check", runs, "--max-forgetting", "3.4"], capsys)
+    code, _, err = _cli(["check", runs, "--max-forgetting-drop-pct", "3.4"], capsys)
     assert code == 2 and "needs per-doc output" in err and "--log_samples" in err
-    code, out, _ = _cli(["check", output / "lm_eval" / "forgetting", "--max-forgetting", "3.4"], capsys)
+    code, out, _ = _cli(["check", output / "lm_eval" / "forgetting", "--max-forgetting-drop-pct", "3.4"], capsys)
     assert code in (0, 1, 3) and "paired over" in out
 
 

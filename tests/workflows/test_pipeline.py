@@ -23,13 +23,15 @@ from conftest import FRENCH, PIRATE, tiny_recipe
     (lambda r: r.update(colour="blue"), "unknown setting colour"),
     (lambda r: r["stages"][0].update(prompt_file="x.txt"), "exactly one of prompt, prompt_file or task"),
     (lambda r: r["stages"][1].update(name="pirate"), "the name pirate is used twice"),
-    (lambda r: r["stages"][0].update(pursuit={"max_rounds": 0}), "'stages[0].pursuit': --max-rounds"),
+    (lambda r: r["stages"][0].update(pursuit={"max_rounds": 0}), "'stages[0].pursuit': max_rounds must be an integer"),
     (lambda r: r["bake"].update(epochs=0), "recipe key 'bake' (stage pirate): --epochs must be at least 1"),
     (lambda r: r["bake"].update(learning_rat=1), "'bake' has unknown setting learning_rat"),
     (lambda r: r["validation"]["mckl"].update(min_quality=2), "can never pass at 2: it must be at most 1"),
     (lambda r: r["validation"]["drift"].update(stage="nope"), "no stage nope; use one of pirate, french"),
-    (lambda r: r["validation"]["drift"].update(probes_at=[99]), "'validation.drift.probes_at' must list turns"),
-    (lambda r: r["validation"]["forgetting"].update(max_drop_pct=0), "'validation.forgetting.max_drop_pct' must be above 0"),
+    (lambda r: r["validation"]["drift"].update(probes_at=[99]), "'validation.drift': probes_at must list turns"),
+    (lambda r: r["validation"]["forgetting"].update(max_forgetting_drop_pct=0),
+     "'validation.forgetting': max_forgetting_drop_pct must be a finite number above 0"),
+    (lambda r: r["validation"]["forgetting"].update(max_drop_pct=3), "max_drop_pct' was renamed max_forgetting_drop_pct"),
 ])
 def test_a_bad_recipe_is_one_line_naming_the_key(damage, message, tmp_path, tiny_model_dir, question_file):
     recipe = tiny_recipe(tmp_path, tiny_model_dir, question_file)
