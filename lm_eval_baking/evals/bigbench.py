@@ -32,7 +32,9 @@ from ..errors import BakingError
 from ..core.models import cache_dir
 from ..utils.atomic import write_bytes
 from ..utils.processes import run_child
-from .lm_eval_glue import check_peft
+from .lm_eval_glue import check_peft, install_one_line_errors
+
+install_one_line_errors()  # lm_eval imports this module through our task YAMLs
 
 SDIST_REQUIREMENT = "bigbench==1.0.0"
 SDIST_NAME = "bigbench-1.0.0.tar.gz"
