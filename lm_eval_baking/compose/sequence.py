@@ -97,8 +97,8 @@ def reference_answers(directory: Path, model, tokenizer, config: BakeConfig, bas
                progress: bool) -> QualityEvaluator:
     """The original base's held-out answers for one prompt, in a folder lm_eval's `--metadata bake=` can read
     (reused when it already holds them): what each prompt's quality is measured against."""
-    record = BakeDir(directory).raw_record() or {}
-    if record.get("config") == config.to_dict() and (record.get("base_model") or {}).get("sha256") == base_sha:
+    record = BakeDir(directory).record_or_none()
+    if record is not None and record.config == config.to_dict() and record.base_model.get("sha256") == base_sha:
         return QualityEvaluator.from_bake(directory, batch_size=config.batch_size * 2)
     heldout = _reference_heldout(model, tokenizer, config, progress)
     with owned_directory(directory, "reference") as staging:

@@ -68,8 +68,8 @@ def mckl_dataset(**metadata) -> dict:
 
 def _prompt_form(folder: BakeDir) -> str:
     """chat | text: how the bake's answers were sampled (bakes made before text prompts existed: chat)."""
-    record = folder.raw_record() or {}
-    form = record.get("prompt_form")
+    record = folder.record_or_none()
+    form = record.prompt_form if record is not None else None
     return form if form in ("chat", "text") else "chat"
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..artifacts.bake_dir import BakeRecord
 from ..constants import (
-    BAKE_FORMAT, BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_RECORD, FORGETTING_FORMAT, FORGETTING_RECORD,
+    BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_RECORD, FORGETTING_FORMAT, FORGETTING_RECORD,
     PURSUIT_FORMAT, PURSUIT_RECORD,
 )
 from ..errors import BakingError
 from ..utils.hashing import sha256_text
-from ..utils.jsonl import read_json_object
 from .derived import add_derived
 from .forgetting import DEFAULT_THRESHOLD_PCT
 from .results_files import Skip, is_number, parse_results_file, read_json, task_metrics
@@ -87,8 +87,7 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
             if kind == "results":
                 _add_results(path, data, rows, collection)
             elif kind == "baking":
-                _check_record(data, BAKE_FORMAT, path)
-                collection.bakes.append((str(path.parent), data))
+                collection.bakes.append((str(path.parent), _bake_record(path)))
             elif kind == "cross_task":
                 _check_record(data, CROSS_TASK_FORMAT, path)
                 if not isinstance(data.get("matrix"), dict):
@@ -114,6 +113,14 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in collection.skipped[:3])
         raise BakingError(f"nothing usable in {', '.join(map(str, paths))} ({reasons}); pass lm_eval 0.4 results")
     return collection
+
+
+def _bake_record(path: Path) -> BakeRecord:
+    """baking.json through its owner, BakeRecord: legacy keys and the format version handled there."""
+    try:
+        return BakeRecord.from_pretrained(path.parent)
+    except BakingError as e:
+        raise Skip(str(e)) from None
 
 
 def _check_record(data: dict, expected_format: str, path: Path) -> None:
@@ -212,16 +219,14 @@ def variant_kind(variant: Variant) -> str:
     if variant.adapter is None:
         return "prompted base" if variant.system_instruction else "base"
     adapter = Path(variant.adapter)
-    record = read_json_object(adapter / BAKE_RECORD)
+    record = BakeRecord.from_pretrained_or_none(adapter)
     if record is None:
         kind = "adapter"
-    elif record.get("kind") in ("chain_export", "pursuit_export"):
-        export = record.get("pursuit_export")
-        rounds = export.get("rounds") if isinstance(export, dict) else None
+    elif record.kind == "chain_export":
+        rounds = record.chain.get("rounds") if isinstance(record.chain, dict) else None
         kind = f"pursued ({_count(rounds, 'round')})" if isinstance(rounds, list) else "pursued"
-    elif record.get("kind") == "strength_export":
-        half_baking = record.get("half_baking")
-        strength = half_baking.get("strength") if isinstance(half_baking, dict) else None
+    elif record.kind == "strength_export":
+        strength = record.strength.get("strength") if isinstance(record.strength, dict) else None
         kind = f"strength {format(strength, 'g') if is_number(strength) else '–'}"
     elif adapter.name.startswith("round-") and (adapter.parent / PURSUIT_RECORD).is_file():
         kind = f"pursuit {adapter.name.replace('-', ' ')}"

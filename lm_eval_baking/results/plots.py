@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 
+from ..artifacts.bake_dir import BakeRecord
 from ..core.verdicts import Verdict
 from ..utils.text import model_label
 from .collect import display_path
@@ -32,11 +33,11 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def plot_kl_per_epoch(bakes: list[tuple[str, dict]]) -> bytes | None:
+def plot_kl_per_epoch(bakes: list[tuple[str, BakeRecord]]) -> bytes | None:
     """Held-out KL per answer token by epoch; epoch 0 is the unprompted base."""
     series = []
     for directory, record in bakes:
-        kl = record.get("kl") if isinstance(record.get("kl"), dict) else None
+        kl = record.kl if isinstance(record.kl, dict) else None
         try:
             points = [kl["unprompted_base"]] + [e["heldout_kl"] for e in kl["per_epoch"]]
             series.append((display_path(directory), [p["per_token"] for p in points],

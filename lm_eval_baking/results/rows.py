@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..artifacts.bake_dir import BakeRecord
 from ..constants import DRIFT_TASK, FORGETTING_GROUP, MCKL_TASK
 
 FORGETTING_METRIC = "acc"
@@ -115,7 +116,7 @@ class Skipped:
 @dataclass
 class Collection:
     rows: list[Row]
-    bakes: list[tuple[str, dict]]
+    bakes: list[tuple[str, BakeRecord]]
     pursuits: list[tuple[str, dict]]
     forgetting_reports: list[tuple[str, dict]]
     skipped: list[Skipped]

@@ -89,14 +89,14 @@ def bakes_table(collection: Collection) -> tuple[list[str], list[list[str]]]:
     header = ["bake", "prompt", "unprompted KL", "final KL", "ratio", "epochs", "wall time"]
     cells = []
     for directory, record in collection.bakes:
-        kl = record.get("kl")
+        kl = record.kl
         if not isinstance(kl, dict):
             continue  # pursuit/strength exports carry no KL of their own
         try:
             # The written adapter's KL: the best measured one (kl.kept) where recorded, else the last epoch's.
             base, final = kl["unprompted_base"], (kl.get("kept") or kl["per_epoch"][-1])["heldout_kl"]
-            seconds = sum((record.get("performance") or {}).get("seconds", {}).values())
-            cells.append([display_path(directory), _short(record["config"]["prompt"]),
+            seconds = sum((record.performance or {}).get("seconds", {}).values())
+            cells.append([display_path(directory), _short(record.config["prompt"]),
                           f"{base['per_token']:.4f} ± {base['per_token_stderr']:.4f}",
                           f"{final['per_token']:.4f} ± {final['per_token_stderr']:.4f}",
                           f"{kl['ratio_to_unprompted']:.1%}", str(len(kl["per_epoch"])), f"{seconds:.0f} s"])

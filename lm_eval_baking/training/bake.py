@@ -345,7 +345,7 @@ def _result(output: Path, record: BakeRecord, *, reused: bool = False, resumed_f
                       final_kl=KLEstimate(**kept) if kept else epochs[-1], epoch_kl=epochs, reused=reused,
                       resumed_from=resumed_from, status=record.status, warnings=tuple(record.warnings),
                       prompt_form=record.prompt_form or "chat", kept=kl.get("kept"),
-                      training=record.extra.get("training"))
+                      training=record.training)
 
 
 def _forget_finished_work(work: WorkDir, config: BakeConfig) -> None:
@@ -365,8 +365,8 @@ def _existing_bake(output: Path, config: BakeConfig, overwrite: bool, teacher_id
     another bake without --overwrite."""
 
     def same_bake(folder: Path) -> bool:
-        record = BakeDir(folder).raw_record() or {}
-        return _with_defaults(record.get("config")) == config.to_dict() and record.get("teacher") == teacher_id
+        record = BakeDir(folder).record_or_none()
+        return record is not None and _with_defaults(record.config) == config.to_dict() and record.teacher == teacher_id
 
     check_output(output, overwrite=overwrite, what="bake", same_run=same_bake)
     if overwrite or not BakeDir(output).is_bake() or not same_bake(output):

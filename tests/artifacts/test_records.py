@@ -1,0 +1,68 @@
+"""Typed records: each JSON artefact reads through its owner, older files keep loading, newer ones are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lm_eval_baking.artifacts.bake_dir import BakeDir, BakeRecord
+from lm_eval_baking.constants import BAKE_FORMAT, BAKE_FORMAT_VERSION
+from lm_eval_baking.errors import BakingError
+
+BASE = {"name_or_path": "base", "sha256": "ab" * 32}
+
+
+def _write(folder, record: dict):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "baking.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_training_is_a_field_and_round_trips(tmp_path):
+    training = {"requested": {"target_modules": ["attention"]}, "sizes": {"train": 9}}
+    BakeRecord(kind="bake", config={"prompt": "p"}, base_model=BASE, training=training).save_pretrained(tmp_path)
+    on_disk = json.loads((tmp_path / "baking.json").read_text())
+    assert on_disk["training"] == training and on_disk["format_version"] == BAKE_FORMAT_VERSION
+    record = BakeRecord.from_pretrained(tmp_path)
+    assert record.training == training and record.extra == {}
+
+
+def test_older_files_keep_loading(tmp_path):
+    # No format_version, the pre-BakeRecord keys of a chain and a strength export, an unknown key kept.
+    chain = _write(tmp_path / "chain", {"format": BAKE_FORMAT, "kind": "pursuit_export", "config": {"prompt": "p"},
+                                        "base_model": BASE, "pursuit_export": {"rounds": [1, 2]}, "later": 1})
+    strength = _write(tmp_path / "half", {"format": BAKE_FORMAT, "kind": "strength_export", "config": {},
+                                          "base_model": BASE, "half_baking": {"strength": 0.5}})
+    reference = _write(tmp_path / "ref", {"format": "lm-eval-baking/reference", "config": {}, "base_model": BASE})
+    record = BakeDir(chain).record()
+    assert (record.kind, record.chain, record.extra) == ("chain_export", {"rounds": [1, 2]}, {"later": 1})
+    assert json.loads(json.dumps(record.to_dict()))["pursuit_export"] == {"rounds": [1, 2]}  # written back as read
+    assert BakeDir(strength).record().strength == {"strength": 0.5}
+    assert BakeDir(reference).record().kind == "reference"
+
+
+@pytest.mark.parametrize("version, problem", [(BAKE_FORMAT_VERSION + 1, "newer than this lm-eval-baking reads"),
+                                              ("1", "not a whole number"), (0, "not a whole number")])
+def test_a_newer_or_malformed_format_version_is_refused(tmp_path, version, problem):
+    folder = _write(tmp_path / "bake", {"format": BAKE_FORMAT, "format_version": version, "kind": "bake",
+                                        "config": {}, "base_model": BASE})
+    with pytest.raises(BakingError, match=problem):
+        BakeRecord.from_pretrained(folder)
+    assert BakeDir(folder).record_or_none() is None  # readers that must survive any folder skip it
+
+
+def test_report_labels_read_the_record_through_its_owner(tmp_path):
+    from lm_eval_baking.results.collect import variant_kind
+    from lm_eval_baking.results.rows import Variant
+
+    chain = _write(tmp_path / "chain", {"format": BAKE_FORMAT, "kind": "pursuit_export", "config": {},
+                                        "base_model": BASE, "pursuit_export": {"rounds": [1, 2]}})
+    strength = _write(tmp_path / "half", {"format": BAKE_FORMAT, "kind": "strength_export", "config": {},
+                                          "base_model": BASE, "half_baking": {"strength": 0.25}})
+    newer = _write(tmp_path / "newer", {"format": BAKE_FORMAT, "format_version": 99, "kind": "bake", "config": {},
+                                        "base_model": BASE})
+    assert variant_kind(Variant("m", str(chain))) == "pursued (2 rounds)"
+    assert variant_kind(Variant("m", str(strength))) == "strength 0.25"
+    assert variant_kind(Variant("m", str(newer))) == "adapter"
+    assert variant_kind(Variant("m", str(tmp_path / "plain"))) == "adapter"
