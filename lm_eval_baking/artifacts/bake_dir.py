@@ -29,7 +29,7 @@ from ..constants import (
 from ..core.harness import LmEvalRun
 from ..errors import BakingError
 from ..utils.atomic import write_json, write_jsonl, write_text
-from ..utils.jsonl import read_jsonl
+from ..utils.jsonl import read_json_object, read_jsonl
 from ..utils.records import check_format_version
 from ..utils.text import quoted
 from .manifest import owned_file
@@ -135,6 +135,14 @@ class BakeRecord:
             return cls.from_pretrained(directory)
         except BakingError:
             return None
+
+
+def recorded_base_model(directory: str | Path) -> dict | None:
+    """baking.json's `base_model` object, even from a record too damaged (or too new) for BakeRecord: the
+    adapter check (artifacts.safety.check_base) needs only this, and must not pass a folder over the rest."""
+    record = read_json_object(Path(directory) / BAKE_RECORD)
+    base_model = record.get("base_model") if record is not None else None
+    return base_model if isinstance(base_model, dict) else None
 
 
 def load_bake_record(directory: str | Path) -> dict:

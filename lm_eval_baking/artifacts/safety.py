@@ -32,7 +32,7 @@ from ..core import models
 from ..errors import BakingError
 from ..utils.jsonl import read_json_object
 from ..utils.text import first_line, quoted
-from .bake_dir import BakeRecord
+from .bake_dir import recorded_base_model
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,7 @@ def check_base(directory: str | os.PathLike, base_model: str | os.PathLike) -> N
     hashed locally (a hub id not downloaded) are left to PEFT's own shape checks.
     """
     directory = Path(directory)
-    record = BakeRecord.from_pretrained_or_none(directory)
-    recorded = record.base_model if record is not None else None
+    recorded = recorded_base_model(directory)
     if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
         return
     base_path = models.resolve_model(base_model)
