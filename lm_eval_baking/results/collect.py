@@ -19,9 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..artifacts.bake_dir import BakeRecord
+from ..artifacts.records import PursuitRecord
 from ..constants import (
     BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_RECORD, FORGETTING_FORMAT, FORGETTING_RECORD,
-    PURSUIT_FORMAT, PURSUIT_RECORD,
+    PURSUIT_RECORD,
 )
 from ..errors import BakingError
 from ..utils.hashing import sha256_text
@@ -87,15 +88,14 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
             if kind == "results":
                 _add_results(path, data, rows, collection)
             elif kind == "baking":
-                collection.bakes.append((str(path.parent), _bake_record(path)))
+                collection.bakes.append((str(path.parent), _owned_record(BakeRecord, path)))
             elif kind == "cross_task":
                 _check_record(data, CROSS_TASK_FORMAT, path)
                 if not isinstance(data.get("matrix"), dict):
                     raise Skip("a cross-task report without its matrix; rerun `lm-eval-baking cross-task`")
                 collection.cross_task_reports.append((str(path.parent), data))
             elif kind == "pursuit":
-                _check_record(data, PURSUIT_FORMAT, path)
-                collection.pursuits.append((str(path.parent), data))
+                collection.pursuits.append((str(path.parent), _owned_record(PursuitRecord, path)))
             else:
                 if data.get("format") != FORGETTING_FORMAT or not isinstance(data.get("per_doc"), dict):
                     raise Skip("not a `lm-eval-baking forgetting` report of this version (no per-doc scores); "
@@ -115,10 +115,11 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
     return collection
 
 
-def _bake_record(path: Path) -> BakeRecord:
-    """baking.json through its owner, BakeRecord: legacy keys and the format version handled there."""
+def _owned_record(record_type, path: Path):
+    """A record of ours read through its owner (BakeRecord, PursuitRecord...): format, version and legacy
+    keys are handled there; what it refuses is skipped with its reason."""
     try:
-        return BakeRecord.from_pretrained(path.parent)
+        return record_type.from_pretrained(path.parent)
     except BakingError as e:
         raise Skip(str(e)) from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..artifacts.bake_dir import BakeRecord
+from ..artifacts.records import PursuitRecord
 from ..constants import DRIFT_TASK, FORGETTING_GROUP, MCKL_TASK
 
 FORGETTING_METRIC = "acc"
@@ -117,7 +118,7 @@ class Skipped:
 class Collection:
     rows: list[Row]
     bakes: list[tuple[str, BakeRecord]]
-    pursuits: list[tuple[str, dict]]
+    pursuits: list[tuple[str, PursuitRecord]]
     forgetting_reports: list[tuple[str, dict]]
     skipped: list[Skipped]
     subtasks: dict[str, list[str]]

@@ -110,15 +110,15 @@ def pursuit_tables(collection: Collection) -> list[tuple[str, str, list[str], li
     for directory, record in collection.pursuits:
         header = ["round", "score", "improvement", "with prompt again", "held-out KL to teacher", "KL ratio"]
         cells = []
-        for r in record.get("rounds") or []:
+        for r in record.rounds or []:
             label = "base" if r.get("round") == 0 else str(r.get("round"))
-            if r.get("round") == record.get("best_round"):
+            if r.get("round") == record.best_round:
                 label += " (best)"
             cells.append([label, _fmt(r.get("score"), ".4f"), _fmt(r.get("improvement"), "+.1%"),
                           _fmt(r.get("reprompted_score"), ".4f"), _fmt(r.get("heldout_kl"), ".4f"),
                           _fmt(r.get("kl_ratio"), ".1%")])
-        note = (f"score: {(record.get('settings') or {}).get('evaluator', '?')} (higher is better); "
-                f"stopped: {record.get('stop_reason_text') or record.get('status', '?')}")
+        note = (f"score: {(record.settings or {}).get('evaluator', '?')} (higher is better); "
+                f"stopped: {record.stop_reason_text or record.status or '?'}")
         tables.append((display_path(directory), note, header, cells))
     return tables
 

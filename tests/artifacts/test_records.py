@@ -66,3 +66,41 @@ def test_report_labels_read_the_record_through_its_owner(tmp_path):
     assert variant_kind(Variant("m", str(strength))) == "strength 0.25"
     assert variant_kind(Variant("m", str(newer))) == "adapter"
     assert variant_kind(Variant("m", str(tmp_path / "plain"))) == "adapter"
+
+
+# ---------------------------------------------------------------------------- the records of runs built from bakes
+
+def test_pursuit_record_round_trips_and_older_files_read(tmp_path):
+    from lm_eval_baking.artifacts.records import PursuitRecord
+
+    record = PursuitRecord(status="done", config={"prompt": "p"}, settings={"evaluator": "quality"},
+                           base_model="base", rounds=[{"round": 0, "score": 0.5}], best_round=1)
+    record.save_pretrained(tmp_path / "new")
+    assert PursuitRecord.from_pretrained(tmp_path / "new") == record
+    assert json.loads((tmp_path / "new" / "pursuit.json").read_text())["format"] == "lm-eval-baking/pursuit"
+
+    older = {"format": "lm-eval-baking/pursuit", "status": "running", "config": {}, "settings": {},
+             "base_model": "base", "rounds": [], "added_later": True}  # no format_version, no start
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "pursuit.json").write_text(json.dumps(older))
+    read = PursuitRecord.from_pretrained(tmp_path / "old")
+    assert read.start is None and read.extra == {"added_later": True}
+    assert read.to_dict()["added_later"] is True
+
+
+@pytest.mark.parametrize("data, problem", [
+    ({"format": "lm-eval-baking/bake", "status": "done"}, "is not a lm-eval-baking/pursuit record"),
+    ({"format": "lm-eval-baking/pursuit", "status": "done", "config": {}}, r"damaged \(missing settings, base_model\)"),
+    ({"format": "lm-eval-baking/pursuit", "format_version": 2, "status": "done", "config": {}, "settings": {},
+      "base_model": "b"}, "newer than this lm-eval-baking reads"),
+])
+def test_a_pursuit_record_that_does_not_read_is_one_line(tmp_path, data, problem):
+    from lm_eval_baking.artifacts.records import PursuitRecord
+    from lm_eval_baking.results.collect import collect
+
+    (tmp_path / "pursuit.json").write_text(json.dumps(data))
+    with pytest.raises(BakingError, match=problem) as error:
+        PursuitRecord.from_pretrained(tmp_path)
+    assert "\n" not in str(error.value) and PursuitRecord.from_pretrained_or_none(tmp_path) is None
+    with pytest.raises(BakingError, match=problem):  # the report skips it, and says why
+        collect([tmp_path])
