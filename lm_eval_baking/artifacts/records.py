@@ -1,6 +1,7 @@
 """The JSON records of runs built from bakes, typed: each a dataclass whose fields are the file's keys.
 
     pursuit.json    PursuitRecord   a prompt pursuit: its settings and every round's score
+    sequence.json   SequenceRecord  a multi-prompt sequence: its settings and every stage's qualities
 
 Each record has one save/load pair (`save_pretrained(folder)` / `from_pretrained(folder)`, like
 BakeRecord for baking.json), so its writer (compose/, workflows/) and its readers (results/) go through
@@ -17,7 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from ..constants import PURSUIT_FORMAT, PURSUIT_RECORD
+from ..constants import PURSUIT_FORMAT, PURSUIT_RECORD, SEQUENCE_FORMAT, SEQUENCE_RECORD
 from ..errors import BakingError
 from ..utils.records import check_format_version
 from .manifest import write_owned_json
@@ -113,3 +114,33 @@ class PursuitRecord(JsonRecord):
     note: str | None = None
     extra: dict = field(default_factory=dict)
     """Keys of the file this version does not know: kept, so reading and writing back loses nothing."""
+
+
+@dataclass
+class SequenceRecord(JsonRecord):
+    """sequence.json: written when a sequence starts (status running) and when it is done."""
+
+    FILE: ClassVar[str] = SEQUENCE_RECORD
+    FORMAT: ClassVar[str] = SEQUENCE_FORMAT
+    KIND: ClassVar[str] = "sequence"
+    FIX: ClassVar[str] = "rerun `lm-eval-baking sequence` with --overwrite"
+
+    status: str
+    """running | done."""
+    config: dict
+    """{"prompts", "cycles", "bake" (the BakeConfig without its prompt), "compose"}: what a rerun must match."""
+    base_model: str
+    quality: str | None = None
+    """What the qualities are, in words."""
+    references: list[str] = field(default_factory=list)
+    """Each prompt's reference folder (held-out answers of the original base with that prompt)."""
+    stages: list[dict] = field(default_factory=list)
+    """compose.sequence.StageRecord as a dict, per stage."""
+    quality_after_own_stage: list | None = None
+    quality_after_sequence: list | None = None
+    combined: str | None = None
+    joint_prompt: str | None = None
+    joint_quality: dict | None = None
+    behaviour: dict = field(default_factory=dict)
+    behaviour_scores: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)

@@ -104,3 +104,25 @@ def test_a_pursuit_record_that_does_not_read_is_one_line(tmp_path, data, problem
     assert "\n" not in str(error.value) and PursuitRecord.from_pretrained_or_none(tmp_path) is None
     with pytest.raises(BakingError, match=problem):  # the report skips it, and says why
         collect([tmp_path])
+
+
+def _minimal_records():
+    from lm_eval_baking.artifacts import records
+
+    made = {
+        records.PursuitRecord: dict(status="running", config={}, settings={}, base_model="b"),
+        records.SequenceRecord: dict(status="running", config={"prompts": ["a", "b"]}, base_model="b"),
+    }
+    assert set(made) == set(records.JsonRecord.__subclasses__()), "every record type is tested here"
+    return [cls(**kwargs) for cls, kwargs in made.items()]
+
+
+@pytest.mark.parametrize("record", _minimal_records(), ids=lambda r: type(r).__name__)
+def test_every_record_round_trips_and_refuses_another_format(tmp_path, record):
+    record.save_pretrained(tmp_path)
+    assert type(record).from_pretrained(tmp_path) == record
+    data = json.loads((tmp_path / record.FILE).read_text())
+    assert data["format"] == record.FORMAT and data["format_version"] == record.VERSION
+    (tmp_path / record.FILE).write_text(json.dumps({**data, "format": "lm-eval-baking/other"}))
+    with pytest.raises(BakingError, match=f"is not a {record.FORMAT} record"):
+        type(record).from_pretrained(tmp_path)
