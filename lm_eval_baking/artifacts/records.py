@@ -2,6 +2,7 @@
 
     pursuit.json    PursuitRecord   a prompt pursuit: its settings and every round's score
     sequence.json   SequenceRecord  a multi-prompt sequence: its settings and every stage's qualities
+    pipeline.json   PipelineRecord  a recipe's run: stages, qualities kept, checks and the verdict
 
 Each record has one save/load pair (`save_pretrained(folder)` / `from_pretrained(folder)`, like
 BakeRecord for baking.json), so its writer (compose/, workflows/) and its readers (results/) go through
@@ -18,7 +19,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from ..constants import PURSUIT_FORMAT, PURSUIT_RECORD, SEQUENCE_FORMAT, SEQUENCE_RECORD
+from ..constants import (
+    PIPELINE_FORMAT, PIPELINE_RECORD, PURSUIT_FORMAT, PURSUIT_RECORD, SEQUENCE_FORMAT, SEQUENCE_RECORD,
+)
 from ..errors import BakingError
 from ..utils.records import check_format_version
 from .manifest import write_owned_json
@@ -143,4 +146,33 @@ class SequenceRecord(JsonRecord):
     joint_quality: dict | None = None
     behaviour: dict = field(default_factory=dict)
     behaviour_scores: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class PipelineRecord(JsonRecord):
+    """pipeline.json: written when a recipe's run starts (status running) and when it is done."""
+
+    FILE: ClassVar[str] = PIPELINE_RECORD
+    FORMAT: ClassVar[str] = PIPELINE_FORMAT
+    KIND: ClassVar[str] = "pipeline"
+    FIX: ClassVar[str] = "rerun `lm-eval-baking pipeline` with --overwrite"
+
+    status: str
+    """running | done."""
+    recipe: str | None = None
+    """The recipe file, when the recipe came from one."""
+    stages: list[dict] = field(default_factory=list)
+    """workflows.pipeline's stage records as dicts."""
+    compose: dict = field(default_factory=dict)
+    quality_kept: dict | None = None
+    behaviour: dict = field(default_factory=dict)
+    pursued: dict = field(default_factory=dict)
+    checks: list[dict] = field(default_factory=list)
+    """The validation's checks (results.gate.Check as dicts)."""
+    verdict: str | None = None
+    seconds: dict = field(default_factory=dict)
+    """Wall time per step."""
+    adapter: str | None = None
+    """The folder (in the run's) of the final adapter, once done."""
     extra: dict = field(default_factory=dict)

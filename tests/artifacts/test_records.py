@@ -112,6 +112,7 @@ def _minimal_records():
     made = {
         records.PursuitRecord: dict(status="running", config={}, settings={}, base_model="b"),
         records.SequenceRecord: dict(status="running", config={"prompts": ["a", "b"]}, base_model="b"),
+        records.PipelineRecord: dict(status="done", checks=[{"name": "quality", "verdict": "PASS"}], verdict="PASS"),
     }
     assert set(made) == set(records.JsonRecord.__subclasses__()), "every record type is tested here"
     return [cls(**kwargs) for cls, kwargs in made.items()]
