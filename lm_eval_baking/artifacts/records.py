@@ -3,6 +3,7 @@
     pursuit.json    PursuitRecord   a prompt pursuit: its settings and every round's score
     sequence.json   SequenceRecord  a multi-prompt sequence: its settings and every stage's qualities
     pipeline.json   PipelineRecord  a recipe's run: stages, qualities kept, checks and the verdict
+    lm_eval_run.json  LmEvalRunStamp  what an lm_eval run of a pipeline ran: its command and its inputs' hashes
 
 Each record has one save/load pair (`save_pretrained(folder)` / `from_pretrained(folder)`, like
 BakeRecord for baking.json), so its writer (compose/, workflows/) and its readers (results/) go through
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from ..constants import (
-    PIPELINE_FORMAT, PIPELINE_RECORD, PURSUIT_FORMAT, PURSUIT_RECORD, SEQUENCE_FORMAT, SEQUENCE_RECORD,
+    LM_EVAL_RUN_FORMAT, LM_EVAL_RUN_STAMP, PIPELINE_FORMAT, PIPELINE_RECORD, PURSUIT_FORMAT, PURSUIT_RECORD, SEQUENCE_FORMAT, SEQUENCE_RECORD,
 )
 from ..errors import BakingError
 from ..utils.records import check_format_version
@@ -39,6 +40,8 @@ class JsonRecord:
     KIND: ClassVar[str]
     FIX: ClassVar[str] = "make it again"
     """How to replace a damaged file: the end of the one-line error."""
+    FORMAT_OPTIONAL: ClassVar[bool] = False
+    """True for a record first written without `format`: such a file reads as this record."""
 
     def to_dict(self) -> dict:
         data = {"format": self.FORMAT, "format_version": self.VERSION}
@@ -47,8 +50,8 @@ class JsonRecord:
 
     @classmethod
     def from_dict(cls: type[R], data, where: str) -> R:
-        if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
-            found = data.get("format") if isinstance(data, dict) else None
+        found = data.get("format") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or (found != cls.FORMAT and not (found is None and cls.FORMAT_OPTIONAL)):
             raise BakingError(f"{where} is not a {cls.FORMAT} record (format {json.dumps(found)}); {cls.FIX}")
         check_format_version(data, cls.VERSION, where)
         names = {f.name for f in fields(cls)} - {"extra"}
@@ -175,4 +178,21 @@ class PipelineRecord(JsonRecord):
     """Wall time per step."""
     adapter: str | None = None
     """The folder (in the run's) of the final adapter, once done."""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class LmEvalRunStamp(JsonRecord):
+    """lm_eval_run.json, beside an lm_eval run's results: a rerun with the same stamp reuses them."""
+
+    FILE: ClassVar[str] = LM_EVAL_RUN_STAMP
+    FORMAT: ClassVar[str] = LM_EVAL_RUN_FORMAT
+    KIND: ClassVar[str] = "lm_eval run"
+    FIX: ClassVar[str] = "delete the folder to run lm_eval again"
+    FORMAT_OPTIONAL: ClassVar[bool] = True
+
+    command: str
+    """The lm_eval command line, with the output path but not the executable or the task path."""
+    inputs: dict
+    """sha256 of every input file, and of our task definitions ("tasks")."""
     extra: dict = field(default_factory=dict)

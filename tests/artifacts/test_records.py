@@ -113,6 +113,7 @@ def _minimal_records():
         records.PursuitRecord: dict(status="running", config={}, settings={}, base_model="b"),
         records.SequenceRecord: dict(status="running", config={"prompts": ["a", "b"]}, base_model="b"),
         records.PipelineRecord: dict(status="done", checks=[{"name": "quality", "verdict": "PASS"}], verdict="PASS"),
+        records.LmEvalRunStamp: dict(command="lm_eval --tasks baking_mckl", inputs={"tasks": "ab" * 32}),
     }
     assert set(made) == set(records.JsonRecord.__subclasses__()), "every record type is tested here"
     return [cls(**kwargs) for cls, kwargs in made.items()]
@@ -127,3 +128,11 @@ def test_every_record_round_trips_and_refuses_another_format(tmp_path, record):
     (tmp_path / record.FILE).write_text(json.dumps({**data, "format": "lm-eval-baking/other"}))
     with pytest.raises(BakingError, match=f"is not a {record.FORMAT} record"):
         type(record).from_pretrained(tmp_path)
+
+
+def test_a_stamp_written_before_it_had_a_format_still_matches(tmp_path):
+    from lm_eval_baking.artifacts.records import LmEvalRunStamp
+
+    (tmp_path / "lm_eval_run.json").write_text(json.dumps({"command": "lm_eval --tasks t", "inputs": {"tasks": "x"}}))
+    assert LmEvalRunStamp.from_pretrained(tmp_path) == LmEvalRunStamp(command="lm_eval --tasks t",
+                                                                      inputs={"tasks": "x"})
