@@ -21,11 +21,12 @@ from pathlib import Path
 from ..artifacts.bake_dir import BakeRecord
 from ..artifacts.records import PursuitRecord
 from ..constants import (
-    BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_RECORD, FORGETTING_FORMAT, FORGETTING_RECORD,
-    PURSUIT_RECORD,
+    BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_FORMAT_VERSION, CROSS_TASK_RECORD, FORGETTING_FORMAT,
+    FORGETTING_FORMAT_VERSION, FORGETTING_RECORD, PURSUIT_RECORD,
 )
 from ..errors import BakingError
 from ..utils.hashing import sha256_text
+from ..utils.records import check_format_version
 from .derived import add_derived
 from .forgetting import DEFAULT_THRESHOLD_PCT
 from .results_files import Skip, is_number, parse_results_file, read_json, task_metrics
@@ -90,7 +91,7 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
             elif kind == "baking":
                 collection.bakes.append((str(path.parent), _owned_record(BakeRecord, path)))
             elif kind == "cross_task":
-                _check_record(data, CROSS_TASK_FORMAT, path)
+                _check_record(data, CROSS_TASK_FORMAT, CROSS_TASK_FORMAT_VERSION, path)
                 if not isinstance(data.get("matrix"), dict):
                     raise Skip("a cross-task report without its matrix; rerun `lm-eval-baking cross-task`")
                 collection.cross_task_reports.append((str(path.parent), data))
@@ -100,6 +101,7 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
                 if data.get("format") != FORGETTING_FORMAT or not isinstance(data.get("per_doc"), dict):
                     raise Skip("not a `lm-eval-baking forgetting` report of this version (no per-doc scores); "
                                "rerun `lm-eval-baking forgetting`")
+                _check_record(data, FORGETTING_FORMAT, FORGETTING_FORMAT_VERSION, path)
                 collection.forgetting_reports.append((str(path.parent), data))
         except Skip as skip:
             collection.skipped.append(Skipped(str(path), str(skip)))
@@ -124,9 +126,13 @@ def _owned_record(record_type, path: Path):
         raise Skip(str(e)) from None
 
 
-def _check_record(data: dict, expected_format: str, path: Path) -> None:
+def _check_record(data: dict, expected_format: str, known_version: int, path: Path) -> None:
     if data.get("format") != expected_format:
         raise Skip(f"not a {expected_format} record (format {data.get('format')!r})")
+    try:
+        check_format_version(data, known_version, str(path))
+    except BakingError as e:
+        raise Skip(str(e)) from None
 
 
 def _add_results(path: Path, data: dict, rows: dict[Variant, Row], collection: Collection) -> None:

@@ -136,3 +136,15 @@ def test_a_stamp_written_before_it_had_a_format_still_matches(tmp_path):
     (tmp_path / "lm_eval_run.json").write_text(json.dumps({"command": "lm_eval --tasks t", "inputs": {"tasks": "x"}}))
     assert LmEvalRunStamp.from_pretrained(tmp_path) == LmEvalRunStamp(command="lm_eval --tasks t",
                                                                       inputs={"tasks": "x"})
+
+
+@pytest.mark.parametrize("name, data", [
+    ("forgetting.json", {"format": "lm-eval-baking/forgetting", "format_version": 3, "per_doc": {}}),
+    ("cross_task.json", {"format": "lm-eval-baking/cross-task", "format_version": 2, "matrix": {}}),
+])
+def test_the_report_skips_a_newer_forgetting_or_cross_task_record(tmp_path, name, data):
+    from lm_eval_baking.results.collect import collect
+
+    (tmp_path / name).write_text(json.dumps(data))
+    with pytest.raises(BakingError, match="newer than this lm-eval-baking reads"):
+        collect([tmp_path])
