@@ -85,18 +85,20 @@ def collect(paths, *, forgetting_threshold_pct: float = DEFAULT_THRESHOLD_PCT) -
     collection = Collection(rows=[], bakes=[], pursuits=[], forgetting_reports=[], skipped=[], subtasks={})
     for path, kind in files:
         try:
+            if kind == "baking":
+                collection.bakes.append((str(path.parent), _owned_record(BakeRecord, path)))
+                continue
+            if kind == "pursuit":
+                collection.pursuits.append((str(path.parent), _owned_record(PursuitRecord, path)))
+                continue
             data = read_json(path)
             if kind == "results":
                 _add_results(path, data, rows, collection)
-            elif kind == "baking":
-                collection.bakes.append((str(path.parent), _owned_record(BakeRecord, path)))
             elif kind == "cross_task":
                 _check_record(data, CROSS_TASK_FORMAT, CROSS_TASK_FORMAT_VERSION, path)
                 if not isinstance(data.get("matrix"), dict):
                     raise Skip("a cross-task report without its matrix; rerun `lm-eval-baking cross-task`")
                 collection.cross_task_reports.append((str(path.parent), data))
-            elif kind == "pursuit":
-                collection.pursuits.append((str(path.parent), _owned_record(PursuitRecord, path)))
             else:
                 if data.get("format") != FORGETTING_FORMAT or not isinstance(data.get("per_doc"), dict):
                     raise Skip("not a `lm-eval-baking forgetting` report of this version (no per-doc scores); "
