@@ -54,9 +54,9 @@ CROSS_TASK_HEATMAP = "cross_task.png"
 CROSS_TASK_BAKES = "bakes"
 REPORT_FORMAT = "lm-eval-baking/report"
 LM_EVAL_RUN_STAMP = "lm_eval_run.json"
-LM_EVAL_RUN_FORMAT = "lm-eval-baking/lm-eval-run"  # stamps written before it had a format read too
 PIPELINE_RECORD = "pipeline.json"
 PIPELINE_FORMAT = "lm-eval-baking/pipeline"
+LM_EVAL_RUN_FORMAT = "lm-eval-baking/lm-eval-run"  # stamps written before it had a format read too
 
 # ---------------------------------------------------------------------------- ownership
 # Every folder lm-eval-baking writes holds this manifest: the tool, the kind of output, and every file it wrote

@@ -32,9 +32,7 @@ from ..errors import BakingError
 from ..core.models import cache_dir
 from ..utils.atomic import write_bytes
 from ..utils.processes import run_child
-from .lm_eval_glue import check_peft, install_one_line_errors
-
-install_one_line_errors()  # lm_eval imports this module through our task YAMLs
+from .lm_eval_glue import check_peft
 
 SDIST_REQUIREMENT = "bigbench==1.0.0"
 SDIST_NAME = "bigbench-1.0.0.tar.gz"
@@ -223,7 +221,8 @@ def _unknown_task(name: str, known) -> BakingError:
 
 
 def _manual_download_hint(archive: Path) -> str:
-    return f"fetch {SDIST_NAME} from your package index by hand, put it at {archive} and rerun"
+    return (f"fetch {SDIST_NAME} by hand (e.g. `pip download --no-deps {SDIST_REQUIREMENT}` with pip < 25), "
+            f"put it at {archive} and rerun")
 
 
 def _ensure_sdist() -> Path:
@@ -243,8 +242,8 @@ def _download(archive: Path) -> None:
         status = run_child(command, stdout=subprocess.DEVNULL)
         fetched = Path(scratch) / SDIST_NAME
         if status != 0 or not fetched.is_file():
-            raise BakingError(f"pip could not download {SDIST_REQUIREMENT} (exit status {status}, no {SDIST_NAME}; "
-                              f"pip's message is above); {_manual_download_hint(archive)}")
+            raise BakingError(f"pip could not find {SDIST_REQUIREMENT} or would not keep it (exit status {status}, "
+                              f"no {SDIST_NAME}; pip's message is above); {_manual_download_hint(archive)}")
         if _sha256(fetched) != SDIST_SHA256:
             raise BakingError(f"downloaded {SDIST_NAME} has the wrong sha256; {_manual_download_hint(archive)}")
         os.replace(fetched, archive)
@@ -281,11 +280,15 @@ def _extract_tasks(archive: Path, names: list[str]) -> None:
                 name = match.group(1)
                 known.append(name)
                 if name in wanted:
-                    write_bytes(task_file(name), tar.extractfile(member).read())
+                    _write_atomically(task_file(name), tar.extractfile(member).read())
                     found.add(name)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise BakingError(f"cannot extract task files from {archive} ({e}); delete it and rerun to download it again") from None
-    write_bytes(bigbench_dir() / _INDEX_FILE, json.dumps(sorted(known), indent=0).encode())
+    _write_atomically(bigbench_dir() / _INDEX_FILE, json.dumps(sorted(known), indent=0).encode())
     for name in names:
         if name not in found:
             raise _unknown_task(name, known)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    write_bytes(path, data)  # utils.atomic: the user's umask, not mkstemp's 0600

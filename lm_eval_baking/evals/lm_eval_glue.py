@@ -50,11 +50,15 @@ _previous_hook = sys.excepthook
 
 
 def install_one_line_errors() -> None:
-    """Called at import by the modules our task YAMLs name with `!function`, so it is on inside `lm_eval`."""
+    """Run when this module is imported: every module our task YAMLs name with `!function` imports it
+    (for `check_peft`), so the hook is on inside `lm_eval` before any of our task code runs."""
     global _previous_hook
     if sys.excepthook is not end_in_one_line:
         _previous_hook = sys.excepthook
         sys.excepthook = end_in_one_line
+
+
+install_one_line_errors()
 
 
 def check_peft(metadata: dict) -> None:

@@ -3,7 +3,7 @@
 Everything else about a task lives in its YAML (tasks/ at the repository root).
 Every bad input is refused with a BakingError, before lm_eval spends model time or
 prints a number that cannot be right; inside the `lm_eval` command it ends the run
-in one line (`lm_eval_glue.install_one_line_errors`, installed below).
+in one line (`lm_eval_glue.end_in_one_line`, installed when lm_eval_glue is imported).
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from ..core.stats import ratio_quality_ci
 from ..errors import BakingError
 from ..utils.text import quoted
 from .drift import early_minus_late, scorer_from_json, score_doc
-from .lm_eval_glue import check_peft, install_one_line_errors
-
-install_one_line_errors()  # lm_eval imports this module through our task YAMLs
+from .lm_eval_glue import check_peft
 
 QUALITY_CI_RESAMPLES = 2000
 DEFAULT_SAMPLED_ANSWERS = 4
