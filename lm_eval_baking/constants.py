@@ -45,9 +45,11 @@ REFERENCES_DIR = "references"
 JOINT_REFERENCE = "joint"  # references/joint/: the original base prompted with every prompt joined
 FORGETTING_RECORD = "forgetting.json"
 FORGETTING_FORMAT = "lm-eval-baking/forgetting"
+FORGETTING_FORMAT_VERSION = 2
 FORGETTING_HEATMAP = "forgetting.png"
 CROSS_TASK_RECORD = "cross_task.json"
 CROSS_TASK_FORMAT = "lm-eval-baking/cross-task"
+CROSS_TASK_FORMAT_VERSION = 1
 CROSS_TASK_HEATMAP = "cross_task.png"
 CROSS_TASK_BAKES = "bakes"
 REPORT_FORMAT = "lm-eval-baking/report"
@@ -55,6 +57,7 @@ COMPARE_FORMAT = "lm-eval-baking/compare"  # `compare --json FILE`
 LM_EVAL_RUN_STAMP = "lm_eval_run.json"
 PIPELINE_RECORD = "pipeline.json"
 PIPELINE_FORMAT = "lm-eval-baking/pipeline"
+LM_EVAL_RUN_FORMAT = "lm-eval-baking/lm-eval-run"  # stamps written before it had a format read too
 
 # ---------------------------------------------------------------------------- ownership
 # Every folder lm-eval-baking writes holds this manifest: the tool, the kind of output, and every file it wrote

@@ -31,6 +31,7 @@ from ..core.hub import hub_model_id
 from ..errors import BakingError
 from ..utils.atomic import write_json, write_jsonl, write_text
 from ..utils.jsonl import read_json_object, read_jsonl
+from ..utils.records import check_format_version
 from ..utils.text import quoted
 from .manifest import owned_file
 
@@ -71,6 +72,8 @@ class BakeRecord:
     """strength_export: the strength s, the source bake and epoch."""
     task: dict | None = None
     """A bake of an lm_eval task's few-shot prompt: the task, its version, config hash and K."""
+    training: dict | None = None
+    """Bakes: what was asked, the sizes it came to, the LoRA targets it resolved to (training.plan.BakePlan)."""
     teacher: str | None = None
     """sha256 of the adapters merged into the base to make the teacher (pursuit rounds, pipeline stages);
     None when the teacher is the base itself."""
@@ -103,6 +106,7 @@ class BakeRecord:
     def from_dict(cls, data: dict, where: str = "baking.json") -> "BakeRecord":
         if not isinstance(data, dict) or data.get("format") not in (BAKE_FORMAT, "lm-eval-baking/reference"):
             raise BakingError(f"{where} is not a lm-eval-baking record; re-bake with --overwrite")
+        check_format_version(data, BAKE_FORMAT_VERSION, where)
         names = {f.name for f in fields(cls)} - {"extra"}
         by_file_key = {_FILE_KEYS.get(name, name): name for name in names}
         values = {by_file_key[k]: v for k, v in data.items() if k in by_file_key}
@@ -123,6 +127,23 @@ class BakeRecord:
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "BakeRecord":
         return cls.from_dict(load_bake_record(directory), str(Path(directory) / BAKE_RECORD))
+
+    @classmethod
+    def from_pretrained_or_none(cls, directory: str | Path) -> "BakeRecord | None":
+        """The record, or None when `directory` has none that reads (missing, damaged, foreign, newer):
+        for readers that must survive any folder (reports, the check of a finished bake to reuse)."""
+        try:
+            return cls.from_pretrained(directory)
+        except BakingError:
+            return None
+
+
+def recorded_base_model(directory: str | Path) -> dict | None:
+    """baking.json's `base_model` object, even from a record too damaged (or too new) for BakeRecord: the
+    adapter check (artifacts.safety.check_base) needs only this, and must not pass a folder over the rest."""
+    record = read_json_object(Path(directory) / BAKE_RECORD)
+    base_model = record.get("base_model") if record is not None else None
+    return base_model if isinstance(base_model, dict) else None
 
 
 def load_bake_record(directory: str | Path) -> dict:
@@ -186,9 +207,9 @@ class BakeDir:
     def record(self) -> BakeRecord:
         return BakeRecord.from_pretrained(self.path)
 
-    def raw_record(self) -> dict | None:
-        """The record as it is on disk, or None: for readers that must survive any file (reports)."""
-        return read_json_object(self.record_path)
+    def record_or_none(self) -> BakeRecord | None:
+        """The record, or None when there is none that reads: for readers that must survive any folder."""
+        return BakeRecord.from_pretrained_or_none(self.path)
 
     # ------------------------------------------------------------------ held-out data
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..constants import PARTIAL_SUFFIX
 from ..errors import BakingError
 from .manifest import check_replaceable, not_ours, read_manifest
 
@@ -79,10 +78,6 @@ def check_apart(output: str | Path, inputs, *, option: str = "--output") -> None
 
 def _resolved(path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser())).resolve()
-
-
-def is_work_folder(folder: Path) -> bool:
-    return folder.name.startswith(".") and folder.name.endswith(PARTIAL_SUFFIX)
 
 
 def writable_dir(path: str | os.PathLike) -> Path:

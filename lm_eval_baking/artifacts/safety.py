@@ -27,11 +27,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..constants import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BAKE_RECORD, PICKLE_WEIGHTS
+from ..constants import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PICKLE_WEIGHTS
 from ..core import models
 from ..errors import BakingError
 from ..utils.jsonl import read_json_object
 from ..utils.text import first_line, quoted
+from .bake_dir import recorded_base_model
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,7 @@ def check_base(directory: str | os.PathLike, base_model: str | os.PathLike) -> N
     hashed locally (a hub id not downloaded) are left to PEFT's own shape checks.
     """
     directory = Path(directory)
-    record = read_json_object(directory / BAKE_RECORD)
-    recorded = record.get("base_model") if record else None
+    recorded = recorded_base_model(directory)
     if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
         return
     base_path = models.resolve_model(base_model)

@@ -18,15 +18,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..artifacts.lora import chain_id, export_chain, load_chain, merge_adapters
-from ..artifacts.manifest import write_owned_json
 from ..artifacts.outputs import check_apart, check_output
-from ..constants import ADAPTER_WEIGHTS, PURSUED_DIR, PURSUIT_FORMAT, PURSUIT_RECORD
+from ..artifacts.records import PursuitRecord
+from ..constants import ADAPTER_WEIGHTS, PURSUED_DIR, PURSUIT_RECORD
 from ..core import models
 from ..core.stats import compare_paired
 from ..training.bake import bake
 from ..training.config import BakeConfig, ResumeSettings
 from ..training.plan import check_before_work
-from ..utils.jsonl import read_json_object
 from .behaviour import format_difference
 from .config import PursuitSettings
 from .evaluators import Evaluator, checked_score, evaluator_name, evaluator_spec, reprompted_score, resolve_evaluator
@@ -93,7 +92,8 @@ def stop_decision(round_index: int, improvement: float | None, settings: Pursuit
 
 def _same_pursuit(config: BakeConfig):
     def same(folder: Path) -> bool:
-        return (read_json_object(folder / PURSUIT_RECORD) or {}).get("config") == config.to_dict()
+        record = PursuitRecord.from_pretrained_or_none(folder)
+        return record is not None and record.config == config.to_dict()
     return same
 
 
@@ -212,16 +212,16 @@ def _paired_difference(previous: list[float] | None, current: list[float] | None
 
 def _finished(output: Path, config: BakeConfig, settings: PursuitSettings, start: dict) -> PursuitResult | None:
     """The result of a pursuit already finished in `output` with these settings from this start, or None."""
-    record = read_json_object(output / PURSUIT_RECORD) or {}
-    if not (record.get("status") == "done" and record.get("config") == config.to_dict()
-            and record.get("settings") == asdict(settings) and record.get("start") == start
+    record = PursuitRecord.from_pretrained_or_none(output)
+    if not (record is not None and record.status == "done" and record.config == config.to_dict()
+            and record.settings == asdict(settings) and record.start == start
             and (output / PURSUED_DIR / ADAPTER_WEIGHTS).is_file()):
         return None
     try:
-        rounds = [RoundScore(**r) for r in record["rounds"]]
-        best = int(record["best_round"])
-        return PursuitResult(output=output, base_model=str(record["base_model"]), rounds=rounds,
-                             stop_reason=record["stop_reason"], best_round=best, pursued=output / PURSUED_DIR,
+        rounds = [RoundScore(**r) for r in record.rounds]
+        best = int(record.best_round)
+        return PursuitResult(output=output, base_model=str(record.base_model), rounds=rounds,
+                             stop_reason=record.stop_reason, best_round=best, pursued=output / PURSUED_DIR,
                              settings=settings, round_dirs=[output / f"round-{k}" for k in range(1, best + 1)])
     except (KeyError, TypeError, ValueError):
         return None  # a damaged record: pursue again (finished rounds are still reused)
@@ -230,22 +230,20 @@ def _finished(output: Path, config: BakeConfig, settings: PursuitSettings, start
 def _write_pursuit_record(output: Path, config: BakeConfig, settings: PursuitSettings, base_model: str,
                           rounds: list[RoundScore], stop_reason: str | None, best_round: int | None = None, *,
                           start: dict | None = None) -> None:
-    write_owned_json(output, "pursuit", PURSUIT_RECORD, {
-        "format": PURSUIT_FORMAT,
-        "format_version": 1,
-        "status": "done" if best_round is not None else "running",
-        "config": config.to_dict(),
-        "settings": asdict(settings),
-        "start": start,
-        "base_model": base_model,
-        "score": f"{settings.evaluator} (higher is better); round 0 is the unbaked base",
-        "rounds": [asdict(r) for r in rounds],
-        "stop_reason": stop_reason,
-        "stop_reason_text": STOP_REASONS.get(stop_reason),
-        "best_round": best_round,
-        "pursued": PURSUED_DIR if best_round is not None else None,
-        "note": "round-k is an adapter on the base with rounds 1..k-1 merged; pursued/ is the usable single adapter",
-    })
+    PursuitRecord(
+        status="done" if best_round is not None else "running",
+        config=config.to_dict(),
+        settings=asdict(settings),
+        start=start,
+        base_model=base_model,
+        score=f"{settings.evaluator} (higher is better); round 0 is the unbaked base",
+        rounds=[asdict(r) for r in rounds],
+        stop_reason=stop_reason,
+        stop_reason_text=STOP_REASONS.get(stop_reason),
+        best_round=best_round,
+        pursued=PURSUED_DIR if best_round is not None else None,
+        note="round-k is an adapter on the base with rounds 1..k-1 merged; pursued/ is the usable single adapter",
+    ).save_pretrained(output)
 
 
 def format_pursuit_table(result: PursuitResult) -> str:

@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 
 from ..artifacts.bake_dir import BakeDir, BakeRecord
 from ..artifacts.lora import export_chain, load_chain
-from ..artifacts.manifest import owned_directory, write_owned_json
+from ..artifacts.manifest import owned_directory
 from ..artifacts.outputs import check_apart, check_output
-from ..constants import COMBINED_DIR, JOINT_REFERENCE, REFERENCES_DIR, SEQUENCE_FORMAT, SEQUENCE_RECORD
+from ..artifacts.records import SequenceRecord
+from ..constants import COMBINED_DIR, JOINT_REFERENCE, REFERENCES_DIR, SEQUENCE_RECORD
 from ..core import models
 from ..core.batching import autocast
 from ..core.sampling import Trajectory, sample_trajectories
@@ -30,7 +31,6 @@ from ..training.bake import bake
 from ..training.config import BakeConfig, ResumeSettings
 from ..training.plan import check_before_work
 from ..utils.hashing import sha256_text
-from ..utils.jsonl import read_json_object
 from ..utils.text import quoted
 from .behaviour import CompositionTracker, format_behaviour_table
 from .config import ComposeSettings
@@ -97,8 +97,8 @@ def reference_answers(directory: Path, model, tokenizer, config: BakeConfig, bas
                progress: bool) -> QualityEvaluator:
     """The original base's held-out answers for one prompt, in a folder lm_eval's `--metadata bake=` can read
     (reused when it already holds them): what each prompt's quality is measured against."""
-    record = BakeDir(directory).raw_record() or {}
-    if record.get("config") == config.to_dict() and (record.get("base_model") or {}).get("sha256") == base_sha:
+    record = BakeDir(directory).record_or_none()
+    if record is not None and record.config == config.to_dict() and record.base_model.get("sha256") == base_sha:
         return QualityEvaluator.from_bake(directory, batch_size=config.batch_size * 2)
     heldout = _reference_heldout(model, tokenizer, config, progress)
     with owned_directory(directory, "reference") as staging:
@@ -143,8 +143,7 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
     settings = {"prompts": list(prompts), "cycles": cycles, "bake": {**base_config.to_dict(), "prompt": None},
                 "compose": asdict(compose)}
     check_apart(output, [base_config.questions, base_config.model])
-    check_output(output, overwrite=overwrite, what="sequence",
-                 same_run=lambda folder: (read_json_object(folder / SEQUENCE_RECORD) or {}).get("config") == settings)
+    check_output(output, overwrite=overwrite, what="sequence", same_run=lambda folder: _same_sequence(folder, settings))
     check_before_work(prompt_configs, output)
     base_model = models.resolve_model(base_config.model)
     base_sha = models.model_fingerprint(base_model)
@@ -195,26 +194,29 @@ def bake_sequence(prompts: list[str], base_config: BakeConfig, output: str | Pat
     return sequence
 
 
+def _same_sequence(folder: Path, settings: dict) -> bool:
+    record = SequenceRecord.from_pretrained_or_none(folder)
+    return record is not None and record.config == settings
+
+
 def _write_sequence_record(output: Path, settings: dict, base_model: str, n_prompts: int, *, status: str,
                            sequence: SequenceResult | None = None) -> None:
-    write_owned_json(output, "sequence", SEQUENCE_RECORD, {
-        "format": SEQUENCE_FORMAT,
-        "format_version": 1,
-        "status": status,
-        "config": settings,
-        "base_model": base_model,
-        "quality": "1 - MC-KL(original base + prompt k || model) / MC-KL(original base + prompt k || base), "
-                   "on references/prompt-k",
-        "references": [f"{REFERENCES_DIR}/prompt-{k}" for k in range(1, n_prompts + 1)],
-        "stages": [asdict(s) for s in sequence.stages] if sequence else [],
-        "quality_after_own_stage": sequence.quality_after_own_stage() if sequence else None,
-        "quality_after_sequence": sequence.quality_after_sequence() if sequence else None,
-        "combined": COMBINED_DIR if sequence else None,
-        "joint_prompt": sequence.joint_prompt if sequence else None,
-        "joint_quality": sequence.joint_quality if sequence else None,
-        "behaviour": sequence.behaviour.summaries() if sequence and sequence.behaviour else {},
-        "behaviour_scores": sequence.behaviour.scores() if sequence and sequence.behaviour else {},
-    })
+    SequenceRecord(
+        status=status,
+        config=settings,
+        base_model=base_model,
+        quality="1 - MC-KL(original base + prompt k || model) / MC-KL(original base + prompt k || base), "
+                "on references/prompt-k",
+        references=[f"{REFERENCES_DIR}/prompt-{k}" for k in range(1, n_prompts + 1)],
+        stages=[asdict(s) for s in sequence.stages] if sequence else [],
+        quality_after_own_stage=sequence.quality_after_own_stage() if sequence else None,
+        quality_after_sequence=sequence.quality_after_sequence() if sequence else None,
+        combined=COMBINED_DIR if sequence else None,
+        joint_prompt=sequence.joint_prompt if sequence else None,
+        joint_quality=sequence.joint_quality if sequence else None,
+        behaviour=sequence.behaviour.summaries() if sequence and sequence.behaviour else {},
+        behaviour_scores=sequence.behaviour.scores() if sequence and sequence.behaviour else {},
+    ).save_pretrained(output)
 
 
 def format_sequence_table(result: SequenceResult) -> str:

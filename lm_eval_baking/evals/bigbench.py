@@ -6,18 +6,17 @@ BIG-bench's task files ship inside PyPI's `bigbench` source distribution
 into lm_eval multiple-choice docs. After the first run no network is needed.
 
 We get it through pip, so a user's index, mirror and proxy settings apply:
-`pip download --no-deps bigbench==1.0.0`. Recent pip versions download the
-archive but then refuse to keep it, because its metadata declares a `file://`
-dependency. In that case we take the archive's address from pip's own index
-lookup (its verbose log) and fetch that file ourselves. Either way the
-archive's sha256 is checked against the pinned value.
+`pip download --no-deps --no-build-isolation --dest DIR bigbench==1.0.0`, and we
+take the archive pip leaves in DIR; its sha256 is checked against the pinned
+value. pip builds an sdist's metadata before it keeps the file, and when that
+build fails pip keeps nothing (pip 26.3: exit 1, "metadata-generation-failed",
+DIR empty); then the error says how to put the archive in the cache by hand.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import http.client
 import json
 import os
 import random
@@ -26,8 +25,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -244,43 +241,20 @@ def _ensure_sdist() -> Path:
 
 
 def _download(archive: Path) -> None:
+    """`pip download` into a scratch folder beside the archive; its sdist, checked, is renamed into place."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bigbench-download-", dir=archive.parent) as scratch:
-        fetched = _pip_download(Path(scratch))
-        if fetched is None:
-            fetched = Path(scratch) / SDIST_NAME
-            _fetch(_sdist_address_from_pip_log(Path(scratch) / "pip.log"), fetched)
+        # -q: pip's own errors (no index, metadata failed) still reach the terminal, its progress does not.
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-build-isolation",
+                   "--progress-bar", "off", "--dest", scratch, SDIST_REQUIREMENT]
+        status = run_child(command, stdout=subprocess.DEVNULL)
+        fetched = Path(scratch) / SDIST_NAME
+        if status != 0 or not fetched.is_file():
+            raise BakingError(f"pip could not find {SDIST_REQUIREMENT} or would not keep it (exit status {status}, "
+                              f"no {SDIST_NAME}; pip's message is above); {_manual_download_hint(archive)}")
         if _sha256(fetched) != SDIST_SHA256:
             raise BakingError(f"downloaded {SDIST_NAME} has the wrong sha256; {_manual_download_hint(archive)}")
         os.replace(fetched, archive)
-
-
-def _pip_download(scratch: Path) -> Path | None:
-    """Ask pip for the sdist; the archive's path, or None when pip fetched it but would not keep it."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--progress-bar", "off",
-               "-vvv", "--log", str(scratch / "pip.log"), "--dest", str(scratch / "dest"), SDIST_REQUIREMENT]
-    run_child(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    archive = scratch / "dest" / SDIST_NAME
-    return archive if archive.is_file() else None
-
-
-def _sdist_address_from_pip_log(log: Path) -> str:
-    """The archive's address as pip's index lookup found it ("Found link URL (from INDEX), version: ...")."""
-    text = log.read_text("utf-8", errors="replace") if log.is_file() else ""
-    match = re.search(r"Found link (\S+/" + re.escape(SDIST_NAME) + r")\S*", text)
-    if not match:
-        raise BakingError(f"pip could not find {SDIST_REQUIREMENT} on the package index; {_manual_download_hint(bigbench_dir() / SDIST_NAME)}")
-    return match.group(1)
-
-
-def _fetch(address: str, destination: Path) -> None:
-    try:
-        with open(destination, "wb") as out, urllib.request.urlopen(address, timeout=60) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                out.write(chunk)
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise BakingError(f"cannot download {SDIST_NAME} ({reason}); {_manual_download_hint(bigbench_dir() / SDIST_NAME)}") from None
 
 
 def _sha256(path: Path) -> str:

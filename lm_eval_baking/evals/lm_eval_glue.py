@@ -1,12 +1,13 @@
 """Running lm_eval from Python: finding tasks, checking task and metric names, evaluating a model in memory.
 
-Also `task_error`, how our tasks report bad input from inside lm_eval: one line, and `check_peft`,
-the adapter check every one of our task datasets runs first.
+Also `install_one_line_errors`, how our tasks' BakingErrors end the `lm_eval` command: one line,
+status 2; and `check_peft`, the adapter check every one of our task datasets runs first.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -26,26 +27,38 @@ _DEFAULT_METRICS = {
 }
 
 
-def running_lm_eval_cli() -> bool:
-    """True inside the `lm_eval` command (not when our own code calls lm_eval in-process)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    return Path(sys.argv[0]).name in ("lm_eval", "lm-eval") or getattr(spec, "name", "").startswith("lm_eval")
+def end_in_one_line(kind, error, traceback) -> None:
+    """sys.excepthook: a BakingError that nothing caught ends the process with its one line and status 2.
 
-
-def task_error(message: str) -> BakingError:
-    """The error our tasks raise for bad input, as one line wherever it surfaces.
-
-    Inside the `lm_eval` command a raised exception ends in a long traceback with
-    our message on its last line, so there the line is printed and the process
-    exits (status 2) instead. Our own in-process callers get a BakingError,
-    which our CLI prints as one line too. Use as `raise task_error(...)`.
+    Our tasks raise BakingError like the rest of the package, so an in-process caller (our own
+    code, a test, a script calling lm_eval.simple_evaluate) catches it as usual. Inside the `lm_eval`
+    command nothing catches it, and Python would print a long traceback with our message on its last
+    line; this prints only the line. Anything else keeps its traceback.
     """
-    if running_lm_eval_cli():
-        # A newline first: lm_eval's progress bar may have left the cursor mid-line.
-        print(f"\nlm-eval-baking: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
-    return BakingError(message)
+    if not isinstance(error, BakingError):
+        _previous_hook(kind, error, traceback)
+        return
+    # A newline first: lm_eval's progress bar may have left the cursor mid-line.
+    print(f"\nlm-eval-baking: error: {error}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    logging.shutdown()
+    # The interpreter would exit with status 1 after any excepthook; 2 is what our CLI gives a user error.
+    os._exit(2)
+
+
+_previous_hook = sys.excepthook
+
+
+def install_one_line_errors() -> None:
+    """Run when this module is imported: every module our task YAMLs name with `!function` imports it
+    (for `check_peft`), so the hook is on inside `lm_eval` before any of our task code runs."""
+    global _previous_hook
+    if sys.excepthook is not end_in_one_line:
+        _previous_hook = sys.excepthook
+        sys.excepthook = end_in_one_line
+
+
+install_one_line_errors()
 
 
 def check_peft(metadata: dict) -> None:
@@ -61,11 +74,8 @@ def check_peft(metadata: dict) -> None:
     if not isinstance(adapter, str) or not (Path(adapter) / ADAPTER_CONFIG).is_file():
         return
     base = metadata.get("pretrained")
-    try:
-        check_adapter(adapter, base_model=base if isinstance(base, str) else None,
-                      allow_pickle=str(metadata.get("allow_pickle", "")).lower() in ("1", "true", "yes"))
-    except BakingError as e:
-        raise task_error(str(e)) from None
+    check_adapter(adapter, base_model=base if isinstance(base, str) else None,
+                  allow_pickle=str(metadata.get("allow_pickle", "")).lower() in ("1", "true", "yes"))
 
 
 def task_manager_for(names: list[str], metadata: dict | None = None):

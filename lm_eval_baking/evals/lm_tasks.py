@@ -1,8 +1,9 @@
 """What our lm_eval task YAMLs name with `!function`: datasets, task classes, per-doc scoring, aggregations.
 
 Everything else about a task lives in its YAML (tasks/ at the repository root).
-Every bad input is refused with one line (`lm_eval_glue.task_error`), before
-lm_eval spends model time or prints a number that cannot be right.
+Every bad input is refused with a BakingError, before lm_eval spends model time or
+prints a number that cannot be right; inside the `lm_eval` command it ends the run
+in one line (`lm_eval_glue.end_in_one_line`, installed when lm_eval_glue is imported).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..core.stats import RESAMPLES, ratio_quality_ci
 from ..errors import BakingError
 from ..utils.text import quoted
 from .drift import early_minus_late, scorer_from_json, score_doc
-from .lm_eval_glue import check_peft, task_error
+from .lm_eval_glue import check_peft
 
 QUALITY_CI_RESAMPLES = RESAMPLES
 DEFAULT_SAMPLED_ANSWERS = 4
@@ -32,15 +33,15 @@ def find_bake(metadata: dict, task: str) -> BakeDir:
     adapter = metadata.get("peft")
     candidate = explicit or adapter
     if not candidate:
-        raise task_error(f"{task} needs a bake directory: pass --model_args pretrained=BASE,peft=BAKE_DIR, or "
+        raise BakingError(f"{task} needs a bake directory: pass --model_args pretrained=BASE,peft=BAKE_DIR, or "
                          "--metadata '{\"bake\": \"BAKE_DIR\"}' when scoring a model without the adapter")
     if not isinstance(candidate, str):
-        raise task_error(f"the bake must be named by a folder path, not {quoted(candidate)}; "
+        raise BakingError(f"the bake must be named by a folder path, not {quoted(candidate)}; "
                          "e.g. --metadata '{\"bake\": \"adapters/pirate\"}'")
     folder = BakeDir(candidate)
     if not folder.is_bake():
         how = "--metadata bake" if explicit else "the peft= adapter"
-        raise task_error(f"{how} {folder.path} has no {BAKE_RECORD}, so it carries no bake data; make one with "
+        raise BakingError(f"{how} {folder.path} has no {BAKE_RECORD}, so it carries no bake data; make one with "
                          "`lm-eval-baking bake`, or name the bake it came from with --metadata '{\"bake\": \"DIR\"}'")
     return folder
 
@@ -58,18 +59,15 @@ def mckl_dataset(**metadata) -> dict:
     """custom_dataset of baking_mckl: the bake's held-out trajectories with their teacher log-probs."""
     folder = find_bake(metadata, MCKL_TASK)
     check_peft(metadata)
-    try:
-        rows = folder.heldout_rows()
-    except BakingError as e:
-        raise task_error(str(e)) from None
+    rows = folder.heldout_rows()
     form = _prompt_form(folder)
     return _datasets([{**{f: row[f] for f in HELDOUT_FIELDS}, "prompt_form": form} for row in rows])
 
 
 def _prompt_form(folder: BakeDir) -> str:
     """chat | text: how the bake's answers were sampled (bakes made before text prompts existed: chat)."""
-    record = folder.raw_record() or {}
-    form = record.get("prompt_form")
+    record = folder.record_or_none()
+    form = record.prompt_form if record is not None else None
     return form if form in ("chat", "text") else "chat"
 
 
@@ -88,14 +86,14 @@ class MCKLTask(ConfigurableTask):
     def fewshot_context(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False,
                         fewshot_as_multiturn=False, chat_template=None, gen_prefix=None):
         if num_fewshot:
-            raise task_error(f"{MCKL_TASK} scores the bake's own held-out answers and takes no few-shot examples; "
+            raise BakingError(f"{MCKL_TASK} scores the bake's own held-out answers and takes no few-shot examples; "
                              "drop --num_fewshot")
         chat = bool(apply_chat_template and chat_template)
         if doc.get("prompt_form", "chat") == "chat" and not chat:
-            raise task_error(f"{MCKL_TASK} scores answers that were sampled inside the chat template: run lm_eval "
+            raise BakingError(f"{MCKL_TASK} scores answers that were sampled inside the chat template: run lm_eval "
                              "with --apply_chat_template (without it the KL and quality are meaningless)")
         if doc.get("prompt_form") == "text" and apply_chat_template:
-            raise task_error(f"{MCKL_TASK}: this bake's answers were sampled after a plain-text prompt, without the "
+            raise BakingError(f"{MCKL_TASK}: this bake's answers were sampled after a plain-text prompt, without the "
                              "chat template: run lm_eval without --apply_chat_template")
         return super().fewshot_context(doc, num_fewshot, system_instruction, apply_chat_template,
                                        fewshot_as_multiturn, chat_template, gen_prefix)
@@ -146,15 +144,12 @@ def drift_dataset(**metadata) -> dict:
     check_peft(metadata)
     path = folder.drift_docs_path
     if not path.is_file():
-        raise task_error(f"{path} not found; make it with `lm-eval-baking drift-data {folder.path}`")
-    try:
-        docs = folder.drift_docs()
-    except BakingError as e:
-        raise task_error(str(e)) from None
+        raise BakingError(f"{path} not found; make it with `lm-eval-baking drift-data {folder.path}`")
+    docs = folder.drift_docs()
     problems = [(line, problem) for line, doc in enumerate(docs, 1) if (problem := drift_doc_problem(doc))]
     if not docs or problems:
         where = f" (row {problems[0][0]} {problems[0][1]})" if problems else ""
-        raise task_error(f"{path} is empty or corrupt{where}; remake it with "
+        raise BakingError(f"{path} is empty or corrupt{where}; remake it with "
                          f"`lm-eval-baking drift-data {folder.path}`")
     return _datasets(docs)
 
@@ -209,9 +204,9 @@ class PersonaDriftTask(ConfigurableTask):
     def fewshot_context(self, doc, num_fewshot, system_instruction=None, apply_chat_template=False,
                         fewshot_as_multiturn=False, chat_template=None, gen_prefix=None):
         if num_fewshot:
-            raise task_error(f"{DRIFT_TASK} replays a conversation and takes no few-shot examples; drop --num_fewshot")
+            raise BakingError(f"{DRIFT_TASK} replays a conversation and takes no few-shot examples; drop --num_fewshot")
         if not (apply_chat_template and chat_template):
-            raise task_error(f"{DRIFT_TASK} replays a chat history: run lm_eval with --apply_chat_template")
+            raise BakingError(f"{DRIFT_TASK} replays a chat history: run lm_eval with --apply_chat_template")
         system = [{"role": "system", "content": system_instruction}] if system_instruction else []
         messages = system + list(doc["messages"]) + [{"role": "user", "content": doc["probe"]}]
         return chat_template(messages, add_generation_prompt=True)
@@ -220,7 +215,7 @@ class PersonaDriftTask(ConfigurableTask):
 def sampled_answers(metadata: dict) -> int:
     value = metadata.get("sampled_answers", DEFAULT_SAMPLED_ANSWERS)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise task_error(f"sampled_answers must be a whole number of 0 or more, not {quoted(value)}; "
+        raise BakingError(f"sampled_answers must be a whole number of 0 or more, not {quoted(value)}; "
                          "e.g. --metadata '{\"sampled_answers\": 2}'")
     return value
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..artifacts.bake_dir import BakeRecord
+from ..artifacts.records import PursuitRecord
 from ..constants import (
-    BAKE_FORMAT, BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_RECORD, FORGETTING_FORMAT, FORGETTING_RECORD,
-    PURSUIT_FORMAT, PURSUIT_RECORD,
+    BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_FORMAT_VERSION, CROSS_TASK_RECORD, FORGETTING_FORMAT,
+    FORGETTING_FORMAT_VERSION, FORGETTING_RECORD, PURSUIT_RECORD,
 )
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT
 from ..errors import BakingError
 from ..utils.hashing import sha256_text
-from ..utils.jsonl import read_json_object
+from ..utils.records import check_format_version
 from .derived import add_derived
 from .results_files import Skip, is_number, parse_results_file, read_json, task_metrics
 from .rows import (
@@ -83,24 +85,25 @@ def collect(paths, *, max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT) 
     collection = Collection(rows=[], bakes=[], pursuits=[], forgetting_reports=[], skipped=[], subtasks={})
     for path, kind in files:
         try:
+            if kind == "baking":
+                collection.bakes.append((str(path.parent), _owned_record(BakeRecord, path)))
+                continue
+            if kind == "pursuit":
+                collection.pursuits.append((str(path.parent), _owned_record(PursuitRecord, path)))
+                continue
             data = read_json(path)
             if kind == "results":
                 _add_results(path, data, rows, collection)
-            elif kind == "baking":
-                _check_record(data, BAKE_FORMAT, path)
-                collection.bakes.append((str(path.parent), data))
             elif kind == "cross_task":
-                _check_record(data, CROSS_TASK_FORMAT, path)
+                _check_record(data, CROSS_TASK_FORMAT, CROSS_TASK_FORMAT_VERSION, path)
                 if not isinstance(data.get("matrix"), dict):
                     raise Skip("a cross-task report without its matrix; rerun `lm-eval-baking cross-task`")
                 collection.cross_task_reports.append((str(path.parent), data))
-            elif kind == "pursuit":
-                _check_record(data, PURSUIT_FORMAT, path)
-                collection.pursuits.append((str(path.parent), data))
             else:
                 if data.get("format") != FORGETTING_FORMAT or not isinstance(data.get("per_doc"), dict):
                     raise Skip("not a `lm-eval-baking forgetting` report of this version (no per-doc scores); "
                                "rerun `lm-eval-baking forgetting`")
+                _check_record(data, FORGETTING_FORMAT, FORGETTING_FORMAT_VERSION, path)
                 collection.forgetting_reports.append((str(path.parent), data))
         except Skip as skip:
             collection.skipped.append(Skipped(str(path), str(skip)))
@@ -116,9 +119,22 @@ def collect(paths, *, max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT) 
     return collection
 
 
-def _check_record(data: dict, expected_format: str, path: Path) -> None:
+def _owned_record(record_type, path: Path):
+    """A record of ours read through its owner (BakeRecord, PursuitRecord...): format, version and legacy
+    keys are handled there; what it refuses is skipped with its reason."""
+    try:
+        return record_type.from_pretrained(path.parent)
+    except BakingError as e:
+        raise Skip(str(e)) from None
+
+
+def _check_record(data: dict, expected_format: str, known_version: int, path: Path) -> None:
     if data.get("format") != expected_format:
         raise Skip(f"not a {expected_format} record (format {data.get('format')!r})")
+    try:
+        check_format_version(data, known_version, str(path))
+    except BakingError as e:
+        raise Skip(str(e)) from None
 
 
 def _add_results(path: Path, data: dict, rows: dict[Variant, Row], collection: Collection) -> None:
@@ -212,16 +228,14 @@ def variant_kind(variant: Variant) -> str:
     if variant.adapter is None:
         return "prompted base" if variant.system_instruction else "base"
     adapter = Path(variant.adapter)
-    record = read_json_object(adapter / BAKE_RECORD)
+    record = BakeRecord.from_pretrained_or_none(adapter)
     if record is None:
         kind = "adapter"
-    elif record.get("kind") in ("chain_export", "pursuit_export"):
-        export = record.get("pursuit_export")
-        rounds = export.get("rounds") if isinstance(export, dict) else None
+    elif record.kind == "chain_export":
+        rounds = record.chain.get("rounds") if isinstance(record.chain, dict) else None
         kind = f"pursued ({_count(rounds, 'round')})" if isinstance(rounds, list) else "pursued"
-    elif record.get("kind") == "strength_export":
-        half_baking = record.get("half_baking")
-        strength = half_baking.get("strength") if isinstance(half_baking, dict) else None
+    elif record.kind == "strength_export":
+        strength = record.strength.get("strength") if isinstance(record.strength, dict) else None
         kind = f"strength {format(strength, 'g') if is_number(strength) else '–'}"
     elif adapter.name.startswith("round-") and (adapter.parent / PURSUIT_RECORD).is_file():
         kind = f"pursuit {adapter.name.replace('-', ' ')}"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from ..constants import FORGETTING_FORMAT
+from ..constants import FORGETTING_FORMAT, FORGETTING_FORMAT_VERSION
 from ..core.stats import CONFIDENCE, RESAMPLES, bonferroni_confidence, compare_paired, docs_needed, holm
 from ..core.verdicts import Verdict, combine, judge
 from ..utils.text import model_label
@@ -85,7 +85,7 @@ def build_report(base_model: str, adapters: list[str], tasks: list[str], per_doc
     """forgetting.json: `per_doc[None]` is the base model's {task: {doc_id: score}}, `per_doc[adapter]` each adapter's."""
     report = {
         "format": FORGETTING_FORMAT,
-        "format_version": 2,
+        "format_version": FORGETTING_FORMAT_VERSION,
         "base_model": base_model,
         "adapters": adapters,
         "tasks": tasks,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import math
 
+from ..artifacts.bake_dir import BakeRecord
+from ..artifacts.records import PursuitRecord
 from ..core.verdicts import Verdict
 from ..utils.text import model_label
 from .collect import display_path
@@ -32,11 +34,11 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def plot_kl_per_epoch(bakes: list[tuple[str, dict]]) -> bytes | None:
+def plot_kl_per_epoch(bakes: list[tuple[str, BakeRecord]]) -> bytes | None:
     """Held-out KL per answer token by epoch; epoch 0 is the unprompted base."""
     series = []
     for directory, record in bakes:
-        kl = record.get("kl") if isinstance(record.get("kl"), dict) else None
+        kl = record.kl if isinstance(record.kl, dict) else None
         try:
             points = [kl["unprompted_base"]] + [e["heldout_kl"] for e in kl["per_epoch"]]
             series.append((display_path(directory), [p["per_token"] for p in points],
@@ -57,14 +59,14 @@ def plot_kl_per_epoch(bakes: list[tuple[str, dict]]) -> bytes | None:
     return _png(fig)
 
 
-def plot_pursuit(pursuits: list[tuple[str, dict]]) -> bytes | None:
-    usable = [(d, r) for d, r in pursuits if r.get("rounds")]
+def plot_pursuit(pursuits: list[tuple[str, PursuitRecord]]) -> bytes | None:
+    usable = [(d, r) for d, r in pursuits if r.rounds]
     if not usable:
         return None
     plt = _pyplot()
     fig, (score_ax, kl_ax) = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
     for directory, record in usable:
-        rounds = record["rounds"]
+        rounds = record.rounds
         name = display_path(directory)
         xs = [r["round"] for r in rounds]
         score_ax.plot(xs, [r.get("score") for r in rounds], marker="o", label=f"{name}")
@@ -74,7 +76,7 @@ def plot_pursuit(pursuits: list[tuple[str, dict]]) -> bytes | None:
         kls = [(r["round"], r["heldout_kl"]) for r in rounds if is_number(r.get("heldout_kl"))]
         if kls:
             kl_ax.plot(*zip(*kls), marker="o", label=name)
-    evaluators = {str((r.get("settings") or {}).get("evaluator", "score")) for _, r in usable}
+    evaluators = {str((r.settings or {}).get("evaluator", "score")) for _, r in usable}
     score_ax.set(xlabel="pursuit round (0 = base)", ylabel=" / ".join(sorted(evaluators)))
     score_ax.set_title("score per round (higher is better)", fontsize=10)
     kl_ax.set(xlabel="pursuit round", ylabel="held-out KL / token")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..artifacts.bake_dir import BakeRecord
+from ..artifacts.records import PursuitRecord
 from ..constants import DRIFT_TASK, FORGETTING_GROUP, MCKL_TASK
 
 FORGETTING_METRIC = "acc"
@@ -115,8 +117,8 @@ class Skipped:
 @dataclass
 class Collection:
     rows: list[Row]
-    bakes: list[tuple[str, dict]]
-    pursuits: list[tuple[str, dict]]
+    bakes: list[tuple[str, BakeRecord]]
+    pursuits: list[tuple[str, PursuitRecord]]
     forgetting_reports: list[tuple[str, dict]]
     skipped: list[Skipped]
     subtasks: dict[str, list[str]]

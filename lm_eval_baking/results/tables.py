@@ -89,14 +89,14 @@ def bakes_table(collection: Collection) -> tuple[list[str], list[list[str]]]:
     header = ["bake", "prompt", "unprompted KL", "final KL", "ratio", "epochs", "wall time"]
     cells = []
     for directory, record in collection.bakes:
-        kl = record.get("kl")
+        kl = record.kl
         if not isinstance(kl, dict):
             continue  # pursuit/strength exports carry no KL of their own
         try:
             # The written adapter's KL: the best measured one (kl.kept) where recorded, else the last epoch's.
             base, final = kl["unprompted_base"], (kl.get("kept") or kl["per_epoch"][-1])["heldout_kl"]
-            seconds = sum((record.get("performance") or {}).get("seconds", {}).values())
-            cells.append([display_path(directory), _short(record["config"]["prompt"]),
+            seconds = sum((record.performance or {}).get("seconds", {}).values())
+            cells.append([display_path(directory), _short(record.config["prompt"]),
                           f"{base['per_token']:.4f} ± {base['per_token_stderr']:.4f}",
                           f"{final['per_token']:.4f} ± {final['per_token_stderr']:.4f}",
                           f"{kl['ratio_to_unprompted']:.1%}", str(len(kl["per_epoch"])), f"{seconds:.0f} s"])
@@ -110,15 +110,15 @@ def pursuit_tables(collection: Collection) -> list[tuple[str, str, list[str], li
     for directory, record in collection.pursuits:
         header = ["round", "score", "improvement", "with prompt again", "held-out KL to teacher", "KL ratio"]
         cells = []
-        for r in record.get("rounds") or []:
+        for r in record.rounds or []:
             label = "base" if r.get("round") == 0 else str(r.get("round"))
-            if r.get("round") == record.get("best_round"):
+            if r.get("round") == record.best_round:
                 label += " (best)"
             cells.append([label, _fmt(r.get("score"), ".4f"), _fmt(r.get("improvement"), "+.1%"),
                           _fmt(r.get("reprompted_score"), ".4f"), _fmt(r.get("heldout_kl"), ".4f"),
                           _fmt(r.get("kl_ratio"), ".1%")])
-        note = (f"score: {(record.get('settings') or {}).get('evaluator', '?')} (higher is better); "
-                f"stopped: {record.get('stop_reason_text') or record.get('status', '?')}")
+        note = (f"score: {(record.settings or {}).get('evaluator', '?')} (higher is better); "
+                f"stopped: {record.stop_reason_text or record.status or '?'}")
         tables.append((display_path(directory), note, header, cells))
     return tables
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -33,12 +36,13 @@ from ..utils.atomic import remove_stale_staging
 
 from .baker import LossDiverged, PromptBaker, attach_lora
 from .config import BakeConfig, ResumeSettings
+from .loop import TrainingLoop
 from .plan import BakePlan, plan_bake
 from .replay import Replay
 from .record import BestCheckpoint, Stopwatch, bake_record, environment, questions_sha256
 from .workdir import (
-    OutputWriteError, StopRequest, WorkDir, kept_note, load_trainable_state, rng_state, safetensors_error,
-    set_rng_state, trainable_state, write_error,
+    OutputWriteError, WorkDir, kept_note, load_trainable_state, safetensors_error, set_rng_state, trainable_state,
+    write_error,
 )
 
 @dataclass
@@ -128,39 +132,51 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
         work.release()
         raise BakingError(f"an interrupted bake of {output} is in {work.path}; pass --resume to continue it, "
                           "or --overwrite to start over")
-    progress = progress and workers.is_main
 
     with watch.phase("load"):
-        model_path = plan.model_path
         model, tokenizer = teacher or models.load_model(
-            model_path, device=workers.device or config.device, trust_remote_code=trust_remote_code,
+            plan.model_path, device=workers.device or config.device, trust_remote_code=trust_remote_code,
             dtype=config.dtype, load_in_4bit=config.load_in_4bit)
         # What a resumed run must match. The base's hash is cached (models.model_fingerprint), so only
         # the first bake on a base pays for reading its weights.
         identity = {"config": config.to_dict(), "questions_sha256": questions_sha256(config),
-                    "base_model_sha256": models.model_fingerprint(model_path), "teacher": teacher_id}
+                    "base_model_sha256": models.model_fingerprint(plan.model_path), "teacher": teacher_id}
 
     adopted = work.exists() and resume
     if adopted and workers.sharded:
         raise BakingError(f"resuming a bake sharded by {workers.engine} is not supported (its optimiser state is "
                           "split over the processes); rerun with --overwrite, or resume without the sharding config")
     if workers.is_main:
-        try:
-            if work.exists() and not resume:
-                work.discard()  # --overwrite without --resume: start over
-            if adopted:
-                work.adopt(identity)
-            else:
-                work.create(identity)
-        except OSError as e:
-            work.release()
-            raise write_error(e, work) from None
-        remove_stale_staging(output)  # now, not only at saving: a killed run's copy may hold much disk
+        _settle_work_folder(work, output, identity, discard=work.exists() and not resume, adopted=adopted)
     workers.barrier()  # the other processes read the folder the main process has just settled
+    with _released_on_failure(work, output, adopted):
+        result = _bake_into(work, plan, output, model, tokenizer, watch, workers,
+                            progress=progress and workers.is_main, settings=resume_settings, adopted=adopted,
+                            task=task, target_model=target_model, replay=replay)
+    workers.barrier()  # every process returns once the output is in place
+    return result
+
+
+def _settle_work_folder(work: WorkDir, output: Path, identity: dict, *, discard: bool, adopted: bool) -> None:
+    """The main process makes `work` this run's: discarded first (--overwrite), adopted (--resume) or created."""
     try:
-        result = _bake_into(work, plan, output, model, tokenizer, watch, workers, progress=progress,
-                            settings=resume_settings, adopted=adopted, task=task, target_model=target_model,
-                            replay=replay)
+        if discard:
+            work.discard()  # --overwrite without --resume: start over
+        if adopted:
+            work.adopt(identity)
+        else:
+            work.create(identity)
+    except OSError as e:
+        work.release()
+        raise write_error(e, work) from None
+    remove_stale_staging(output)  # now, not only at saving: a killed run's copy may hold much disk
+
+
+@contextmanager
+def _released_on_failure(work: WorkDir, output: Path, adopted: bool) -> Iterator[None]:
+    """Release the work folder's lock on any failure, and say in the error what became of the work so far."""
+    try:
+        yield
     except OutputWriteError:
         work.release()
         raise
@@ -183,51 +199,33 @@ def bake(config: BakeConfig | None = None, output: str | Path = "adapters/baked"
     except BaseException:
         work.release()
         raise
-    workers.barrier()  # every process returns once the output is in place
-    return result
 
 
-def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, watch: "Stopwatch", workers, *,
+def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, watch: Stopwatch, workers, *,
                progress: bool, settings: ResumeSettings, adopted: bool, task: dict | None = None,
                target_model=None, replay: Replay | None = None) -> BakeResult:
     """The bake proper, reading back from `work` whatever an earlier run finished and saving as it goes."""
-    config, model_path = plan.config, plan.model_path
+    config = plan.config
     sampler = model if target_model is None else target_model  # the prompted model whose answers are baked
     state = work.state()
     checkpoint = work.trainer()
     watch.add((checkpoint or state).get("seconds", {}))
     prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
 
+    # 1. Answers of the prompted model: sampled once, kept in the work folder.
     train = work.trajectories("train")
     if train is None:
-        with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
-            train = sample_trajectories(
-                sampler, tokenizer, plan.train_questions, system_prompt=prompt,
-                samples_per_question=config.samples_per_question, max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature, batch_size=config.generation_batch_size, seed=config.seed,
-                desc="sampling training answers", progress=progress, workers=workers,
-                capture_top_k=config.top_k if config.cache_teacher else None,
-            )
-        if replay is not None:
-            train = replay.mix(train, config.seed)
+        train = _sample_train(sampler, tokenizer, plan, prompt, model.device, watch, workers, progress, replay)
         work.save_trajectories("train", train)
         work.update_state(seconds=watch.seconds)
     heldout = work.trajectories("heldout")
     if heldout is None:
-        # Held-out answers estimate KL, so they must be true samples of the prompted model: T=1.
-        with watch.phase("sampling"), autocast(model.device, config.autocast_dtype):
-            heldout = sample_trajectories(
-                sampler, tokenizer, plan.heldout_questions, system_prompt=prompt,
-                samples_per_question=config.heldout_samples_per_question, max_new_tokens=config.max_new_tokens,
-                temperature=1.0, batch_size=config.generation_batch_size, seed=config.seed + 1,
-                desc="sampling held-out answers", progress=progress, workers=workers,
-            )
-        with watch.phase("scoring"):
-            score_heldout(sampler, tokenizer, heldout, prompt, batch_size=config.batch_size * 2,
-                          progress=progress, workers=workers)
+        heldout = _sample_and_score_heldout(sampler, tokenizer, plan, prompt, model.device, watch, workers,
+                                            progress)
         work.save_trajectories("heldout", heldout)
         work.update_state(seconds=watch.seconds)
 
+    # 2. The student, and the held-out KL of the unprompted base: what baking has to remove.
     model = attach_lora(model, config)  # seeded: the same fresh adapter in every run, before any restore
     baker = PromptBaker(model, tokenizer, config, progress=progress, workers=workers, teacher_model=target_model)
     if state.get("reference_kl"):
@@ -237,15 +235,17 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
             reference_kl = baker.heldout_kl(heldout, student_is_base=True)
         work.update_state(reference_kl=asdict(reference_kl), seconds=watch.seconds)
 
-    epochs: list[dict] = []
-    tracker = BestCheckpoint(config.keep_best)
+    # 3. Where training starts: a trainer checkpoint of an interrupted run, or the beginning.
+    loop = TrainingLoop(work=work, model=model, baker=baker, heldout=heldout, watch=watch, workers=workers,
+                        config=config, settings=settings, progress=progress,
+                        tracker=BestCheckpoint(config.keep_best))
     first_epoch, first_step, first_losses = 1, 0, []
     if checkpoint is not None:
         load_trainable_state(model, checkpoint["lora"])
         baker.optimizer.load_state_dict(checkpoint["optimizer"])
         set_rng_state(checkpoint["rng"])
-        epochs = list(checkpoint["epochs"])
-        tracker = BestCheckpoint.from_state(config.keep_best, checkpoint.get("tracker"))
+        loop.epochs = list(checkpoint["epochs"])
+        loop.tracker = BestCheckpoint.from_state(config.keep_best, checkpoint.get("tracker"))
         first_epoch, first_step, first_losses = checkpoint["epoch"], checkpoint["step"], checkpoint["losses"]
     resumed_from = {"epoch": first_epoch, "step": first_step} if adopted else None
     if adopted:
@@ -253,78 +253,88 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
         if progress:
             tqdm.write(f"resuming the bake in {work.path} at epoch {first_epoch}, step {first_step}")
 
-    def save_trainer(epoch: int, step: int, losses: list[float]) -> None:
-        if workers.sharded:
-            return  # nothing could resume it (see above); its gathers would also have to run on every process
-        work.save_trainer({
-            "epoch": epoch, "step": step, "losses": list(losses), "epochs": epochs,
-            "lora": trainable_state(model), "optimizer": baker.optimizer.state_dict(), "rng": rng_state(),
-            "seconds": dict(watch.seconds), "tracker": tracker.state(),
-        })
-
-    def measure(epoch: int, step: int) -> KLEstimate:
-        with watch.phase("evaluation"):
-            kl = baker.heldout_kl(heldout)
-        tracker.observe(epoch, step, kl, model)
-        return kl
-
+    # 4. Train: held-out KL after every epoch (and every --eval-every steps), the trainer saved as it goes.
     steps_per_epoch = plan.budget["steps_per_epoch"]
-    stop = StopRequest()
-    last_save = time.monotonic()
-    stop_message = f"training state saved in {work.path}"
-    with stop.installed():
+    loop.last_save = time.monotonic()
+    with loop.stop.installed():
         for epoch in range(first_epoch, config.epochs + 1):
-            def after_step(step: int, losses: list[float], epoch: int = epoch) -> None:
-                nonlocal last_save
-                done = (epoch - 1) * steps_per_epoch + step
-                measured = bool(config.eval_every) and done % config.eval_every == 0 and step < steps_per_epoch
-                if measured:
-                    kl = measure(epoch, step)
-                    if progress:
-                        tqdm.write(f"epoch {epoch} step {step}: held-out KL/token {kl.per_token:.4f}")
-                if measured or stop.requested or time.monotonic() - last_save >= settings.checkpoint_seconds:
-                    save_trainer(epoch, step, losses)
-                    last_save = time.monotonic()
-                if stop.requested:
-                    raise KeyboardInterrupt(stop_message)
-
             resumed = epoch == first_epoch
             with watch.phase("training"):
                 loss = baker.train_epoch(train, epoch, start=first_step if resumed else 0,
-                                         losses=first_losses if resumed else None, after_step=after_step)
-            kl = measure(epoch, steps_per_epoch)
-            epochs.append({"epoch": epoch, "train_loss": loss, "heldout_kl": asdict(kl)})
+                                         losses=first_losses if resumed else None,
+                                         after_step=partial(loop.after_step, epoch, steps_per_epoch))
+            kl = loop.measure(epoch, steps_per_epoch)
+            loop.epochs.append({"epoch": epoch, "train_loss": loss, "heldout_kl": asdict(kl)})
             work.save_epoch_adapter(model, epoch, trainable_state(model) if workers.sharded else None)
-            save_trainer(epoch + 1, 0, [])
-            last_save = time.monotonic()
+            loop.save_trainer(epoch + 1, 0, [])
+            loop.last_save = time.monotonic()
             if progress:
                 tqdm.write(f"epoch {epoch}: train KL {loss:.4f}, held-out KL/token {kl.per_token:.4f} "
                            f"(unprompted base {reference_kl.per_token:.4f})")
-            if stop.requested:
-                raise KeyboardInterrupt(stop_message)
+            loop.stop_if_asked()
 
-    tracker.restore(model)  # the lowest held-out KL's adapter (with keep_best), else the last one
+    # 5. The adapter kept, its record, and the bake folder.
+    loop.tracker.restore(model)  # the lowest held-out KL's adapter (with keep_best), else the last one
     answer_tokens = {"generated": sum(len(t.answer_ids) for t in train + heldout),
                      "trained": sum(len(t.answer_ids) for t in train) * config.epochs}
-    record = bake_record(config, model_path, teacher=work.state()["identity"].get("teacher"),
+    record = bake_record(config, plan.model_path, teacher=work.state()["identity"].get("teacher"),
                          questions_count=(len(plan.train_questions), len(plan.heldout_questions)),
-                         reference_kl=reference_kl, epochs=epochs, performance=watch.report(answer_tokens),
+                         reference_kl=reference_kl, epochs=loop.epochs, performance=watch.report(answer_tokens),
                          environment={**environment(model.device), "engine": workers.engine,
                                       "processes": workers.world},
-                         resumes=work.resumes(), tracker=tracker, plan=plan,
+                         resumes=work.resumes(), tracker=loop.tracker, plan=plan,
                          prompt_form=prompt.form, task=task)
     gathered = {"state_dict": trainable_state(model)} if workers.sharded else {}  # a collective: every process
     if work.writer:
-        with watch.phase("saving"), owned_directory(output, "bake") as staging:
-            # Copy, not move: a kill before the rename below must leave the work folder whole.
-            skip_hidden = shutil.ignore_patterns(".*")  # a half-written epoch checkpoint's staging folder
-            shutil.copytree(work.path / CHECKPOINTS_DIR, staging / CHECKPOINTS_DIR, ignore=skip_hidden)
-            shutil.copytree(work.path / DATA_DIR, staging / DATA_DIR, ignore=skip_hidden)
-            model.save_pretrained(staging, **gathered)
-            record.save_pretrained(staging)
-            BakeDir(staging).write_model_card(record)
+        with watch.phase("saving"):
+            _write_bake_folder(work, output, model, record, gathered)
         work.discard()  # the output is in place; a kill before this line leaves a folder the next run removes
     return _result(output, record, resumed_from=resumed_from)
+
+
+def _sample_train(sampler, tokenizer, plan: BakePlan, prompt: BakePrompt, device, watch: Stopwatch, workers,
+                  progress: bool, replay: Replay | None) -> list:
+    """The training answers: sampled at the configured temperature, then earlier prompts' answers mixed in."""
+    config = plan.config
+    with watch.phase("sampling"), autocast(device, config.autocast_dtype):
+        train = sample_trajectories(
+            sampler, tokenizer, plan.train_questions, system_prompt=prompt,
+            samples_per_question=config.samples_per_question, max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature, batch_size=config.generation_batch_size, seed=config.seed,
+            desc="sampling training answers", progress=progress, workers=workers,
+            capture_top_k=config.top_k if config.cache_teacher else None,
+        )
+    return train if replay is None else replay.mix(train, config.seed)
+
+
+def _sample_and_score_heldout(sampler, tokenizer, plan: BakePlan, prompt: BakePrompt, device, watch: Stopwatch,
+                              workers, progress: bool) -> list:
+    """The held-out answers with their prompted and unprompted log-probs."""
+    config = plan.config
+    # Held-out answers estimate KL, so they must be true samples of the prompted model: T=1.
+    with watch.phase("sampling"), autocast(device, config.autocast_dtype):
+        heldout = sample_trajectories(
+            sampler, tokenizer, plan.heldout_questions, system_prompt=prompt,
+            samples_per_question=config.heldout_samples_per_question, max_new_tokens=config.max_new_tokens,
+            temperature=1.0, batch_size=config.generation_batch_size, seed=config.seed + 1,
+            desc="sampling held-out answers", progress=progress, workers=workers,
+        )
+    with watch.phase("scoring"):
+        score_heldout(sampler, tokenizer, heldout, prompt, batch_size=config.batch_size * 2,
+                      progress=progress, workers=workers)
+    return heldout
+
+
+def _write_bake_folder(work: WorkDir, output: Path, model, record: BakeRecord, gathered: dict) -> None:
+    """The finished bake, staged and renamed into place: checkpoints and data copied from `work`, adapter, record."""
+    with owned_directory(output, "bake") as staging:
+        # Copy, not move: a kill before the rename below must leave the work folder whole.
+        skip_hidden = shutil.ignore_patterns(".*")  # a half-written epoch checkpoint's staging folder
+        shutil.copytree(work.path / CHECKPOINTS_DIR, staging / CHECKPOINTS_DIR, ignore=skip_hidden)
+        shutil.copytree(work.path / DATA_DIR, staging / DATA_DIR, ignore=skip_hidden)
+        model.save_pretrained(staging, **gathered)
+        record.save_pretrained(staging)
+        BakeDir(staging).write_model_card(record)
 
 
 def _result(output: Path, record: BakeRecord, *, reused: bool = False, resumed_from: dict | None = None) -> BakeResult:
@@ -335,7 +345,7 @@ def _result(output: Path, record: BakeRecord, *, reused: bool = False, resumed_f
                       final_kl=KLEstimate(**kept) if kept else epochs[-1], epoch_kl=epochs, reused=reused,
                       resumed_from=resumed_from, status=record.status, warnings=tuple(record.warnings),
                       prompt_form=record.prompt_form or "chat", kept=kl.get("kept"),
-                      training=record.extra.get("training"))
+                      training=record.training)
 
 
 def _forget_finished_work(work: WorkDir, config: BakeConfig) -> None:
@@ -355,8 +365,8 @@ def _existing_bake(output: Path, config: BakeConfig, overwrite: bool, teacher_id
     another bake without --overwrite."""
 
     def same_bake(folder: Path) -> bool:
-        record = BakeDir(folder).raw_record() or {}
-        return _with_defaults(record.get("config")) == config.to_dict() and record.get("teacher") == teacher_id
+        record = BakeDir(folder).record_or_none()
+        return record is not None and _with_defaults(record.config) == config.to_dict() and record.teacher == teacher_id
 
     check_output(output, overwrite=overwrite, what="bake", same_run=same_bake)
     if overwrite or not BakeDir(output).is_bake() or not same_bake(output):

@@ -199,5 +199,5 @@ def bake_record(config: BakeConfig, model_path: str, *, teacher: str | None = No
         versions=library_versions(), environment=environment or {}, resumes=resumes or [],
         rerun="lm-eval-baking bake with every `config` value as its --flag (and the same question file, checked by "
               "questions.sha256) on the base with base_model.sha256, same torch_threads for bitwise equality",
-        extra={"training": plan.to_record()} if plan else {},
+        training=plan.to_record() if plan else None,
     )

@@ -51,6 +51,7 @@ from ..core.sampling import Trajectory
 from ..errors import BakingError
 from ..utils.atomic import atomic_path, staged_directory, write_json, write_jsonl
 from ..utils.jsonl import read_jsonl
+from ..utils.records import check_format_version
 from ..utils.text import quoted
 
 STATE = WORK_STATE
@@ -148,6 +149,7 @@ class WorkDir:
         if not isinstance(state, dict) or state.get("format") != WORK_FORMAT or not isinstance(state.get("identity"), dict):
             raise BakingError(f"{self.path} is not a resumable bake (its {STATE} is missing or damaged); "
                               "pass --overwrite to start over")
+        check_format_version(state, WORK_FORMAT_VERSION, str(self.path / STATE))
         return state
 
     def update_state(self, **values) -> None:

@@ -20,7 +20,9 @@ from ..artifacts.bake_dir import BakeDir
 from ..artifacts.manifest import write_owned_bytes, write_owned_json
 from ..artifacts.outputs import check_apart, check_own_output, writable_dir
 from ..artifacts.safety import check_adapter
-from ..constants import CROSS_TASK_BAKES, CROSS_TASK_FORMAT, CROSS_TASK_HEATMAP, CROSS_TASK_RECORD
+from ..constants import (
+    CROSS_TASK_BAKES, CROSS_TASK_FORMAT, CROSS_TASK_FORMAT_VERSION, CROSS_TASK_HEATMAP, CROSS_TASK_RECORD,
+)
 from ..core import models
 from ..core.harness import LmEvalRun
 from ..core.prompts import resolve_form
@@ -87,7 +89,7 @@ def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConf
         scores[baked][baked]["k"] = run(bakes[baked], baked, shots[baked])
     _check_same_docs(scores, tasks)
 
-    report = {"format": CROSS_TASK_FORMAT, "format_version": 1, "base_model": base, "form": form, "tasks": tasks,
+    report = {"format": CROSS_TASK_FORMAT, "format_version": CROSS_TASK_FORMAT_VERSION, "base_model": base, "form": form, "tasks": tasks,
               "bakes": bakes, "num_fewshot": shots, "limit": settings.limit, "scores": scores,
               "lm_eval_commands": commands}
     report["matrix"] = build_matrix(tasks, scores, max_forgetting_drop_pct=settings.max_forgetting_drop_pct,

@@ -18,13 +18,12 @@ from pathlib import Path
 import yaml
 
 from ..artifacts.manifest import owned_directory
-from ..constants import LM_EVAL_RUN_STAMP, FORGETTING_GROUP
+from ..artifacts.records import LmEvalRunStamp
+from ..constants import FORGETTING_GROUP
 from ..core.harness import LmEvalRun, tasks_path
 from ..errors import BakingError
 from ..evals.bigbench import ensure_bigbench_tasks
-from ..utils.atomic import write_json
 from ..utils.hashing import sha256_file
-from ..utils.jsonl import read_json_object
 from ..utils.processes import run_child
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -44,10 +43,10 @@ def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str) ->
 
     `run.output_path` is ignored: lm_eval writes into a staging folder that becomes `output`.
     """
-    stamp = {"command": LmEvalRun(**{**run.__dict__, "output_path": str(output), "executable": "lm_eval",
-                                     "include_path": None}).shell(),
-             "inputs": input_hashes(inputs)}
-    if read_json_object(output / LM_EVAL_RUN_STAMP) == stamp and any(output.rglob("results_*.json")):
+    stamp = LmEvalRunStamp(command=LmEvalRun(**{**run.__dict__, "output_path": str(output), "executable": "lm_eval",
+                                                "include_path": None}).shell(),
+                           inputs=input_hashes(inputs))
+    if LmEvalRunStamp.from_pretrained_or_none(output) == stamp and any(output.rglob("results_*.json")):
         return False
     with owned_directory(output, "lm_eval run") as staging:
         argv = LmEvalRun(**{**run.__dict__, "output_path": str(staging), "executable": lm_eval_executable()}).argv()
@@ -56,7 +55,7 @@ def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str) ->
         if code != 0:
             raise BakingError(f"lm_eval failed for {label} (exit status {code}; its output is above); fix that and "
                               "rerun: finished steps are reused")
-        write_json(staging / LM_EVAL_RUN_STAMP, stamp)
+        stamp.save_pretrained(staging)
     return True
 
 

@@ -20,14 +20,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..artifacts.lora import export_chain, load_chain
-from ..artifacts.manifest import write_owned_json
 from ..artifacts.outputs import check_apart, check_output, made_by_us
+from ..artifacts.records import PipelineRecord
 from ..compose.behaviour import CompositionTracker, format_behaviour_table
 from ..compose.evaluators import QualityEvaluator, evaluator_name, resolve_evaluator
 from ..compose.pursuit import RoundScore, pursue, round_change
 from ..compose.sequence import reference_answers
 from ..compose.targets import BakedStage, BaseTeacher, stage_target
-from ..constants import ADAPTER_WEIGHTS, DRIFT_TASK, JOINT_REFERENCE, MCKL_TASK, PIPELINE_FORMAT, PIPELINE_RECORD
+from ..constants import ADAPTER_WEIGHTS, DRIFT_TASK, JOINT_REFERENCE, MCKL_TASK
 from ..core import models
 from ..core.harness import LmEvalRun
 from ..core.stats import compare_paired
@@ -310,21 +310,19 @@ def _fmt(value, spec: str) -> str:
 
 
 def _write_record(output: Path, recipe: Recipe, status: str, result: PipelineResult | None = None) -> None:
-    write_owned_json(output, "pipeline", PIPELINE_RECORD, {
-        "format": PIPELINE_FORMAT,
-        "format_version": 1,
-        "status": status,
-        "recipe": str(recipe.source) if recipe.source else None,
-        "stages": [asdict(s) for s in result.stages] if result else [],
-        "compose": asdict(recipe.compose),
-        "quality_kept": result.quality_kept() if result else None,
-        "behaviour": result.behaviour if result else {},
-        "pursued": result.pursued if result else {},
-        "checks": [asdict(c) for c in result.checks] if result else [],
-        "verdict": result.verdict if result else None,
-        "seconds": result.seconds if result else {},
-        "adapter": "adapter" if result else None,
-    })
+    PipelineRecord(
+        status=status,
+        recipe=str(recipe.source) if recipe.source else None,
+        stages=[asdict(s) for s in result.stages] if result else [],
+        compose=asdict(recipe.compose),
+        quality_kept=result.quality_kept() if result else None,
+        behaviour=result.behaviour if result else {},
+        pursued=result.pursued if result else {},
+        checks=[asdict(c) for c in result.checks] if result else [],
+        verdict=result.verdict if result else None,
+        seconds=result.seconds if result else {},
+        adapter="adapter" if result else None,
+    ).save_pretrained(output)
 
 
 class _Timer:

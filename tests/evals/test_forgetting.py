@@ -229,3 +229,54 @@ def test_a_failed_download_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(BakingError, match="pip could not find bigbench==1.0.0 .*put it at"):
         bigbench.ensure_bigbench_tasks([BIGBENCH_TASK])
     assert not list((tmp_path / "bigbench").glob("*.tar.gz")), "no partial archive left behind"
+
+
+def _local_index(folder: Path, version: str, install_requires: list[str]) -> Path:
+    """A find-links folder holding one small `bigbench` sdist with a task.json, as the real one lays them out."""
+    root = folder / "src" / f"bigbench-{version}"
+    task = root / "bigbench" / "benchmark_tasks" / "arithmetic" / "1_digit_addition"
+    task.mkdir(parents=True)
+    (task / "task.json").write_text(json.dumps({"name": "tiny", "examples": [
+        {"input": "1 + 1 =", "target_scores": {"2": 1, "3": 0}}]}))
+    (root / "setup.py").write_text(f"import setuptools\nsetuptools.setup(name='bigbench', version='{version}', "
+                                   f"packages=[], install_requires={install_requires!r})\n")
+    index = folder / "index"
+    index.mkdir()
+    import tarfile
+    with tarfile.open(index / f"bigbench-{version}.tar.gz", "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+    return index
+
+
+def _use_index(monkeypatch, tmp_path, index: Path, version: str) -> None:
+    monkeypatch.setattr(bigbench, "bigbench_dir", lambda: tmp_path / "cache" / "bigbench")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # the user's pip settings reach pip: here, only this folder
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    monkeypatch.setattr(bigbench, "SDIST_REQUIREMENT", f"bigbench=={version}")
+    monkeypatch.setattr(bigbench, "SDIST_NAME", f"bigbench-{version}.tar.gz")
+
+
+def test_the_archive_comes_from_pip_with_the_users_settings(tmp_path, monkeypatch):
+    # A `name @ file://` dependency does not stop pip 26 from keeping an sdist with --no-deps.
+    index = _local_index(tmp_path, "9.9.1", ["numpy", "t5 @ file:///nowhere/t5"])
+    _use_index(monkeypatch, tmp_path, index, "9.9.1")
+    monkeypatch.setattr(bigbench, "SDIST_SHA256", bigbench._sha256(index / "bigbench-9.9.1.tar.gz"))
+
+    bigbench.ensure_bigbench_tasks([BIGBENCH_TASK])
+    assert bigbench.convert_task(bigbench.task_file(BIGBENCH_TASK))[0]["label"] in (0, 1)
+    assert (tmp_path / "cache" / "bigbench" / "bigbench-9.9.1.tar.gz").is_file()
+    assert [p.name for p in (tmp_path / "cache" / "bigbench").iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_archive_pip_will_not_keep_or_with_the_wrong_hash_is_a_clear_error(tmp_path, monkeypatch):
+    # Metadata that setuptools rejects: pip builds it, fails, and leaves nothing in --dest.
+    index = _local_index(tmp_path, "9.9.2", ["file:///nowhere/t5"])
+    _use_index(monkeypatch, tmp_path, index, "9.9.2")
+    with pytest.raises(BakingError, match="pip could not find bigbench==9.9.2 or would not keep it .*put it at"):
+        bigbench.ensure_bigbench_tasks([BIGBENCH_TASK])
+
+    good = _local_index(tmp_path / "good", "9.9.2", [])
+    monkeypatch.setenv("PIP_FIND_LINKS", str(good))
+    with pytest.raises(BakingError, match="downloaded bigbench-9.9.2.tar.gz has the wrong sha256"):
+        bigbench.ensure_bigbench_tasks([BIGBENCH_TASK])
+    assert list((tmp_path / "cache" / "bigbench").iterdir()) == [], "nothing left behind"
