@@ -57,6 +57,15 @@ def generate_tasks(names: list[str], tasks_dir: Path, index: Path) -> None:
             hint = f"did you mean {', '.join(close)}?" if close else f"the names are {GENERATED_FAMILY}/N_digit_OP"
             raise BakingError(f"no BIG-bench task {quoted(name)} among those BIG-bench's arithmetic generator "
                               f"writes (N 1 to 5, OP addition, subtraction, multiplication or division); {hint}")
+    try:
+        _extend_index(index, list(_generate(names, tasks_dir)))
+    except OSError as e:  # a read-only or full data folder, a Python that cannot start
+        raise BakingError(f"cannot write BIG-bench's arithmetic tasks into {tasks_dir} ({quoted(str(e), 120)}); "
+                          "make that folder writable (or use another data folder) and rerun") from None
+
+
+def _generate(names: list[str], tasks_dir: Path) -> dict[str, bytes]:
+    """Generate, check, then write every missing generated task; {name: bytes} of all the generator wrote."""
     tasks_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bigbench-generate-", dir=tasks_dir.parent) as scratch:
         scratch = Path(scratch)
@@ -75,7 +84,7 @@ def generate_tasks(names: list[str], tasks_dir: Path, index: Path) -> None:
             target = tasks_dir / name / "task.json"
             if not target.is_file():  # a file already there (hand-placed, or from the archive) is kept
                 write_bytes(target, data)
-    _extend_index(index, list(files))
+    return files
 
 
 def download_generator(scratch: Path, tasks_dir: Path) -> Path:

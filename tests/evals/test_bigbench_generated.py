@@ -136,6 +136,16 @@ def test_a_task_the_generator_did_not_write_is_one_line_and_writes_nothing(data_
     assert task_files(data_dir) == []
 
 
+def test_a_data_folder_that_cannot_be_written_is_one_line(tmp_path, generator, monkeypatch):
+    generator()
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv(bigbench.BIGBENCH_DIR_ENV, str(not_a_folder))
+    with pytest.raises(BakingError) as error:
+        bigbench.ensure_bigbench_tasks([WANTED])
+    assert "cannot write BIG-bench's arithmetic tasks into" in one_line(error)
+
+
 def test_an_unknown_arithmetic_name_is_rejected_before_any_download(data_dir, generator):
     calls = generator()
     with pytest.raises(BakingError) as error:
