@@ -32,6 +32,7 @@ from ..errors import BakingError
 from ..core.models import cache_dir
 from ..utils.atomic import write_bytes
 from ..utils.processes import run_child
+from .bigbench_generated import generate_tasks, is_generated
 from .lm_eval_glue import check_peft
 
 SDIST_REQUIREMENT = "bigbench==1.0.0"
@@ -73,10 +74,16 @@ def ensure_bigbench_tasks(names: list[str]) -> Path:
     """Make sure `<cache>/bigbench/tasks/<name>/task.json` exists for every name.
 
     Downloads the sdist on first use and extracts only the missing task files,
-    in one streaming pass over the archive. Returns the `tasks` folder.
+    in one streaming pass over the archive. Without the archive, missing `arithmetic/...` tasks are written by
+    BIG-bench's own generator instead (evals/bigbench_generated.py: PyPI still has it, not the archive).
+    Returns the `tasks` folder.
     """
     _check_known(names)
     missing = [name for name in names if not task_file(name).is_file()]
+    generated = [name for name in missing if is_generated(name)]
+    if generated and not (bigbench_dir() / SDIST_NAME).is_file():
+        generate_tasks(generated, bigbench_dir() / "tasks", bigbench_dir() / INDEX_FILE)
+        missing = [name for name in missing if name not in generated]
     if missing:
         archive = _ensure_sdist()
         _extract_tasks(archive, missing)

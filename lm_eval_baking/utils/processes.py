@@ -32,10 +32,11 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def run_child(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
-              stdout: int | IO | None = None, stderr: int | IO | None = None) -> int:
+              stdout: int | IO | None = None, stderr: int | IO | None = None,
+              cwd: str | os.PathLike | None = None) -> int:
     """Run `argv` to its end and return its exit status (negative: killed by that signal); see the module doc."""
     process = subprocess.Popen(list(argv), env=None if env is None else dict(env), stdout=stdout, stderr=stderr,
-                               start_new_session=True, preexec_fn=_die_with_parent())
+                               cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent())
     try:
         return process.wait()
     except BaseException:

@@ -69,10 +69,15 @@ def input_hashes(inputs: list[Path]) -> dict[str, str]:
 
 
 def ensure_forgetting_data() -> None:
-    """Fetch the forgetting group's BIG-bench files now, with a visible step, not inside lm_eval."""
+    """Fetch the forgetting group's BIG-bench files now, with a visible step, not inside lm_eval.
+
+    Only the group's members: the folder's standalone tasks need the archive PyPI no longer serves."""
+    folder = tasks_path() / FORGETTING_GROUP
+    members = set(yaml.safe_load((folder / f"{FORGETTING_GROUP}.yaml").read_text("utf-8"))["task"])
     names = []
-    for path in sorted((tasks_path() / FORGETTING_GROUP).glob("*.yaml")):
-        task_name = (yaml.safe_load(path.read_text("utf-8")).get("dataset_kwargs") or {}).get("task_name")
-        if task_name:
+    for path in sorted(folder.glob("*.yaml")):
+        config = yaml.safe_load(path.read_text("utf-8"))
+        task_name = (config.get("dataset_kwargs") or {}).get("task_name")
+        if task_name and config.get("task") in members:
             names.append(task_name)
     ensure_bigbench_tasks(names)

@@ -43,5 +43,6 @@ def test_exact_match_wants_the_answer_alone():
 def test_the_fewshot_group_registers_with_lm_eval():
     manager = task_manager_for(["baking_fewshot"])
     assert "baking_fewshot" in manager.all_groups
-    assert {"baking_fewshot_plural", "baking_fewshot_past_tense", "baking_fewshot_negation",
-            "baking_fewshot_identity"} <= set(manager.all_tasks)
+    assert {"baking_fewshot_plural", "baking_fewshot_past_tense", "baking_fewshot_negation",  # standalone
+            "baking_fewshot_identity", "baking_fewshot_arithmetic_1_digit_multiplication",
+            "baking_fewshot_arithmetic_1_digit_subtraction"} <= set(manager.all_tasks)
