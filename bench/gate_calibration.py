@@ -27,7 +27,9 @@ from safetensors.torch import load_file, save_file
 from lm_eval_baking.artifacts.lora import export_strength
 from lm_eval_baking.core.verdicts import MAX_FORGETTING_DROP_PCT, false_fail_rate
 from lm_eval_baking.evals.forgetting import DEFAULT_TASKS, score_models
-from lm_eval_baking.results.forgetting import build_report, format_summary, rebuild_report, stored_per_doc
+from lm_eval_baking.results.forgetting import (
+    ForgettingRecord, build_report, format_summary, rebuild_report, stored_per_doc,
+)
 from lm_eval_baking.utils.atomic import write_json
 
 THRESHOLD_PCT = MAX_FORGETTING_DROP_PCT
@@ -63,8 +65,8 @@ def main() -> None:
         parser.error("--bake is needed to build the damaged adapters (or pass --rejudge)")
     if args.rejudge:
         summary = json.loads(args.output.read_text())
-        report = rebuild_report(summary["report"])
-        summarise(args, report, stored_per_doc(report), report["tasks"], report["adapters"], summary["seconds"])
+        report = rebuild_report(ForgettingRecord.from_dict(summary["report"], f"{args.output}'s report"))
+        summarise(args, report, stored_per_doc(report), report.tasks, report.adapters, summary["seconds"])
         return
 
     started = time.perf_counter()
@@ -79,14 +81,14 @@ def main() -> None:
     tasks = fp32.tasks
     per_doc = {adapter: {t: s.per_doc for t, s in by_task.items()} for adapter, by_task in fp32.scores.items()}
     if args.forgetting:
-        per_doc[None] = stored_per_doc(json.loads(args.forgetting.read_text()))[None]
+        per_doc[None] = stored_per_doc(ForgettingRecord.from_file(args.forgetting))[None]
     per_doc["base in bf16"] = {t: s.per_doc for t, s in bf16.scores[None].items()}
     compared = ["base in bf16", str(strength4), str(noisy)]
     report = build_report(fp32.base_model, compared, tasks, per_doc, THRESHOLD_PCT)
     summarise(args, report, per_doc, tasks, compared, time.perf_counter() - started)
 
 
-def summarise(args, report: dict, per_doc: dict, tasks: list[str], compared: list[str], seconds: float) -> None:
+def summarise(args, report: ForgettingRecord, per_doc: dict, tasks: list[str], compared: list[str], seconds: float) -> None:
     """Verdicts, false-FAIL rates over bootstrap replicates of the pooled docs, written to --output."""
     pooled_base = [v for t in tasks for _, v in sorted(per_doc[None][t].items())]
     rates = {}
@@ -96,12 +98,12 @@ def summarise(args, report: dict, per_doc: dict, tasks: list[str], compared: lis
                                       replicates=args.replicates)
     summary = {
         "threshold_pct": THRESHOLD_PCT,
-        "verdicts": {name: report["per_adapter"][name]["verdict"] for name in compared},
+        "verdicts": {name: report.per_adapter[name]["verdict"] for name in compared},
         "fail_rate_over_replicates": rates,
         "replicates": args.replicates,
         "noise_scale": NOISE,
         "seconds": seconds,
-        "report": report,
+        "report": report.to_dict(),
     }
     write_json(args.output, summary)
     print(format_summary(report))

@@ -9,10 +9,9 @@ the statistics change after an hour of evaluation: the scores stay valid, only t
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from lm_eval_baking.results.forgetting import format_summary, rebuild_report
+from lm_eval_baking.results.forgetting import ForgettingRecord, format_summary, rebuild_report
 from lm_eval_baking.utils.atomic import write_json
 
 
@@ -20,8 +19,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", type=Path, help="a forgetting.json written by `lm-eval-baking forgetting`")
     args = parser.parse_args()
-    report = rebuild_report(json.loads(args.report.read_text()))
-    write_json(args.report, report)
+    report = rebuild_report(ForgettingRecord.from_file(args.report))
+    write_json(args.report, report.to_dict())
     print(format_summary(report))
 
 

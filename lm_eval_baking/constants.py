@@ -52,7 +52,9 @@ CROSS_TASK_FORMAT = "lm-eval-baking/cross-task"
 CROSS_TASK_FORMAT_VERSION = 1
 CROSS_TASK_HEATMAP = "cross_task.png"
 CROSS_TASK_BAKES = "bakes"
+REPORT_RECORD = "report.json"
 REPORT_FORMAT = "lm-eval-baking/report"
+REPORT_FORMAT_VERSION = 1
 COMPARE_FORMAT = "lm-eval-baking/compare"  # `compare --json FILE`
 LM_EVAL_RUN_STAMP = "lm_eval_run.json"
 PIPELINE_RECORD = "pipeline.json"
@@ -70,7 +72,7 @@ MANIFEST_HASH_LIMIT = 16 << 20  # files up to 16 MiB are listed with their sha25
 
 # Records that outputs written before manifests hold: such a folder is not replaced (it has no manifest), but the
 # refusal says it may be an old output of ours, to delete by hand.
-LEGACY_RECORDS = (BAKE_RECORD, PURSUIT_RECORD, SEQUENCE_RECORD, FORGETTING_RECORD, CROSS_TASK_RECORD, "report.json",
+LEGACY_RECORDS = (BAKE_RECORD, PURSUIT_RECORD, SEQUENCE_RECORD, FORGETTING_RECORD, CROSS_TASK_RECORD, REPORT_RECORD,
                   PIPELINE_RECORD)
 
 # ---------------------------------------------------------------------------- names shared across layers

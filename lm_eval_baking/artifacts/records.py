@@ -42,6 +42,13 @@ class JsonRecord:
     """How to replace a damaged file: the end of the one-line error."""
     FORMAT_OPTIONAL: ClassVar[bool] = False
     """True for a record first written without `format`: such a file reads as this record."""
+    RENAMED: ClassVar[dict[str, str]] = {}
+    """Keys renamed without a new format version, {old: new}: a file with the old key reads as the new."""
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        """The file's keys as this version names them (RENAMED; a record with nested renames adds its own)."""
+        return {(cls.RENAMED[k] if k in cls.RENAMED and cls.RENAMED[k] not in data else k): v for k, v in data.items()}
 
     def to_dict(self) -> dict:
         data = {"format": self.FORMAT, "format_version": self.VERSION}
@@ -54,6 +61,7 @@ class JsonRecord:
         if not isinstance(data, dict) or (found != cls.FORMAT and not (found is None and cls.FORMAT_OPTIONAL)):
             raise BakingError(f"{where} is not a {cls.FORMAT} record (format {json.dumps(found)}); {cls.FIX}")
         check_format_version(data, cls.VERSION, where)
+        data = cls.upgrade(data)
         names = {f.name for f in fields(cls)} - {"extra"}
         extra = {k: v for k, v in data.items() if k not in names and k not in ("format", "format_version")}
         try:
@@ -67,11 +75,16 @@ class JsonRecord:
 
     @classmethod
     def from_pretrained(cls: type[R], directory: str | Path) -> R:
-        path = Path(directory) / cls.FILE
+        return cls.from_file(Path(directory) / cls.FILE, missing=f"{directory} has no {cls.FILE}")
+
+    @classmethod
+    def from_file(cls: type[R], path: str | Path, *, missing: str | None = None) -> R:
+        """The record in the file `path`, whatever its name (a copy, a file named on the command line)."""
+        path = Path(path)
         try:
             data = json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
-            raise BakingError(f"{directory} has no {cls.FILE}; {cls.FIX}") from None
+            raise BakingError(f"{missing or f'{path} does not exist'}; {cls.FIX}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise BakingError(f"{path} cannot be read ({type(e).__name__}); {cls.FIX}") from None
         return cls.from_dict(data, str(path))

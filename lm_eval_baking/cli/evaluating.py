@@ -103,7 +103,7 @@ def _run_forgetting(args) -> int:
     )
     print(format_summary(report))
     print(f"\nWrote {Path(args.output) / FORGETTING_RECORD} and {Path(args.output) / FORGETTING_HEATMAP}")
-    return EXIT_CODES[report["verdict"]]
+    return EXIT_CODES[report.verdict]
 
 
 def _run_cross_task(args) -> int:
@@ -122,4 +122,4 @@ def _run_cross_task(args) -> int:
                         trust_remote_code=args.trust_remote_code)
     print(format_summary(report))
     print(f"\nWrote {Path(args.output) / CROSS_TASK_RECORD} and {Path(args.output) / CROSS_TASK_HEATMAP}")
-    return EXIT_CODES[report["matrix"]["verdict"]]
+    return EXIT_CODES[report.matrix["verdict"]]

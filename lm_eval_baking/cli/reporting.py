@@ -64,18 +64,19 @@ def _run_check(args) -> int:
 
 
 def _run_check_matrix(args) -> int:
-    from ..constants import CROSS_TASK_RECORD
+    from dataclasses import replace
+
     from ..errors import BakingError
     from ..results.cross_task import format_summary, judge_report
-    from ..utils.jsonl import read_json_object
+    from ..results.cross_task_record import CrossTaskRecord
 
     settings = settings_from_args(CheckMatrixSettings, args)  # settings before files
-    path = settings.report / CROSS_TASK_RECORD if settings.report.is_dir() else settings.report
-    data = read_json_object(path)
-    if data is None:
-        raise BakingError(f"{path} is missing or not a JSON object; pass a `lm-eval-baking cross-task` output folder")
-    data["matrix"] = judge_report(data, max_forgetting_drop_pct=settings.max_forgetting_drop_pct,
-                                  min_share=settings.min_share)
-    print(format_summary(data))
+    path = settings.report / CrossTaskRecord.FILE if settings.report.is_dir() else settings.report
+    if not path.is_file():
+        raise BakingError(f"{path} is missing; pass a `lm-eval-baking cross-task` output folder")
+    report = CrossTaskRecord.from_file(path)
+    report = replace(report, matrix=judge_report(report, max_forgetting_drop_pct=settings.max_forgetting_drop_pct,
+                                                 min_share=settings.min_share))
+    print(format_summary(report))
     sys.stdout.flush()
-    return EXIT_CODES[data["matrix"]["verdict"]]
+    return EXIT_CODES[report.matrix["verdict"]]

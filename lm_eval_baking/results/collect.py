@@ -20,15 +20,13 @@ from pathlib import Path
 
 from ..artifacts.bake_dir import BakeRecord
 from ..artifacts.records import PursuitRecord
-from ..constants import (
-    BAKE_RECORD, CROSS_TASK_FORMAT, CROSS_TASK_FORMAT_VERSION, CROSS_TASK_RECORD, FORGETTING_FORMAT,
-    FORGETTING_FORMAT_VERSION, FORGETTING_RECORD, PURSUIT_RECORD,
-)
+from ..constants import BAKE_RECORD, CROSS_TASK_RECORD, FORGETTING_RECORD, PURSUIT_RECORD
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT
 from ..errors import BakingError
 from ..utils.hashing import sha256_text
-from ..utils.records import check_format_version
+from .cross_task_record import CrossTaskRecord
 from .derived import add_derived
+from .forgetting import ForgettingRecord
 from .results_files import Skip, is_number, parse_results_file, read_json, task_metrics
 from .rows import (
     DRIFT_TASK, FORGETTING_GROUP, FORGETTING_METRIC, HEADLINE_COLUMNS, Collection, Measurement, Row, Skipped,
@@ -91,20 +89,19 @@ def collect(paths, *, max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT) 
             if kind == "pursuit":
                 collection.pursuits.append((str(path.parent), _owned_record(PursuitRecord, path)))
                 continue
-            data = read_json(path)
-            if kind == "results":
-                _add_results(path, data, rows, collection)
-            elif kind == "cross_task":
-                _check_record(data, CROSS_TASK_FORMAT, CROSS_TASK_FORMAT_VERSION, path)
-                if not isinstance(data.get("matrix"), dict):
+            if kind == "cross_task":
+                record = _owned_record(CrossTaskRecord, path)
+                if not isinstance(record.matrix, dict) or not record.matrix:
                     raise Skip("a cross-task report without its matrix; rerun `lm-eval-baking cross-task`")
-                collection.cross_task_reports.append((str(path.parent), data))
-            else:
-                if data.get("format") != FORGETTING_FORMAT or not isinstance(data.get("per_doc"), dict):
-                    raise Skip("not a `lm-eval-baking forgetting` report of this version (no per-doc scores); "
-                               "rerun `lm-eval-baking forgetting`")
-                _check_record(data, FORGETTING_FORMAT, FORGETTING_FORMAT_VERSION, path)
-                collection.forgetting_reports.append((str(path.parent), data))
+                collection.cross_task_reports.append((str(path.parent), record))
+                continue
+            if kind == "forgetting":
+                record = _owned_record(ForgettingRecord, path)
+                if not isinstance(record.per_doc, dict):
+                    raise Skip("a forgetting report without its per-doc scores; rerun `lm-eval-baking forgetting`")
+                collection.forgetting_reports.append((str(path.parent), record))
+                continue
+            _add_results(path, read_json(path), rows, collection)
         except Skip as skip:
             collection.skipped.append(Skipped(str(path), str(skip)))
     _add_forgetting_reports(rows, collection)
@@ -120,19 +117,10 @@ def collect(paths, *, max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT) 
 
 
 def _owned_record(record_type, path: Path):
-    """A record of ours read through its owner (BakeRecord, PursuitRecord...): format, version and legacy
-    keys are handled there; what it refuses is skipped with its reason."""
+    """A record of ours read through its owner (BakeRecord, PursuitRecord, ForgettingRecord...): format,
+    version and legacy keys are handled there; what it refuses is skipped with its reason."""
     try:
         return record_type.from_pretrained(path.parent)
-    except BakingError as e:
-        raise Skip(str(e)) from None
-
-
-def _check_record(data: dict, expected_format: str, known_version: int, path: Path) -> None:
-    if data.get("format") != expected_format:
-        raise Skip(f"not a {expected_format} record (format {data.get('format')!r})")
-    try:
-        check_format_version(data, known_version, str(path))
     except BakingError as e:
         raise Skip(str(e)) from None
 
@@ -189,8 +177,8 @@ def _add_forgetting_reports(rows: dict[Variant, Row], collection: Collection) ->
     """
     for source, report in collection.forgetting_reports:
         try:
-            base_model = str(report["base_model"])
-            for name, per_task in report["per_doc"].items():
+            base_model = str(report.base_model)
+            for name, per_task in report.per_doc.items():
                 variant = Variant(base_model) if name == "base" else Variant(base_model, str(name))
                 row = rows.setdefault(variant, Row(variant))
                 for task, docs in per_task.items():
@@ -201,9 +189,9 @@ def _add_forgetting_reports(rows: dict[Variant, Row], collection: Collection) ->
                 if key not in row.metrics and means:
                     row.metrics[key] = Measurement(sum(means) / len(means), None, True, source)
                     row.sources.append(source)
-            collection.subtasks.setdefault(FORGETTING_GROUP, list(report["tasks"]))
+            collection.subtasks.setdefault(FORGETTING_GROUP, list(report.tasks))
         except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
-            collection.skipped.append(Skipped(source + "/forgetting.json", f"incomplete forgetting report ({e})"))
+            collection.skipped.append(Skipped(f"{source}/{FORGETTING_RECORD}", f"incomplete forgetting report ({e})"))
 
 
 # ---------------------------------------------------------------------------- variant labels

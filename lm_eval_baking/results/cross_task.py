@@ -22,7 +22,6 @@ import math
 
 import numpy as np
 
-from ..constants import CROSS_TASK_FORMAT
 from ..core.stats import CONFIDENCE, RESAMPLES, bonferroni_confidence, compare_paired, ratio_quality_ci
 from ..core.verdicts import (
     MAX_FORGETTING_DROP_PCT, Verdict, combine, docs_to_resolve, finite_ci, judge, judge_bound, refuse_impossible,
@@ -30,6 +29,7 @@ from ..core.verdicts import (
 )
 from ..errors import BakingError
 from ..utils.text import listed, quoted
+from .cross_task_record import CrossTaskRecord
 from .settings import DEFAULT_MIN_SHARE, check_matrix_settings
 
 DEFAULT_CONFIDENCE, N_BOOT = CONFIDENCE, RESAMPLES
@@ -49,7 +49,7 @@ def build_matrix(tasks: list[str], scores: dict, *, max_forgetting_drop_pct: flo
                      for evaluated in tasks} for baked in tasks}
     verdicts = [cell["verdict"] for row in cells.values() for cell in row.values()]
     overall = combine(verdicts)
-    return {"tasks": tasks, "cells": cells, "verdict": overall, "threshold_pct": max_forgetting_drop_pct,
+    return {"tasks": tasks, "cells": cells, "verdict": overall, "max_forgetting_drop_pct": max_forgetting_drop_pct,
             "min_share": min_share, "confidence": confidence, "cell_confidence": level,
             "counts": {v.value: verdicts.count(v.value) for v in Verdict}}
 
@@ -129,16 +129,15 @@ def _diagonal(scores, task, level, min_share) -> dict:
             "reason": reason + (f"; {resolve_text(docs)}" if docs else "")}
 
 
-def judge_report(report: dict, *, max_forgetting_drop_pct: float | None = None, min_share: float | None = None) -> dict:
+def judge_report(report: CrossTaskRecord, *, max_forgetting_drop_pct: float | None = None,
+                 min_share: float | None = None) -> dict:
     """The matrix of a cross_task.json, recomputed from its per-doc scores (with other thresholds if given)."""
-    if not isinstance(report, dict) or report.get("format") != CROSS_TASK_FORMAT:
-        raise BakingError("not a cross-task report (cross_task.json written by `lm-eval-baking cross-task`)")
-    tasks = report.get("tasks")
-    if not isinstance(tasks, list) or not tasks or not isinstance(report.get("scores"), dict):
+    tasks = report.tasks
+    if not isinstance(tasks, list) or not tasks or not isinstance(report.scores, dict):
         raise BakingError("the cross-task report lacks its tasks or scores; rerun `lm-eval-baking cross-task`")
-    matrix = report.get("matrix") or {}
-    return build_matrix(tasks, report["scores"],
-                        max_forgetting_drop_pct=(matrix.get("threshold_pct", MAX_FORGETTING_DROP_PCT)
+    matrix = report.matrix if isinstance(report.matrix, dict) else {}
+    return build_matrix(tasks, report.scores,
+                        max_forgetting_drop_pct=(matrix.get("max_forgetting_drop_pct", MAX_FORGETTING_DROP_PCT)
                                                  if max_forgetting_drop_pct is None else max_forgetting_drop_pct),
                         min_share=matrix.get("min_share", DEFAULT_MIN_SHARE) if min_share is None else min_share,
                         confidence=matrix.get("confidence", DEFAULT_CONFIDENCE))
@@ -163,15 +162,15 @@ def _ci_percent(ci) -> str:
     return f"[{low}, {high}]"
 
 
-def own_task_table(report: dict) -> tuple[list[str], list[list[str]]]:
+def own_task_table(report: CrossTaskRecord) -> tuple[list[str], list[list[str]]]:
     """One row per task: base 0/k-shot, baked 0/k-shot, gain and share kept, each difference with its CI."""
-    matrix = report["matrix"]
+    matrix = report.matrix
     header = ["task", "n", "base 0-shot", "base k-shot", "k-shot gain [CI]", "baked 0-shot", "gain [CI]",
               "share kept [CI]", "baked k-shot", "vs base k-shot [CI]", "verdict"]
     cells = []
     for task in matrix["tasks"]:
         c = matrix["cells"][task][task]
-        k = report.get("num_fewshot", {}).get(task, "k")
+        k = report.num_fewshot.get(task, "k")
         reprompt = ("n/a", "n/a") if "baked_kshot" not in c else (
             f"{c['baked_kshot']:.3f}", f"{_points(c['reprompt_vs_base_kshot'])} {_ci_points(c['reprompt_vs_base_kshot_ci'])}")
         cells.append([f"{task} (k={k})", str(c["n"]), f"{c['base']:.3f}", f"{c['base_kshot']:.3f}",
@@ -181,9 +180,9 @@ def own_task_table(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
-def matrix_table(report: dict) -> tuple[list[str], list[list[str]]]:
+def matrix_table(report: CrossTaskRecord) -> tuple[list[str], list[list[str]]]:
     """Rows: the task baked; columns: the task evaluated 0-shot. Off the diagonal: change in points vs base 0-shot."""
-    matrix = report["matrix"]
+    matrix = report.matrix
     tasks = matrix["tasks"]
     header = ["baked \\ evaluated"] + tasks
     cells = []
@@ -202,10 +201,10 @@ def matrix_table(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
-def format_summary(report: dict) -> str:
+def format_summary(report: CrossTaskRecord) -> str:
     """Plain text for the terminal: the own-task table, the matrix and the verdict."""
-    matrix = report["matrix"]
-    lines = [f"Cross-task matrix on {report.get('base_model')} ({report.get('form')} form), "
+    matrix = report.matrix
+    lines = [f"Cross-task matrix on {report.base_model} ({report.form} form), "
              f"CIs at {matrix['cell_confidence']:.2%} (Bonferroni over {len(matrix['tasks']) ** 2} cells); "
              "scores and changes in points (exact match × 100)", ""]
     for header, cells in (own_task_table(report), matrix_table(report)):
@@ -218,5 +217,5 @@ def format_summary(report: dict) -> str:
     for baked, evaluated, c in unresolved:
         lines.append(f"{c['verdict']}: bake of {baked} on {evaluated}: {c['reason']}")
     lines.append(f"verdict: {matrix['verdict']} ({listed(f'{v} {n}' for v, n in matrix['counts'].items())}; "
-                 f"allowed drop {matrix['threshold_pct']}%, least share kept {matrix['min_share']:.0%})")
+                 f"allowed drop {matrix['max_forgetting_drop_pct']}%, least share kept {matrix['min_share']:.0%})")
     return "\n".join(lines)

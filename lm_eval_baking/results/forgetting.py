@@ -24,12 +24,47 @@ INCONCLUSIVE otherwise.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
-from ..constants import FORGETTING_FORMAT, FORGETTING_FORMAT_VERSION
+from ..artifacts.records import JsonRecord
+from ..constants import FORGETTING_FORMAT, FORGETTING_FORMAT_VERSION, FORGETTING_RECORD
 from ..core.stats import CONFIDENCE, RESAMPLES, bonferroni_confidence, compare_paired, docs_needed, holm
 from ..core.verdicts import Verdict, combine, judge
 from ..utils.text import model_label
 
+
+@dataclass
+class ForgettingRecord(JsonRecord):
+    """forgetting.json, written by `lm-eval-baking forgetting` (workflows/forgetting.py), read by the report and
+    by bench/ re-judging: every doc's score, each adapter's paired change per task and pooled, its verdict."""
+
+    FILE: ClassVar[str] = FORGETTING_RECORD
+    FORMAT: ClassVar[str] = FORGETTING_FORMAT
+    VERSION: ClassVar[int] = FORGETTING_FORMAT_VERSION
+    KIND: ClassVar[str] = "forgetting report"
+    FIX: ClassVar[str] = "rerun `lm-eval-baking forgetting`"
+    RENAMED: ClassVar[dict[str, str]] = {"threshold_pct": "max_forgetting_drop_pct"}  # its name before issue 26
+
+    base_model: str
+    adapters: list[str]
+    tasks: list[str]
+    max_forgetting_drop_pct: float
+    per_doc: dict
+    """{"base" | adapter: {task: {doc_id (a string): score}}}: what every verdict is judged again from."""
+    per_adapter: dict = field(default_factory=dict)
+    """{adapter: judge_adapter's dict}."""
+    verdict: str | None = None
+    passed: bool = False
+    metrics: dict = field(default_factory=dict)
+    """{task: the lm_eval metric scored}."""
+    method: str | None = None
+    base: dict = field(default_factory=dict)
+    """{task: the base model's mean score}."""
+    limit: int | float | None = None
+    device: str | None = None
+    apply_chat_template: bool | None = None
+    extra: dict = field(default_factory=dict)
 
 
 def paired_docs(base: dict[int, float], other: dict[int, float]) -> tuple[list[float], list[float]]:
@@ -81,44 +116,44 @@ def _cell(comparison, threshold: float) -> dict:
 
 
 def build_report(base_model: str, adapters: list[str], tasks: list[str], per_doc: dict, max_forgetting_drop_pct: float,
-                 *, metrics: dict[str, str] | None = None) -> dict:
+                 *, metrics: dict[str, str] | None = None) -> ForgettingRecord:
     """forgetting.json: `per_doc[None]` is the base model's {task: {doc_id: score}}, `per_doc[adapter]` each adapter's."""
-    report = {
-        "format": FORGETTING_FORMAT,
-        "format_version": FORGETTING_FORMAT_VERSION,
-        "base_model": base_model,
-        "adapters": adapters,
-        "tasks": tasks,
-        "metrics": metrics or {},
-        "threshold_pct": max_forgetting_drop_pct,  # the file format's key, kept so older reports still read
-        "method": "paired per doc: McNemar exact (0/1 scores) or sign-flip permutation p; percentile bootstrap CIs "
-                  f"({RESAMPLES} resamples), for 0/1 scores widened to hold the exact conditional (Clopper-Pearson) "
-                  "interval; per-task verdicts at Bonferroni-level CIs, Holm-adjusted p; group pooled over all docs "
-                  "at 95%",
-        "base": {task: _mean(per_doc[None][task]) for task in tasks},
-        "per_adapter": {adapter: judge_adapter(per_doc[None], per_doc[adapter], max_forgetting_drop_pct)
-                        for adapter in adapters},
-    }
-    report["verdict"] = combine([report["per_adapter"][a]["verdict"] for a in adapters])
-    report["passed"] = report["verdict"] == Verdict.PASS.value
-    report["per_doc"] = {"base" if adapter is None else adapter: {task: {str(d): s for d, s in sorted(scores.items())}
-                                          for task, scores in per_doc[adapter].items()}
-                         for adapter in [None, *adapters]}
-    return report
+    per_adapter = {adapter: judge_adapter(per_doc[None], per_doc[adapter], max_forgetting_drop_pct)
+                   for adapter in adapters}
+    verdict = combine([per_adapter[a]["verdict"] for a in adapters])
+    return ForgettingRecord(
+        base_model=base_model,
+        adapters=adapters,
+        tasks=tasks,
+        metrics=metrics or {},
+        max_forgetting_drop_pct=max_forgetting_drop_pct,
+        method="paired per doc: McNemar exact (0/1 scores) or sign-flip permutation p; percentile bootstrap CIs "
+               f"({RESAMPLES} resamples), for 0/1 scores widened to hold the exact conditional (Clopper-Pearson) "
+               "interval; per-task verdicts at Bonferroni-level CIs, Holm-adjusted p; group pooled over all docs "
+               "at 95%",
+        base={task: _mean(per_doc[None][task]) for task in tasks},
+        per_adapter=per_adapter,
+        verdict=verdict,
+        passed=verdict == Verdict.PASS.value,
+        per_doc={"base" if adapter is None else adapter: {task: {str(d): s for d, s in sorted(scores.items())}
+                                                          for task, scores in per_doc[adapter].items()}
+                 for adapter in [None, *adapters]},
+    )
 
 
-def stored_per_doc(report: dict) -> dict:
+def stored_per_doc(report: ForgettingRecord) -> dict:
     """A forgetting.json's per-doc scores as `build_report` takes them: the base model under None."""
     return {None if name == "base" else name: {task: {int(d): v for d, v in scores.items()}
                                                for task, scores in by_task.items()}
-            for name, by_task in report["per_doc"].items()}
+            for name, by_task in report.per_doc.items()}
 
 
-def rebuild_report(report: dict) -> dict:
+def rebuild_report(report: ForgettingRecord) -> ForgettingRecord:
     """A forgetting.json judged again from its own per-doc scores with today's statistics (no model runs)."""
-    rebuilt = build_report(report["base_model"], report["adapters"], report["tasks"], stored_per_doc(report),
-                           report["threshold_pct"], metrics=report.get("metrics"))
-    return {**report, **rebuilt}
+    rebuilt = build_report(report.base_model, report.adapters, report.tasks, stored_per_doc(report),
+                           report.max_forgetting_drop_pct, metrics=report.metrics)
+    return replace(rebuilt, limit=report.limit, device=report.device,
+                   apply_chat_template=report.apply_chat_template, extra=report.extra)
 
 
 def _mean(scores: dict[int, float]) -> float:
@@ -139,27 +174,27 @@ def change_text(cell: dict | None) -> str:
     return f"{100 * rel:+.1f}% [{bounds}] {cell['verdict']}"
 
 
-def format_summary(report: dict) -> str:
+def format_summary(report: ForgettingRecord) -> str:
     """A plain-text table: one row per task, one column per adapter, then each adapter's group verdict."""
-    adapters = report["adapters"]
+    adapters = report.adapters
     names = [model_label(a) for a in adapters]
-    width = max(len("task"), *(len(short_task(t)) for t in report["tasks"]))
+    width = max(len("task"), *(len(short_task(t)) for t in report.tasks))
     cols = [max(30, len(n)) for n in names]
     header = f"{'task':<{width}}  {'base':>6}" + "".join(f"  {n:>{w}}" for n, w in zip(names, cols))
     lines = [header, "-" * len(header)]
-    for task in report["tasks"]:
-        row = f"{short_task(task):<{width}}  {report['base'][task]:>6.3f}"
+    for task in report.tasks:
+        row = f"{short_task(task):<{width}}  {report.base[task]:>6.3f}"
         for adapter, w in zip(adapters, cols):
-            row += f"  {change_text(report['per_adapter'][adapter]['per_task'].get(task)):>{w}}"
+            row += f"  {change_text(report.per_adapter[adapter]['per_task'].get(task)):>{w}}"
         lines.append(row)
     lines.append("")
     for adapter, name in zip(adapters, names):
-        result = report["per_adapter"][adapter]
+        result = report.per_adapter[adapter]
         group = result["group"]
         needed = group.get("docs_needed_for_threshold") if group else None
-        need_text = f"; a {report['threshold_pct']}% drop needs about {needed} docs to be detected" if needed else ""
+        need_text = f"; a {report.max_forgetting_drop_pct}% drop needs about {needed} docs to be detected" if needed else ""
         lines.append(f"{name}: all docs pooled (n={group['comparison']['n'] if group else 0}) "
-                     f"{change_text(group)}; verdict {result['verdict']} at a {report['threshold_pct']}% "
+                     f"{change_text(group)}; verdict {result['verdict']} at a {report.max_forgetting_drop_pct}% "
                      f"allowed drop{need_text}")
     return "\n".join(lines)
 

@@ -10,7 +10,8 @@ from ..artifacts.records import PursuitRecord
 from ..core.verdicts import Verdict
 from ..utils.text import model_label
 from .collect import display_path
-from .forgetting import short_task
+from .cross_task_record import CrossTaskRecord
+from .forgetting import ForgettingRecord, short_task
 from .results_files import is_number
 from .rows import Collection, Row, Skipped
 
@@ -166,13 +167,13 @@ def _painted(cell: dict | None) -> float:
     return 100 * cell["comparison"]["relative_change"] if cell["changed"] else 0.0
 
 
-def report_heatmap(report: dict) -> bytes:
+def report_heatmap(report: ForgettingRecord) -> bytes:
     """The heatmap of a forgetting.json written by `lm-eval-baking forgetting`."""
-    judged = [(model_label(a), report["per_adapter"][a]) for a in report["adapters"]]
-    return forgetting_heatmap(judged, report["threshold_pct"])
+    judged = [(model_label(a), report.per_adapter[a]) for a in report.adapters]
+    return forgetting_heatmap(judged, report.max_forgetting_drop_pct)
 
 
-def cross_task_heatmap(report: dict) -> bytes:
+def cross_task_heatmap(report: CrossTaskRecord) -> bytes:
     """The N×N matrix in points (exact match × 100): rows baked, columns evaluated 0-shot.
 
     Off the diagonal: the change against the base model 0-shot; on it: the bake's gain, with the
@@ -182,7 +183,7 @@ def cross_task_heatmap(report: dict) -> bytes:
     import numpy as np
 
     plt = _pyplot()
-    matrix = report["matrix"]
+    matrix = report.matrix
     tasks = matrix["tasks"]
     n = len(tasks)
     values = np.full((n, n), np.nan)
@@ -211,7 +212,7 @@ def cross_task_heatmap(report: dict) -> bytes:
             ax.text(col, row, f"{text}\n{mark[cell['verdict']]}", ha="center", va="center", fontsize=8,
                     color="white" if cell["changed"] and abs(100 * change) > 0.6 * span else "black")
     fig.colorbar(image, ax=ax, label="change vs base 0-shot (points)")
-    ax.set_title(f"Cross-task matrix ({matrix['cell_confidence']:.1%} CIs; fail: drop > {matrix['threshold_pct']}%)",
+    ax.set_title(f"Cross-task matrix ({matrix['cell_confidence']:.1%} CIs; fail: drop > {matrix['max_forgetting_drop_pct']}%)",
                  fontsize=9)
     return _png(fig)
 

@@ -1,4 +1,4 @@
-"""build_report: lm_eval results and bake records -> report.md + report.html + report.json + plots.
+"""build_report: lm_eval results and bake records -> report.md + report.html + report.json (ReportRecord) + plots.
 
 The folder is built beside `--output` and renamed into place, so readers see
 the old report or the new one, never half of one.
@@ -7,12 +7,14 @@ the old report or the new one, never half of one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..artifacts.manifest import owned_directory
 from ..artifacts.outputs import check_apart, check_own_output, check_writable
-from ..constants import REPORT_FORMAT
+from ..artifacts.records import JsonRecord
+from ..constants import REPORT_FORMAT, REPORT_FORMAT_VERSION, REPORT_RECORD
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT, check_forgetting_drop
 from ..errors import BakingError
 from ..utils.atomic import make_readable, write_json
@@ -40,6 +42,28 @@ DRIFT_PAIRS_NOTE = ("Baked − prompted adherence on the same conversations and 
                     "CI over conversations. 'no difference' when the CI includes zero.")
 
 KIND = "report"
+
+
+@dataclass
+class ReportRecord(JsonRecord):
+    """report.json: everything in the report's tables, machine-readable."""
+
+    FILE: ClassVar[str] = REPORT_RECORD
+    FORMAT: ClassVar[str] = REPORT_FORMAT
+    VERSION: ClassVar[int] = REPORT_FORMAT_VERSION
+    KIND: ClassVar[str] = KIND
+    FIX: ClassVar[str] = "rerun `lm-eval-baking report`"
+
+    variants: list[dict] = field(default_factory=list)
+    """Per row: label, kind, model, adapter, system_instruction, sources, metrics {"task:metric": {value,
+    stderr, higher_is_better}}, drift_curve."""
+    skipped: list[dict] = field(default_factory=list)
+    """{"path", "reason"} per input not used."""
+    extra: dict = field(default_factory=dict)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Into the report's staging folder, which `owned_directory` lists in its manifest as a whole."""
+        write_json(Path(directory) / self.FILE, self.to_dict())
 
 
 @dataclass
@@ -99,7 +123,7 @@ def build_report(paths, output: str | os.PathLike, *, max_forgetting_drop_pct: f
                 (staging / file).write_bytes(png)
             (staging / "report.md").write_text(render_markdown(title, tables, plots, collection), encoding="utf-8")
             (staging / "report.html").write_text(render_html(title, tables, plots, collection), encoding="utf-8")
-            write_json(staging / "report.json", report_data(collection))
+            report_record(collection).save_pretrained(staging)
             make_readable(staging)
     except OSError as e:  # a full disk: the staging folder is gone and `output` was never touched
         raise BakingError(f"cannot write the report to {output} ({e.strerror or e}); nothing at {output} was "
@@ -111,24 +135,22 @@ def cross_task_tables(collection: Collection) -> list[tuple]:
     """Per `cross-task` run: the own-task table (base and baked, 0- and k-shot) and the N×N matrix."""
     tables = []
     for folder, data in collection.cross_task_reports:
-        matrix = data["matrix"]
+        matrix = data.matrix
         level = (f"Scores and changes in points (exact match × 100), paired doc by doc, CIs at "
                  f"{matrix['cell_confidence']:.2%} (Bonferroni over the {len(matrix['tasks']) ** 2} cells). ")
         tables.append((f"Cross-task: own task ({display_path(folder)})", level + "Share kept = baked 0-shot gain / "
                        f"base k-shot gain; verdict against a least share of {matrix['min_share']:.0%}.",
                        *own_task_table(data)))
         tables.append((f"Cross-task matrix ({display_path(folder)})", level + "Rows: the task baked; columns: the "
-                       f"task scored 0-shot. Verdicts against a relative drop of {matrix['threshold_pct']}%; "
+                       f"task scored 0-shot. Verdicts against a relative drop of {matrix['max_forgetting_drop_pct']}%; "
                        f"overall {matrix['verdict']}.", *matrix_table(data)))
     return tables
 
 
-def report_data(collection: Collection) -> dict:
+def report_record(collection: Collection) -> ReportRecord:
     """Everything in the tables, machine-readable."""
-    return {
-        "format": REPORT_FORMAT,
-        "format_version": 1,
-        "variants": [{
+    return ReportRecord(
+        variants=[{
             "label": r.label, "kind": r.kind, "model": r.variant.model, "adapter": r.variant.adapter,
             "system_instruction": r.variant.system_instruction, "sources": r.sources,
             "metrics": {f"{task}:{metric}": {"value": m.value, "stderr": m.stderr,
@@ -136,7 +158,7 @@ def report_data(collection: Collection) -> dict:
                         for (task, metric), m in sorted(r.metrics.items())},
             "drift_curve": r.drift_curve,
         } for r in collection.rows],
-        "skipped": [{"path": s.path, "reason": s.reason} for s in collection.skipped],
-    }
+        skipped=[{"path": s.path, "reason": s.reason} for s in collection.skipped],
+    )
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from ..artifacts.bake_dir import BakeRecord
 from ..artifacts.records import PursuitRecord
 from ..constants import DRIFT_TASK, FORGETTING_GROUP, MCKL_TASK
+from .cross_task_record import CrossTaskRecord
+from .forgetting import ForgettingRecord
 
 FORGETTING_METRIC = "acc"
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
@@ -119,13 +121,13 @@ class Collection:
     rows: list[Row]
     bakes: list[tuple[str, BakeRecord]]
     pursuits: list[tuple[str, PursuitRecord]]
-    forgetting_reports: list[tuple[str, dict]]
+    forgetting_reports: list[tuple[str, ForgettingRecord]]
     skipped: list[Skipped]
     subtasks: dict[str, list[str]]
     """group -> member tasks, as lm_eval reported them."""
     drift_pairs: list[dict] = field(default_factory=list)
     """Baked − prompted adherence per turn, paired (results.derived)."""
-    cross_task_reports: list[tuple[str, dict]] = field(default_factory=list)
+    cross_task_reports: list[tuple[str, CrossTaskRecord]] = field(default_factory=list)
     """(folder, cross_task.json) of `lm-eval-baking cross-task` runs."""
 
     def row(self, label: str) -> Row | None:

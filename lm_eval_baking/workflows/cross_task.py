@@ -17,12 +17,10 @@ import os
 import re
 
 from ..artifacts.bake_dir import BakeDir
-from ..artifacts.manifest import write_owned_bytes, write_owned_json
+from ..artifacts.manifest import write_owned_bytes
 from ..artifacts.outputs import check_apart, check_own_output, writable_dir
 from ..artifacts.safety import check_adapter
-from ..constants import (
-    CROSS_TASK_BAKES, CROSS_TASK_FORMAT, CROSS_TASK_FORMAT_VERSION, CROSS_TASK_HEATMAP, CROSS_TASK_RECORD,
-)
+from ..constants import CROSS_TASK_BAKES, CROSS_TASK_HEATMAP
 from ..core import models
 from ..core.harness import LmEvalRun
 from ..core.prompts import resolve_form
@@ -31,18 +29,20 @@ from ..evals.config import TaskPromptSettings
 from ..evals.forgetting import evaluate_task, load_lm
 from ..evals.task_prompts import load_task, task_manager
 from ..results.cross_task import build_matrix
+from ..results.cross_task_record import CrossTaskRecord
 from ..results.plots import cross_task_heatmap
 from ..training.config import BakeConfig
 from ..utils.text import quoted
 from .settings import CrossTaskSettings
 from .task_bake import bake_task
 
-KIND = "cross-task report"
+KIND = CrossTaskRecord.KIND
 
 
 def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConfig, *,
                settings: CrossTaskSettings | None = None, task_settings: TaskPromptSettings | None = None,
-               bakes: dict[str, str] | None = None, progress: bool = True, trust_remote_code: bool = False) -> dict:
+               bakes: dict[str, str] | None = None, progress: bool = True,
+               trust_remote_code: bool = False) -> CrossTaskRecord:
     """Bake (or take) each task's prompt, evaluate base and bakes through lm_eval, write and return the report."""
     settings = settings or CrossTaskSettings()
     task_settings = task_settings or TaskPromptSettings()
@@ -89,12 +89,11 @@ def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConf
         scores[baked][baked]["k"] = run(bakes[baked], baked, shots[baked])
     _check_same_docs(scores, tasks)
 
-    report = {"format": CROSS_TASK_FORMAT, "format_version": CROSS_TASK_FORMAT_VERSION, "base_model": base, "form": form, "tasks": tasks,
-              "bakes": bakes, "num_fewshot": shots, "limit": settings.limit, "scores": scores,
-              "lm_eval_commands": commands}
-    report["matrix"] = build_matrix(tasks, scores, max_forgetting_drop_pct=settings.max_forgetting_drop_pct,
-                                    min_share=settings.min_share)
-    write_owned_json(output_dir, KIND, CROSS_TASK_RECORD, report)
+    matrix = build_matrix(tasks, scores, max_forgetting_drop_pct=settings.max_forgetting_drop_pct,
+                          min_share=settings.min_share)
+    report = CrossTaskRecord(tasks=tasks, scores=scores, matrix=matrix, base_model=base, form=form, bakes=bakes,
+                             num_fewshot=shots, limit=settings.limit, lm_eval_commands=commands)
+    report.save_pretrained(output_dir)
     write_owned_bytes(output_dir, KIND, CROSS_TASK_HEATMAP, cross_task_heatmap(report))
     return report
 

@@ -7,23 +7,24 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
-from ..artifacts.manifest import write_owned_bytes, write_owned_json
+from ..artifacts.manifest import write_owned_bytes
 from ..artifacts.outputs import check_apart, check_own_output, check_writable, writable_dir
-from ..constants import FORGETTING_HEATMAP, FORGETTING_RECORD
+from ..constants import FORGETTING_HEATMAP
 from ..core import models
 from ..evals.forgetting import DEFAULT_BATCH_SIZE, score_models
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT
-from ..results.forgetting import build_report
+from ..results.forgetting import ForgettingRecord, build_report
 from ..results.plots import report_heatmap
 
-KIND = "forgetting report"
+KIND = ForgettingRecord.KIND
 
 
 def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], output_dir: str | os.PathLike,
                       max_forgetting_drop_pct: float = MAX_FORGETTING_DROP_PCT, limit: int | float | None = None,
                       batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu", apply_chat_template: bool = False,
-                      progress: bool = True) -> dict:
+                      progress: bool = True) -> ForgettingRecord:
     """Evaluate base and adapters on every task; write and return the report."""
     check_apart(output_dir, adapters)
     check_own_output(output_dir, kind=KIND)
@@ -33,10 +34,10 @@ def forgetting_matrix(base_model: str, adapters: list[str], tasks: list[str], ou
                        apply_chat_template=apply_chat_template, progress=progress)
     per_doc = {adapter: {task: s.per_doc for task, s in by_task.items()} for adapter, by_task in run.scores.items()}
     metrics = {task: s.metric for task, s in run.scores[None].items()}
-    report = build_report(run.base_model, run.adapters, run.tasks, per_doc, max_forgetting_drop_pct, metrics=metrics)
-    report.update(limit=limit, device=device, apply_chat_template=apply_chat_template)
+    report = replace(build_report(run.base_model, run.adapters, run.tasks, per_doc, max_forgetting_drop_pct,
+                                  metrics=metrics), limit=limit, device=device, apply_chat_template=apply_chat_template)
     output_dir = writable_dir(output_dir)
-    write_owned_json(output_dir, KIND, FORGETTING_RECORD, report)
+    report.save_pretrained(output_dir)
     write_owned_bytes(output_dir, KIND, FORGETTING_HEATMAP, report_heatmap(report))
     return report
 

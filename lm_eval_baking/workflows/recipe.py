@@ -26,9 +26,17 @@ one line naming the key, the problem and the fix (`RecipeError`).
 A recipe is read into the same config classes the command line uses (`PursuitSettings`,
 `ComposeSettings`, `ConversationSettings`, and the check classes below) by
 `utils.settings.from_mapping`: every key is a dataclass field, every default is that
-field's, and each class's own `__post_init__` checks its values. (`transformers.
-HfArgumentParser.parse_dict` was tried: it neither checks types nor reads nested
-sections, and its unknown-key error lists keys without the nearest valid one.)
+field's, and each class's own `__post_init__` checks its values. Libraries tried instead
+(issue 26), on recipes/demo.yaml with the damaged keys of tests/workflows/test_recipe_settings.py:
+`transformers.HfArgumentParser.parse_dict` neither checks types nor reads nested sections;
+dacite 1.9.2 (`from_dict`, `Config(strict=True, check_types=True, cast=[Path, tuple])`) has no
+flattened section, drops list indices from its paths ('stages.pursuit.max_rounds'), says no
+path for an unknown key (`UnexpectedDataError`) nor for a class's own check (the BakingError
+passes through naming '--turns'), takes `true` as a whole number and '' as the path '.';
+pydantic 2 (only here through typer) finds every path with its index, but takes `true` and
+'16' as whole numbers unless strict (which then refuses every mapping as not an instance), and
+neither names a class's own check's key nor has a flattened section. Each gap can be patched
+with hooks around the library, which adds up to the code it would replace, plus a dependency.
 """
 
 from __future__ import annotations

@@ -108,12 +108,19 @@ def test_a_pursuit_record_that_does_not_read_is_one_line(tmp_path, data, problem
 
 def _minimal_records():
     from lm_eval_baking.artifacts import records
+    from lm_eval_baking.results.cross_task_record import CrossTaskRecord
+    from lm_eval_baking.results.forgetting import ForgettingRecord
+    from lm_eval_baking.results.report import ReportRecord
 
     made = {
         records.PursuitRecord: dict(status="running", config={}, settings={}, base_model="b"),
         records.SequenceRecord: dict(status="running", config={"prompts": ["a", "b"]}, base_model="b"),
         records.PipelineRecord: dict(status="done", checks=[{"name": "quality", "verdict": "PASS"}], verdict="PASS"),
         records.LmEvalRunStamp: dict(command="lm_eval --tasks baking_mckl", inputs={"tasks": "ab" * 32}),
+        ForgettingRecord: dict(base_model="b", adapters=["a"], tasks=["t"], max_forgetting_drop_pct=3.4,
+                               per_doc={"base": {"t": {"0": 1.0}}, "a": {"t": {"0": 0.0}}}),
+        CrossTaskRecord: dict(tasks=["t", "u"], scores={"base": {}}, matrix={"verdict": "PASS"}),
+        ReportRecord: dict(variants=[{"label": "base"}], skipped=[]),
     }
     assert set(made) == set(records.JsonRecord.__subclasses__()), "every record type is tested here"
     return [cls(**kwargs) for cls, kwargs in made.items()]
@@ -148,3 +155,17 @@ def test_the_report_skips_a_newer_forgetting_or_cross_task_record(tmp_path, name
     (tmp_path / name).write_text(json.dumps(data))
     with pytest.raises(BakingError, match="newer than this lm-eval-baking reads"):
         collect([tmp_path])
+
+
+def test_a_forgetting_json_written_with_threshold_pct_reads_as_max_forgetting_drop_pct(tmp_path):
+    """Files written before issue 26 name the allowed drop `threshold_pct`: they read, and write back the new name."""
+    from lm_eval_baking.results.forgetting import ForgettingRecord, build_report, rebuild_report
+
+    per_doc = {None: {"t": {0: 1.0, 1: 1.0}}, "a": {"t": {0: 1.0, 1: 0.0}}}
+    old = build_report("b", ["a"], ["t"], per_doc, 60.0).to_dict()
+    old["threshold_pct"] = old.pop("max_forgetting_drop_pct")
+    (tmp_path / "forgetting.json").write_text(json.dumps(old))
+    record = ForgettingRecord.from_pretrained(tmp_path)
+    assert record.max_forgetting_drop_pct == 60.0 and "threshold_pct" not in record.extra
+    assert rebuild_report(record) == record  # judged again at the stored 60%, to the same verdicts
+    assert "threshold_pct" not in record.to_dict() and record.to_dict()["max_forgetting_drop_pct"] == 60.0

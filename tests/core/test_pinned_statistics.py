@@ -28,7 +28,8 @@ from lm_eval_baking.core.stats import (
 )
 from lm_eval_baking.core.verdicts import judge, judge_bound
 from lm_eval_baking.results.cross_task import judge_report
-from lm_eval_baking.results.forgetting import rebuild_report
+from lm_eval_baking.results.cross_task_record import CrossTaskRecord
+from lm_eval_baking.results.forgetting import ForgettingRecord, rebuild_report
 
 PINS = Path(__file__).with_name("pinned_statistics.json")
 # The per-doc scores of bench/results/gate_calibration.json (the forgetting report in it) and of
@@ -80,8 +81,8 @@ def current_outputs() -> dict:
     out["docs_needed"] = [docs_needed(sd, effect, alpha, power) for sd, effect, alpha, power in powers]
     out["holm"] = holm([0.01, 0.04, 0.03, 0.005, 0.5, 0.04])
     stored = json.loads(INPUTS.read_text())
-    out["forgetting"] = rebuild_report(stored["forgetting"])["per_adapter"]
-    out["cross_task"] = judge_report(stored["cross_task"])
+    out["forgetting"] = rebuild_report(ForgettingRecord.from_dict(stored["forgetting"], str(INPUTS))).per_adapter
+    out["cross_task"] = judge_report(CrossTaskRecord.from_dict(stored["cross_task"], str(INPUTS)))
     return _plain(out)
 
 

@@ -19,7 +19,7 @@ from lm_eval_baking.evals import bigbench
 from lm_eval_baking.errors import BakingError
 from lm_eval_baking.cli import evaluating
 from lm_eval_baking.evals.lm_eval_glue import expand_tasks, task_manager_for
-from lm_eval_baking.results.forgetting import build_report
+from lm_eval_baking.results.forgetting import ForgettingRecord, build_report
 from lm_eval_baking.workflows.forgetting import forgetting_matrix
 from lm_eval_baking.core.harness import tasks_path
 
@@ -150,20 +150,20 @@ def test_forgetting_command_writes_json_and_heatmap(bigbench_tasks, tiny_model_d
     ])
 
     code = args.run(args)
-    report = json.loads((out / "forgetting.json").read_text())
-    assert code == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[report["verdict"]]
-    assert report["tasks"] == [LM_EVAL_TASK] and report["adapters"] == [str(tiny_adapter)]
-    assert report["metrics"] == {LM_EVAL_TASK: "acc"}
+    report = ForgettingRecord.from_pretrained(out)
+    assert code == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[report.verdict]
+    assert report.tasks == [LM_EVAL_TASK] and report.adapters == [str(tiny_adapter)]
+    assert report.metrics == {LM_EVAL_TASK: "acc"} and report.limit == 4 and report.max_forgetting_drop_pct == 1000
     # Every doc's score is kept, so any later comparison can be paired doc by doc.
-    assert len(report["per_doc"]["base"][LM_EVAL_TASK]) == 4
-    assert set(report["per_doc"][str(tiny_adapter)][LM_EVAL_TASK]) == set(report["per_doc"]["base"][LM_EVAL_TASK])
-    judged = report["per_adapter"][str(tiny_adapter)]
+    assert len(report.per_doc["base"][LM_EVAL_TASK]) == 4
+    assert set(report.per_doc[str(tiny_adapter)][LM_EVAL_TASK]) == set(report.per_doc["base"][LM_EVAL_TASK])
+    judged = report.per_adapter[str(tiny_adapter)]
     cell = judged["per_task"][LM_EVAL_TASK]
     assert cell["comparison"]["n"] == 4 and cell["comparison"]["test"] == "mcnemar-exact"
     assert cell["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE") and "p_holm" in cell
     assert judged["group"]["comparison"]["n"] == 4
     assert matplotlib.image.imread(out / "forgetting.png").ndim == 3
-    assert report["verdict"] in capsys.readouterr().out
+    assert report.verdict in capsys.readouterr().out
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temp files left behind"
 
 
@@ -185,15 +185,15 @@ def test_a_drop_beyond_the_threshold_is_established_and_noise_is_not():
 
     report = build_report("base", ["damaged", "noisy"], list(tasks),
                           {None: per_doc(base), "damaged": per_doc(damaged), "noisy": per_doc(noisy)}, 3.4)
-    assert report["per_adapter"]["damaged"]["verdict"] == "FAIL"
-    assert report["per_adapter"]["damaged"]["group"]["changed"]
-    assert report["per_adapter"]["noisy"]["verdict"] != "FAIL"
-    assert report["verdict"] == "FAIL" and report["passed"] is False
+    assert report.per_adapter["damaged"]["verdict"] == "FAIL"
+    assert report.per_adapter["damaged"]["group"]["changed"]
+    assert report.per_adapter["noisy"]["verdict"] != "FAIL"
+    assert report.verdict == "FAIL" and report.passed is False
     lenient = build_report("base", ["damaged"], list(tasks), {None: per_doc(base), "damaged": per_doc(damaged)}, 60.0)
-    assert lenient["verdict"] == "PASS"
+    assert lenient.verdict == "PASS"
     # With a single doc per task nothing can be resolved either way.
     tiny = build_report("base", ["a"], ["t"], {None: {"t": _docs([1])}, "a": {"t": _docs([0])}}, 3.4)
-    assert tiny["verdict"] == "INCONCLUSIVE"
+    assert tiny.verdict == "INCONCLUSIVE"
 
 
 # (d) bad input ------------------------------------------------------------

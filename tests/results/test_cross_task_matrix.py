@@ -10,6 +10,7 @@ from lm_eval_baking.cli import main
 from lm_eval_baking.constants import CROSS_TASK_FORMAT
 from lm_eval_baking.errors import BakingError
 from lm_eval_baking.results.cross_task import build_matrix, format_summary, judge_report
+from lm_eval_baking.results.cross_task_record import CrossTaskRecord
 from lm_eval_baking.results.plots import cross_task_heatmap
 
 N = 200
@@ -80,7 +81,7 @@ def test_missing_scores_are_one_clear_error():
 
 
 def test_summary_heatmap_and_rejudging():
-    report = report_of(scores(a_on_b=[0.0] * N))
+    report = CrossTaskRecord.from_dict(report_of(scores(a_on_b=[0.0] * N)), "the test's report")
     text = format_summary(report)
     assert "FAIL: bake of a on b" in text and "verdict: FAIL" in text
     assert cross_task_heatmap(report).startswith(b"\x89PNG")
@@ -100,7 +101,7 @@ def test_check_matrix_inconclusive_and_bad_input(tmp_path, capsys):
     assert main(["check-matrix", str(tmp_path)]) == 3
     (tmp_path / "cross_task.json").write_text("{}")
     assert main(["check-matrix", str(tmp_path)]) == 2
-    assert "not a cross-task report" in capsys.readouterr().err
+    assert "is not a lm-eval-baking/cross-task record" in capsys.readouterr().err
 
 
 def test_report_has_a_cross_task_section_without_torch(tmp_path):
@@ -115,3 +116,17 @@ def test_report_has_a_cross_task_section_without_torch(tmp_path):
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "## Cross-task: own task" in markdown and "## Cross-task matrix" in markdown
     assert (tmp_path / "report" / "cross_task_1.png").is_file()
+
+
+def test_a_cross_task_json_written_with_threshold_pct_reads_and_rewrites_it_as_max_forgetting_drop_pct(tmp_path):
+    """Files written before issue 26 name the allowed drop `threshold_pct`: they read, and judge, the same."""
+    old = report_of(scores(a_on_b=[0.0] * N), max_forgetting_drop_pct=100)
+    old["matrix"]["threshold_pct"] = old["matrix"].pop("max_forgetting_drop_pct")
+    (tmp_path / "cross_task.json").write_text(json.dumps(old))
+    record = CrossTaskRecord.from_pretrained(tmp_path)
+    assert record.matrix["max_forgetting_drop_pct"] == 100 and "threshold_pct" not in record.matrix
+    assert judge_report(record)["verdict"] == "PASS"  # judged at the stored 100%, not the default
+    assert main(["check-matrix", str(tmp_path / "cross_task.json")]) == 0
+    record.save_pretrained(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "cross_task.json").read_text())
+    assert again["matrix"]["max_forgetting_drop_pct"] == 100 and "threshold_pct" not in again["matrix"]

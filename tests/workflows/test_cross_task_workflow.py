@@ -1,13 +1,12 @@
 """`cross-task` end to end on the tiny model: two tasks (generation and multiple choice) through real lm_eval."""
 
-import json
-
 import pytest
 
 from lm_eval_baking import BakeConfig
 from lm_eval_baking.cli import main
 from lm_eval_baking.errors import BakingError
 from lm_eval_baking.evals.config import TaskPromptSettings
+from lm_eval_baking.results.cross_task_record import CrossTaskRecord
 from lm_eval_baking.workflows.settings import CrossTaskSettings
 from lm_eval_baking.workflows.cross_task import cross_task, parse_bakes
 
@@ -29,26 +28,25 @@ def run(tiny_model_dir, tmp_path_factory):
 
 def test_cross_task_scores_every_bake_on_every_task(run):
     output, report = run
-    saved = json.loads((output / "cross_task.json").read_text())
-    assert saved["matrix"]["verdict"] == report["matrix"]["verdict"]
+    assert CrossTaskRecord.from_pretrained(output) == report
     assert (output / "cross_task.png").read_bytes().startswith(b"\x89PNG")
-    assert report["num_fewshot"] == {"tiny_fewshot_sums": 3, "tiny_fewshot_colours": 2}
-    scores = report["scores"]
+    assert report.num_fewshot == {"tiny_fewshot_sums": 3, "tiny_fewshot_colours": 2}
+    scores = report.scores
     for task in TASKS:
         assert set(scores["base"][task]) == {"0", "k"}
         assert len(scores["base"][task]["0"]["per_doc"]) == 4
         for baked in TASKS:
             assert set(scores[baked][task]) == ({"0", "k"} if baked == task else {"0"})
     assert scores["base"]["tiny_fewshot_colours"]["0"]["metric"] == "acc"
-    assert any("--num_fewshot 3" in c and "--apply_chat_template" in c for c in report["lm_eval_commands"])
-    cells = report["matrix"]["cells"]
+    assert any("--num_fewshot 3" in c and "--apply_chat_template" in c for c in report.lm_eval_commands)
+    cells = report.matrix["cells"]
     assert cells["tiny_fewshot_sums"]["tiny_fewshot_sums"]["kind"] == "own"
     assert cells["tiny_fewshot_sums"]["tiny_fewshot_colours"]["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
 
 
 def test_named_bakes_are_checked_and_reused(run, tiny_model_dir, tmp_path, capsys):
     output, report = run
-    bakes = report["bakes"]
+    bakes = report.bakes
     wrong = [f"tiny_fewshot_sums={bakes['tiny_fewshot_colours']}", f"tiny_fewshot_colours={bakes['tiny_fewshot_sums']}"]
     code = main(["cross-task", "--tasks", ",".join(TASKS), "--output", str(tmp_path / "x"), "--model",
                  str(tiny_model_dir), "--include-path", FEWSHOT_TASKS, "--limit", "4", "--quiet",
@@ -59,8 +57,8 @@ def test_named_bakes_are_checked_and_reused(run, tiny_model_dir, tmp_path, capsy
                  "--include-path", FEWSHOT_TASKS, "--limit", "4", "--device", "cpu", "--quiet",
                  *[word for pair in right for word in ("--bake", pair)]])
     assert code in (0, 1, 3)
-    again = json.loads((tmp_path / "y" / "cross_task.json").read_text())
-    assert again["scores"] == report["scores"]  # the same bakes on the same docs: the same per-doc scores
+    again = CrossTaskRecord.from_pretrained(tmp_path / "y")
+    assert again.scores == report.scores  # the same bakes on the same docs: the same per-doc scores
     assert not (tmp_path / "y" / "bakes").exists()
 
 
