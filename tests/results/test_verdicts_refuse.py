@@ -189,7 +189,8 @@ def test_check_matrix_refuses_a_per_doc_score_outside_its_range(tmp_path, capsys
 def test_check_on_a_bake_folder_says_what_it_holds_and_what_to_pass(tmp_path, capsys):
     bake = tmp_path / "bake"
     bake.mkdir()
-    (bake / "baking.json").write_text(json.dumps({"format": "lm-eval-baking/bake", "format_version": 1}))
+    (bake / "baking.json").write_text(json.dumps({"format": "lm-eval-baking/bake", "format_version": 1,
+                                                  "config": {"prompt": "p"}, "base_model": {"name": "default"}}))
     code, _, err = run(capsys, "check", bake, "--min-quality", "0.8")
     line = one_line(err)
     assert code == 2 and "choose from: " not in line
