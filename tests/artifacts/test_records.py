@@ -114,6 +114,8 @@ def _minimal_records():
         records.SequenceRecord: dict(status="running", config={"prompts": ["a", "b"]}, base_model="b"),
         records.PipelineRecord: dict(status="done", checks=[{"name": "quality", "verdict": "PASS"}], verdict="PASS"),
         records.LmEvalRunStamp: dict(command="lm_eval --tasks baking_mckl", inputs={"tasks": "ab" * 32}),
+        records.BaseResultRecord: dict(key="cd" * 32, what="per-doc scores", inputs={"task": "t"},
+                                       files={"scores.json": "ef" * 32}),
     }
     assert set(made) == set(records.JsonRecord.__subclasses__()), "every record type is tested here"
     return [cls(**kwargs) for cls, kwargs in made.items()]
