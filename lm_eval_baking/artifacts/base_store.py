@@ -73,7 +73,8 @@ def put(inputs: dict, what: str, fill: Callable[[Path], None]) -> Path | None:
             files = {name: sha256_file(staging / name) for name in _files(staging)}
             BaseResultRecord(key=key, what=what, inputs=canonical(inputs), files=files).save_pretrained(staging)
     except (OSError, BakingError) as e:
-        warn(f"cannot write the base-model store at {store_dir()} ({first_line(e, 120)}); this run goes on "
+        reason = first_line(e, 120).split(";")[0]  # a BakingError's fix is for --output, not for the store
+        warn(f"cannot write the base-model store at {store_dir()} ({reason}); this run goes on "
              f"without storing its base-model result (set {BASE_STORE_ENV} to a writable folder, or pass "
              "--no-reuse-base)")
         return None
@@ -81,7 +82,13 @@ def put(inputs: dict, what: str, fill: Callable[[Path], None]) -> Path | None:
 
 
 def warn(message: str) -> None:
-    print(f"lm-eval-baking: warning: {message}", file=sys.stderr, flush=True)
+    """One line on stderr, once per process: a store that cannot be written is said once, not once per task."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"lm-eval-baking: warning: {message}", file=sys.stderr, flush=True)
+
+
+_WARNED: set[str] = set()
 
 
 def _files(folder: Path) -> list[str]:

@@ -20,17 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import yaml
 
 from ..artifacts import base_store
-from ..constants import BASE_SCORES, BASE_RUN_DIR, LM_EVAL_RUN_STAMP, MANIFEST
+from ..constants import BASE_RUN_BAKE, BASE_RUN_DIR, BASE_SCORES, LM_EVAL_RUN_STAMP, MANIFEST
 from ..core import models
 from ..core.harness import LmEvalRun, tasks_path
 from ..evals.bigbench import task_file
 from ..utils.hashing import sha256_file
+from ..utils.text import first_line
 from ..utils.versions import library_versions
 
 STORE_VERSION = 1
@@ -84,8 +85,12 @@ class ScoresStore:
 
     def __init__(self, base: str, settings: dict, include_path: str | None = None):
         self.base, self.settings, self.include_path = base, settings, include_path
-        self.common = common_inputs(base)
         self.reused: list[str] = []
+
+    @cached_property
+    def common(self) -> dict | None:
+        # Silent: a model whose files cannot be read fails the run in its own line when lm_eval loads it.
+        return key_or_none(lambda: common_inputs(self.base), quiet=True)
 
     def inputs(self, task: str, **more) -> dict:
         return {**self.common, "what": "per-doc scores", "task": task, "settings": {**self.settings, **more},
@@ -94,6 +99,8 @@ class ScoresStore:
     def get(self, task: str, **more):
         from ..evals.forgetting import TaskScores
 
+        if self.common is None:
+            return None
         entry = base_store.find(self.inputs(task, **more))
         if entry is None:
             return None
@@ -103,22 +110,45 @@ class ScoresStore:
         return scores
 
     def put(self, task: str, scores, **more) -> None:
+        if self.common is None:
+            return
         data = json.dumps(scores.to_dict(), indent=2, ensure_ascii=False)
         base_store.put(self.inputs(task, **more), "per-doc scores",
                        lambda folder: (folder / BASE_SCORES).write_text(data, "utf-8"))
 
 
-def store_run(inputs: dict, output: Path) -> None:
-    """Keep an lm_eval run's output folder (`output`, just written) in the store under `inputs`."""
+def key_or_none(make, *, quiet: bool = False):
+    """`make()`, the inputs of a key; None, and one warning line, when the model's files cannot be read for it."""
+    try:
+        return make()
+    except (OSError, ValueError) as e:
+        if not quiet:
+            base_store.warn(f"cannot fingerprint the base model for the base-model store ({first_line(e, 120)}); "
+                            "its results are neither reused nor stored in this run")
+        return None
+
+
+def store_run(inputs: dict, run: LmEvalRun, output: Path) -> None:
+    """Keep an lm_eval run's output folder (`output`, just written) in the store under `inputs`, with the bake
+    folder its --metadata named (the key holds that folder's files, not its path)."""
     def fill(folder: Path) -> None:
         shutil.copytree(output, folder / BASE_RUN_DIR, ignore=shutil.ignore_patterns(MANIFEST, LM_EVAL_RUN_STAMP))
+        (folder / BASE_RUN_BAKE).write_text(json.dumps((run.metadata or {}).get("bake")), "utf-8")
 
     base_store.put(inputs, "lm_eval run", fill)
 
 
-def copy_run(entry: Path, staging: Path) -> None:
-    """An entry's lm_eval output into a run's staging folder (hard links where the filesystem allows)."""
+def copy_run(entry: Path, run: LmEvalRun, staging: Path) -> None:
+    """An entry's lm_eval output into a run's staging folder: hard links where the filesystem allows, and the
+    files that name the bake folder the stored run read (results, samples) rewritten to name this run's."""
+    stored = json.loads((entry / BASE_RUN_BAKE).read_text("utf-8"))
+    bake = (run.metadata or {}).get("bake")
+
     def link_or_copy(source: str, target: str) -> None:
+        if stored and bake and stored != bake and Path(source).suffix in (".json", ".jsonl"):
+            text = Path(source).read_text("utf-8")
+            Path(target).write_text(text.replace(json.dumps(stored)[1:-1], json.dumps(bake)[1:-1]), "utf-8")
+            return
         try:
             Path(target).hardlink_to(source)
         except OSError:

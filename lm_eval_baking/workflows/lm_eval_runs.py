@@ -26,7 +26,7 @@ from ..errors import BakingError
 from ..evals.bigbench import ensure_bigbench_tasks
 from ..utils.hashing import sha256_file
 from ..utils.processes import run_child
-from .base_reuse import copy_run, lm_eval_run_inputs, store_run
+from .base_reuse import copy_run, key_or_none, lm_eval_run_inputs, store_run
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -53,11 +53,11 @@ def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str, *,
     done = LmEvalRunStamp.from_pretrained_or_none(output)
     if done and (done.command, done.inputs) == (stamp.command, stamp.inputs) and any(output.rglob("results_*.json")):
         return False
-    key = lm_eval_run_inputs(run, inputs) if reuse_base and run.adapter is None else None
+    key = key_or_none(lambda: lm_eval_run_inputs(run, inputs)) if reuse_base and run.adapter is None else None
     entry = base_store.find(key) if key else None
     if entry is not None:
         with owned_directory(output, "lm_eval run") as staging:
-            copy_run(entry, staging)
+            copy_run(entry, run, staging)
             stamp.reused_from = str(entry)
             stamp.save_pretrained(staging)
         print(f"{label}: reused from the base-model store ({entry})", flush=True)
@@ -71,7 +71,7 @@ def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str, *,
                               "rerun: finished steps are reused")
         stamp.save_pretrained(staging)
     if key:
-        store_run(key, output)
+        store_run(key, run, output)
     return True
 
 

@@ -114,6 +114,17 @@ def test_an_unwritable_store_costs_the_reuse_not_the_run(tmp_path, adapters, tin
     assert len(warnings) == 1 and warnings[0].startswith("lm-eval-baking: warning: cannot write")
 
 
+def test_an_unwritable_store_says_so_once_however_many_results(tmp_path, model_copy, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(BASE_STORE_ENV, str(blocker / "store"))
+    store = ScoresStore(str(model_copy), dict(SETTINGS))
+    for task in (TASK, "baking_forgetting_date_understanding"):
+        store.put(task, SCORES)
+        assert store.get(task) is None
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
 # ---------------------------------------------------------------------------- never reused on a change
 
 def _stored(model) -> ScoresStore:
@@ -241,9 +252,11 @@ def _fake_lm_eval(monkeypatch) -> list:
 
     def fake(argv, env=None):
         calls.append(argv)
-        out = argv[argv.index("--output_path") + 1]
-        (lm_eval_runs.Path(out) / "model").mkdir(parents=True, exist_ok=True)
-        (lm_eval_runs.Path(out) / "model" / "results_1.json").write_text(json.dumps({"calls": len(calls)}))
+        out = lm_eval_runs.Path(argv[argv.index("--output_path") + 1])
+        metadata = json.loads(argv[argv.index("--metadata") + 1]) if "--metadata" in argv else {}
+        (out / "model").mkdir(parents=True, exist_ok=True)
+        (out / "model" / "results_1.json").write_text(json.dumps({"calls": len(calls), "metadata": metadata}))
+        (out / "model" / "samples_task_1.jsonl").write_text(json.dumps({"doc": 1}) + "\n")
         return 0
 
     monkeypatch.setattr(lm_eval_runs, "run_child", fake)
@@ -263,7 +276,8 @@ def test_a_base_lm_eval_run_is_reused_by_another_pipeline_and_says_so(store, mod
     assert len(calls) == 1
     assert "forgetting of the base: reused from the base-model store" in capsys.readouterr().out
     copied = tmp_path / "p2" / "base" / "model" / "results_1.json"
-    assert json.loads(copied.read_text()) == {"calls": 1}
+    assert json.loads(copied.read_text()) == {"calls": 1, "metadata": {"max_docs": 5}}
+    assert (copied.parent / "samples_task_1.jsonl").read_text() == '{"doc": 1}\n'
     stamp = LmEvalRunStamp.from_pretrained(tmp_path / "p2" / "base")
     assert stamp.reused_from and str(store) in stamp.reused_from
     assert LmEvalRunStamp.from_pretrained(tmp_path / "p1" / "base").reused_from is None
@@ -291,6 +305,8 @@ def test_a_bake_named_in_metadata_is_keyed_by_its_files_not_its_path(store, mode
                       metadata={"bake": str(bake)}) for bake in bakes]
     assert lm_eval_runs.run_lm_eval(runs[0], tmp_path / "one" / "drift", [], "drift", reuse_base=True)
     assert not lm_eval_runs.run_lm_eval(runs[1], tmp_path / "two" / "drift", [], "drift", reuse_base=True)
+    copied = json.loads((tmp_path / "two" / "drift" / "model" / "results_1.json").read_text())
+    assert copied["metadata"] == {"bake": str(bakes[1])}, "the copy names this run's bake folder"
     (bakes[1] / "data" / "drift_docs.jsonl").write_text('{"turn": 2}\n')
     assert lm_eval_runs.run_lm_eval(runs[1], tmp_path / "three" / "drift", [], "drift", reuse_base=True)
     assert len(calls) == 2
@@ -302,6 +318,14 @@ def test_an_adapters_run_is_never_stored(store, model_copy, tmp_path, monkeypatc
     for name in ("one", "two"):
         assert lm_eval_runs.run_lm_eval(run, tmp_path / name, [], "forgetting of the adapter", reuse_base=True)
     assert len(calls) == 2 and not store.exists()
+
+
+def test_a_model_that_cannot_be_fingerprinted_runs_without_reuse(store, tmp_path, monkeypatch, capsys):
+    calls = _fake_lm_eval(monkeypatch)
+    run = LmEvalRun(base=str(tmp_path / "no-such-model"), tasks=[TASK])
+    assert lm_eval_runs.run_lm_eval(run, tmp_path / "one", [], "forgetting of the base", reuse_base=True)
+    assert len(calls) == 1 and not store.exists()
+    assert "cannot fingerprint the base model" in capsys.readouterr().err
 
 
 def test_the_store_is_under_the_cache_unless_the_variable_says(monkeypatch, tmp_path):
