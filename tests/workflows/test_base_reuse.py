@@ -336,3 +336,16 @@ def test_the_store_is_under_the_cache_unless_the_variable_says(monkeypatch, tmp_
     assert base_store.store_dir() == models.cache_dir() / "lm_eval_base"
     monkeypatch.setenv(BASE_STORE_ENV, str(tmp_path / "elsewhere"))
     assert base_store.store_dir() == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("command", [["forgetting", "--adapters", "a", "--output", "o"],
+                                     ["cross-task", "--tasks", "a,b", "--output", "o"]])
+def test_no_reuse_base_is_a_flag_of_forgetting_and_cross_task(command):
+    import argparse
+
+    from lm_eval_baking.cli import evaluating
+
+    parser = argparse.ArgumentParser()
+    evaluating.register(parser.add_subparsers())
+    assert parser.parse_args(command).reuse_base is True
+    assert parser.parse_args([*command, "--no-reuse-base"]).reuse_base is False
