@@ -61,6 +61,21 @@ PIPELINE_RECORD = "pipeline.json"
 PIPELINE_FORMAT = "lm-eval-baking/pipeline"
 LM_EVAL_RUN_FORMAT = "lm-eval-baking/lm-eval-run"  # stamps written before it had a format read too
 
+# ---------------------------------------------------------------------------- the base-model store
+# <cache>/lm_eval_base/KEY/ (or $LM_EVAL_BAKING_BASE_STORE/KEY/): one stamped result of the base model (no adapter),
+# reused by every run with the same key (artifacts/base_store.py).
+#     base_result.json    the BaseResultRecord: the key, everything it was hashed from, every file's sha256
+#     scores.json         a forgetting/cross-task run's per-doc scores of one task
+#     run/                an lm_eval CLI run's output folder, as the pipeline keeps it
+#     run_bake.json       the bake folder that run's --metadata named, rewritten to the new run's on a copy
+BASE_STORE_DIR = "lm_eval_base"
+BASE_STORE_ENV = "LM_EVAL_BAKING_BASE_STORE"
+BASE_RESULT_RECORD = "base_result.json"
+BASE_RESULT_FORMAT = "lm-eval-baking/base-result"
+BASE_SCORES = "scores.json"
+BASE_RUN_DIR = "run"
+BASE_RUN_BAKE = "run_bake.json"  # the bake folder the stored run's --metadata named (JSON: a path or null)
+
 # ---------------------------------------------------------------------------- ownership
 # Every folder lm-eval-baking writes holds this manifest: the tool, the kind of output, and every file it wrote
 # (artifacts/manifest.py). Only a folder with a valid one is ours to replace, and only what it lists goes.

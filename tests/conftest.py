@@ -93,6 +93,21 @@ def synthetic_bigbench(tmp_path_factory):
         os.environ[bigbench.BIGBENCH_DIR_ENV] = before
 
 
+@pytest.fixture(scope="session", autouse=True)
+def base_model_store(tmp_path_factory):
+    """The base-model store of the test session: a folder of its own, never the user's cache."""
+    from lm_eval_baking.constants import BASE_STORE_ENV
+
+    root = tmp_path_factory.mktemp("lm_eval_base")
+    before = os.environ.get(BASE_STORE_ENV)
+    os.environ[BASE_STORE_ENV] = str(root)  # os.environ, not monkeypatch: lm_eval children read it
+    yield root
+    if before is None:
+        os.environ.pop(BASE_STORE_ENV, None)
+    else:
+        os.environ[BASE_STORE_ENV] = before
+
+
 # The decoder families the bake is tested on (tiny random models: tiny_architecture_config).
 ARCHITECTURES = ("gemma", "gpt2", "gpt_neox", "llama", "mistral", "phi3", "qwen2")
 

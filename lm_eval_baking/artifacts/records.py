@@ -4,6 +4,7 @@
     sequence.json   SequenceRecord  a multi-prompt sequence: its settings and every stage's qualities
     pipeline.json   PipelineRecord  a recipe's run: stages, qualities kept, checks and the verdict
     lm_eval_run.json  LmEvalRunStamp  what an lm_eval run of a pipeline ran: its command and its inputs' hashes
+    base_result.json  BaseResultRecord  one base-model result in the shared store: its key and files' hashes
 
 Each record has one save/load pair (`save_pretrained(folder)` / `from_pretrained(folder)`, like
 BakeRecord for baking.json), so its writer (compose/, workflows/) and its readers (results/) go through
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from ..constants import (
-    LM_EVAL_RUN_FORMAT, LM_EVAL_RUN_STAMP, PIPELINE_FORMAT, PIPELINE_RECORD, PURSUIT_FORMAT, PURSUIT_RECORD, SEQUENCE_FORMAT, SEQUENCE_RECORD,
+    BASE_RESULT_FORMAT, BASE_RESULT_RECORD, LM_EVAL_RUN_FORMAT, LM_EVAL_RUN_STAMP, PIPELINE_FORMAT, PIPELINE_RECORD, PURSUIT_FORMAT, PURSUIT_RECORD, SEQUENCE_FORMAT, SEQUENCE_RECORD,
 )
 from ..errors import BakingError
 from ..utils.records import check_format_version
@@ -208,4 +209,29 @@ class LmEvalRunStamp(JsonRecord):
     """The lm_eval command line, with the output path but not the executable or the task path."""
     inputs: dict
     """sha256 of every input file, and of our task definitions ("tasks")."""
+    reused_from: str | None = None
+    """The base-model store entry the results were copied from (artifacts/base_store.py), when not run here."""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class BaseResultRecord(JsonRecord):
+    """base_result.json, in an entry of the base-model store: what the entry's result depends on, and its files.
+
+    An entry is used only when this record reads, its key is the folder's name and the key asked for, its
+    inputs are the ones asked for, and every file listed has its sha256 (artifacts/base_store.find)."""
+
+    FILE: ClassVar[str] = BASE_RESULT_RECORD
+    FORMAT: ClassVar[str] = BASE_RESULT_FORMAT
+    KIND: ClassVar[str] = "base-model result"
+    FIX: ClassVar[str] = "delete the store entry; the next run makes it again"
+
+    key: str
+    """sha256 of `inputs` as canonical JSON: the entry's folder name."""
+    what: str
+    """What the entry holds, in words (e.g. "forgetting scores", "lm_eval run")."""
+    inputs: dict
+    """Everything the result depends on: model identity, settings, task and data hashes, library versions."""
+    files: dict
+    """Every file of the entry (path inside it -> sha256), this record and the manifest aside."""
     extra: dict = field(default_factory=dict)

@@ -99,7 +99,7 @@ def _run_forgetting(args) -> int:
         settings.model, args.adapters, settings.tasks, args.output,
         max_forgetting_drop_pct=settings.max_forgetting_drop_pct,
         limit=settings.limit, batch_size=settings.batch_size, device=settings.device,
-        apply_chat_template=settings.apply_chat_template, progress=not args.quiet,
+        apply_chat_template=settings.apply_chat_template, progress=not args.quiet, reuse_base=settings.reuse_base,
     )
     print(format_summary(report))
     print(f"\nWrote {Path(args.output) / FORGETTING_RECORD} and {Path(args.output) / FORGETTING_HEATMAP}")

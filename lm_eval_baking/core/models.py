@@ -281,6 +281,17 @@ def model_fingerprint(name_or_path: str | os.PathLike | None) -> str:
     return digest.hexdigest()
 
 
+def model_identity(name_or_path: str | os.PathLike | None) -> dict:
+    """What a model's scores depend on, exactly: `model_fingerprint` (config and weights) and the sha256 of every
+    other file of its folder (tokenizer, chat template, generation config). Cheap after the first call."""
+    path = _model_files_dir(name_or_path)
+    others = {}
+    for file in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if file.name != "config.json" and file.suffix not in {".safetensors", ".bin"}:
+            others[file.name] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return {"weights": model_fingerprint(name_or_path), "files": others}
+
+
 def config_fingerprint(name_or_path: str | os.PathLike | None) -> str | None:
     """sha256 of the model's config.json: a cheap first test of "same base model?"."""
     config = _model_files_dir(name_or_path) / "config.json"

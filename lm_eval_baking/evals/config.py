@@ -98,6 +98,11 @@ class ForgettingSettings:
     batch_size: int = setting(16, help="lm_eval batch size.")
     device: str = setting("cpu", help="Torch device, e.g. cpu or cuda:0.")
     apply_chat_template: bool = setting(False, help="Score the prompts inside the model's chat template.")
+    reuse_base: bool = setting(True, help=(
+        "Reuse the base model's per-doc scores stored by an earlier run with the same model weights, tasks, task "
+        "data, settings and library versions (the base-model store: $LM_EVAL_BAKING_BASE_STORE, else "
+        "<cache>/lm_eval_base), and store the ones measured; --no-reuse-base scores the base model again and "
+        "stores nothing."))
 
     def __post_init__(self):
         if self.limit is not None:

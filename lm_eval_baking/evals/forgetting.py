@@ -55,12 +55,15 @@ class ForgettingRun:
 
 def score_models(base_model: str, adapters: list[str], tasks: list[str], *, limit: int | float | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu", dtype: str | None = None,
-                 apply_chat_template: bool = False, include_base: bool = True, progress: bool = True) -> ForgettingRun:
+                 apply_chat_template: bool = False, include_base: bool = True, progress: bool = True,
+                 base_store=None) -> ForgettingRun:
     """Evaluate the base model and every adapter on every leaf task of `tasks`, keeping per-doc scores.
 
     `tasks` may name our tasks/groups (e.g. `baking_forgetting`) or any lm_eval
     task; groups are expanded so every leaf task gets its own column (each leaf
     runs with its own config). Adapters are checked before any model loads.
+    `base_store` (workflows.base_reuse.ScoresStore) gives the base model's stored scores of a task
+    (`get(task)`), which are then not measured again, and keeps those measured here (`put(task, scores)`).
     """
     from tqdm.auto import tqdm
 
@@ -72,16 +75,24 @@ def score_models(base_model: str, adapters: list[str], tasks: list[str], *, limi
     leaf_tasks = expand_tasks(task_manager, tasks)
     run = ForgettingRun(base_model, adapters, leaf_tasks, settings={
         "limit": limit, "device": device, "dtype": dtype, "apply_chat_template": apply_chat_template})
-    runs = ([None] if include_base else []) + adapters  # None is the base model without an adapter
-    with tqdm(total=len(runs) * len(leaf_tasks), desc="forgetting (model x task)", disable=not progress) as bar:
+    stored = {task: base_store.get(task) for task in leaf_tasks} if include_base and base_store is not None else {}
+    stored = {task: scores for task, scores in stored.items() if scores is not None}
+    if include_base:
+        run.scores[None] = dict(stored)
+    runs = ([None] if include_base and len(stored) < len(leaf_tasks) else []) + adapters  # None: the base model
+    total = len(runs) * len(leaf_tasks) - (len(stored) if None in runs else 0)
+    with tqdm(total=total, desc="forgetting (model x task)", disable=not progress) as bar:
         for adapter in runs:
             lm = load_lm(base_model, adapter, batch_size, device, dtype)
-            run.scores[adapter] = {}
-            for task in leaf_tasks:
+            run.scores.setdefault(adapter, {})
+            for task in (t for t in leaf_tasks if adapter is not None or t not in stored):
                 bar.set_postfix_str(f"{model_label(adapter)} / {task}")
                 run.scores[adapter][task] = evaluate_task(lm, task, task_manager, limit, apply_chat_template)
+                if adapter is None and base_store is not None:
+                    base_store.put(task, run.scores[adapter][task])
                 bar.update()
             del lm  # free this model before the next one loads
+    run.scores = {key: {task: run.scores[key][task] for task in leaf_tasks} for key in run.scores}  # task order
     return run
 
 

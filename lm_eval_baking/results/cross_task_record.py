@@ -36,6 +36,8 @@ class CrossTaskRecord(JsonRecord):
     num_fewshot: dict = field(default_factory=dict)
     limit: int | float | None = None
     lm_eval_commands: list[str] = field(default_factory=list)
+    base_reused: list[str] = field(default_factory=list)
+    """Tasks whose base-model scores came from the base-model store (workflows/base_reuse.py)."""
     extra: dict = field(default_factory=dict)
 
     @classmethod

@@ -64,6 +64,8 @@ class ForgettingRecord(JsonRecord):
     limit: int | float | None = None
     device: str | None = None
     apply_chat_template: bool | None = None
+    base_reused: list[str] = field(default_factory=list)
+    """Tasks whose base-model scores came from the base-model store (workflows/base_reuse.py)."""
     extra: dict = field(default_factory=dict)
 
 

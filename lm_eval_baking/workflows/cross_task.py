@@ -33,6 +33,7 @@ from ..results.cross_task_record import CrossTaskRecord
 from ..results.plots import cross_task_heatmap
 from ..training.config import BakeConfig
 from ..utils.text import quoted
+from .base_reuse import ScoresStore
 from .settings import CrossTaskSettings
 from .task_bake import bake_task
 
@@ -70,18 +71,30 @@ def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConf
     scores: dict = {"base": {}}
     commands = []
 
-    def run(adapter: str | None, task: str, k: int) -> dict:
+    def run(adapter: str | None, task: str, k: int, store: ScoresStore | None = None) -> dict:
         lm_scores = evaluate_task(lm, task, manager, settings.limit, chat, num_fewshot=k)
+        if store:
+            store.put(task, lm_scores, num_fewshot=k)
+        return noted(adapter, task, k, lm_scores)
+
+    def noted(adapter: str | None, task: str, k: int, lm_scores) -> dict:
         commands.append(LmEvalRun(base=base, adapter=adapter, tasks=[task], num_fewshot=k, apply_chat_template=chat,
                                   include_path=task_settings.include_path, log_samples=True,
                                   batch_size=settings.eval_batch_size, device=device).shell()
                         + (f" --limit {settings.limit}" if settings.limit else ""))
-        return {"metric": lm_scores.metric, "score": lm_scores.score,
-                "doc_ids": sorted(lm_scores.per_doc), "per_doc": [lm_scores.per_doc[i] for i in sorted(lm_scores.per_doc)]}
+        return as_entry(lm_scores)
 
-    lm = load_lm(base, None, settings.eval_batch_size, device, None)
+    store = ScoresStore(base, {"limit": settings.limit, "batch_size": settings.eval_batch_size, "device": device,
+                               "dtype": None, "apply_chat_template": chat, "fewshot_as_multiturn": chat},
+                        task_settings.include_path) if settings.reuse_base else None
+    lm = None
     for task in tasks:
-        scores["base"][task] = {"0": run(None, task, 0), "k": run(None, task, shots[task])}
+        scores["base"][task] = {}
+        for shot, k in (("0", 0), ("k", shots[task])):
+            stored = store.get(task, num_fewshot=k) if store else None
+            if stored is None and lm is None:
+                lm = load_lm(base, None, settings.eval_batch_size, device, None)
+            scores["base"][task][shot] = noted(None, task, k, stored) if stored else run(None, task, k, store)
     for baked in tasks:
         lm = None  # free the previous model before the next loads
         lm = load_lm(base, bakes[baked], settings.eval_batch_size, device, None)
@@ -92,10 +105,17 @@ def cross_task(tasks: list[str], output_dir: str | os.PathLike, config: BakeConf
     matrix = build_matrix(tasks, scores, max_forgetting_drop_pct=settings.max_forgetting_drop_pct,
                           min_share=settings.min_share)
     report = CrossTaskRecord(tasks=tasks, scores=scores, matrix=matrix, base_model=base, form=form, bakes=bakes,
-                             num_fewshot=shots, limit=settings.limit, lm_eval_commands=commands)
+                             num_fewshot=shots, limit=settings.limit, lm_eval_commands=commands,
+                             base_reused=store.reused if store else [])
     report.save_pretrained(output_dir)
     write_owned_bytes(output_dir, KIND, CROSS_TASK_HEATMAP, cross_task_heatmap(report))
     return report
+
+
+def as_entry(lm_scores) -> dict:
+    """One model's scores of one task in cross_task.json: the metric, the score, every doc's value."""
+    return {"metric": lm_scores.metric, "score": lm_scores.score,
+            "doc_ids": sorted(lm_scores.per_doc), "per_doc": [lm_scores.per_doc[i] for i in sorted(lm_scores.per_doc)]}
 
 
 def parse_bakes(pairs: list[str]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from ..artifacts import base_store
 from ..artifacts.manifest import owned_directory
 from ..artifacts.records import LmEvalRunStamp
 from ..constants import FORGETTING_GROUP
@@ -25,6 +26,7 @@ from ..errors import BakingError
 from ..evals.bigbench import ensure_bigbench_tasks
 from ..utils.hashing import sha256_file
 from ..utils.processes import run_child
+from .base_reuse import copy_run, key_or_none, lm_eval_run_inputs, store_run
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -38,15 +40,27 @@ def lm_eval_executable() -> str:
     return found
 
 
-def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str) -> bool:
+def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str, *, reuse_base: bool = False) -> bool:
     """Run `run` into `output` unless the same command already ran on the same inputs; True if it ran.
 
     `run.output_path` is ignored: lm_eval writes into a staging folder that becomes `output`.
+    With `reuse_base` (for a run of the base model, no adapter), a result of the same run in the base-model
+    store (workflows/base_reuse.py) is copied into `output` instead, and a result run here is stored.
     """
     stamp = LmEvalRunStamp(command=LmEvalRun(**{**run.__dict__, "output_path": str(output), "executable": "lm_eval",
                                                 "include_path": None}).shell(),
                            inputs=input_hashes(inputs))
-    if LmEvalRunStamp.from_pretrained_or_none(output) == stamp and any(output.rglob("results_*.json")):
+    done = LmEvalRunStamp.from_pretrained_or_none(output)
+    if done and (done.command, done.inputs) == (stamp.command, stamp.inputs) and any(output.rglob("results_*.json")):
+        return False
+    key = key_or_none(lambda: lm_eval_run_inputs(run, inputs)) if reuse_base and run.adapter is None else None
+    entry = base_store.find(key) if key else None
+    if entry is not None:
+        with owned_directory(output, "lm_eval run") as staging:
+            copy_run(entry, run, staging)
+            stamp.reused_from = str(entry)
+            stamp.save_pretrained(staging)
+        print(f"{label}: reused from the base-model store ({entry})", flush=True)
         return False
     with owned_directory(output, "lm_eval run") as staging:
         argv = LmEvalRun(**{**run.__dict__, "output_path": str(staging), "executable": lm_eval_executable()}).argv()
@@ -56,6 +70,8 @@ def run_lm_eval(run: LmEvalRun, output: Path, inputs: list[Path], label: str) ->
             raise BakingError(f"lm_eval failed for {label} (exit status {code}; its output is above); fix that and "
                               "rerun: finished steps are reused")
         stamp.save_pretrained(staging)
+    if key:
+        store_run(key, run, output)
     return True
 
 

@@ -225,14 +225,15 @@ def _validate(recipe: Recipe, base: str, adapter: Path, references: dict[str, Pa
                               **common), lm_eval_dir / "drift" / "adapter", [weights, *docs], "drift of the adapter")
         run_lm_eval(LmEvalRun(tasks=[DRIFT_TASK], system_instruction=prompt, dtype=BEHAVIOUR_DTYPE,
                               metadata=metadata, **common), lm_eval_dir / "drift" / "prompted-base", docs,
-                    "drift of the prompted base")
+                    "drift of the prompted base", reuse_base=v.reuse_base)
     if v.forgetting:
         ensure_forgetting_data()
         metadata = {"max_docs": v.forgetting.max_docs}
         for name, peft, inputs in (("base", None, []), ("adapter", str(adapter), [weights])):
             run_lm_eval(LmEvalRun(tasks=v.forgetting.tasks, adapter=peft, dtype=BEHAVIOUR_DTYPE, metadata=metadata,
                                   apply_chat_template=False, **common),
-                        lm_eval_dir / "forgetting" / name, inputs, f"forgetting of the {name}")
+                        lm_eval_dir / "forgetting" / name, inputs, f"forgetting of the {name}",
+                        reuse_base=v.reuse_base)
 
 
 def all_checks(recipe: Recipe, adapter: Path, pursued: dict[str, dict] | None = None) -> list[Check]:

@@ -182,6 +182,10 @@ class Validation:
     pursued: PursuedCheck | None = setting(default_factory=PursuedCheck, help="the pursued stages' check")
     drift: DriftCheck | None = setting(None, help="the persona-drift check")
     forgetting: ForgettingCheck | None = setting(None, help="the forgetting check")
+    reuse_base: bool = setting(True, help=(
+        "reuse the base model's lm_eval runs (forgetting, the prompted base's drift) stored by an earlier run with "
+        "the same model, command, task data and versions (the base-model store), and store new ones; false: run "
+        "them again"))
 
     def __post_init__(self):
         if not self.device.strip():

@@ -25,6 +25,11 @@ class CrossTaskSettings:
         "test)."))
     min_share: float = setting(DEFAULT_MIN_SHARE, help=(
         "Least share of the base model's k-shot gain a bake must keep on its own task, 0-shot."))
+    reuse_base: bool = setting(True, help=(
+        "Reuse the base model's 0-shot and k-shot per-doc scores stored by an earlier run with the same model "
+        "weights, task files, task data, settings and library versions (the base-model store: "
+        "$LM_EVAL_BAKING_BASE_STORE, else <cache>/lm_eval_base), and store the ones measured; --no-reuse-base "
+        "scores the base model again and stores nothing."))
 
     def __post_init__(self):
         checks = [

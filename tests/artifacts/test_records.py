@@ -121,6 +121,8 @@ def _minimal_records():
                                per_doc={"base": {"t": {"0": 1.0}}, "a": {"t": {"0": 0.0}}}),
         CrossTaskRecord: dict(tasks=["t", "u"], scores={"base": {}}, matrix={"verdict": "PASS"}),
         ReportRecord: dict(variants=[{"label": "base"}], skipped=[]),
+        records.BaseResultRecord: dict(key="cd" * 32, what="per-doc scores", inputs={"task": "t"},
+                                       files={"scores.json": "ef" * 32}),
     }
     assert set(made) == set(records.JsonRecord.__subclasses__()), "every record type is tested here"
     return [cls(**kwargs) for cls, kwargs in made.items()]

@@ -70,3 +70,26 @@ def test_bad_cross_task_input_is_refused_before_model_work(tmp_path):
         cross_task(["a", "b"], tmp_path, config, bakes={"c": "x"})
     with pytest.raises(BakingError, match="is not TASK=DIR"):
         parse_bakes(["just-a-folder"])
+
+
+def test_a_second_run_reuses_the_base_models_scores_from_the_store(run, tiny_model_dir, tmp_path, monkeypatch):
+    import lm_eval_baking.workflows.cross_task as workflow
+
+    output, report = run
+    loads = []
+    real = workflow.load_lm
+    monkeypatch.setattr(workflow, "load_lm", lambda base, adapter, *a: loads.append(adapter) or real(base, adapter, *a))
+    config = BakeConfig(prompt="placeholder", model=str(tiny_model_dir), device="cpu")
+    task_settings = TaskPromptSettings(include_path=FEWSHOT_TASKS)
+    again = cross_task(TASKS, tmp_path / "again", config, settings=CrossTaskSettings(limit=4, eval_batch_size=4),
+                       task_settings=task_settings, bakes=report.bakes, progress=False)
+    assert None not in loads, "the base model was loaded again"
+    assert again.scores["base"] == report.scores["base"]
+    assert sorted(again.base_reused) == sorted(f"{t}, num_fewshot={k}" for t in TASKS
+                                                  for k in (0, report.num_fewshot[t]))
+    assert len(again.lm_eval_commands) == len(report.lm_eval_commands)
+
+    loads.clear()
+    cross_task(TASKS, tmp_path / "off", config, settings=CrossTaskSettings(limit=4, eval_batch_size=4, reuse_base=False),
+               task_settings=task_settings, bakes=report.bakes, progress=False)
+    assert loads.count(None) == 1

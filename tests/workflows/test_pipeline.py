@@ -154,3 +154,36 @@ def test_ctrl_c_between_bakes_says_the_finished_steps_are_kept(tiny_model_dir, q
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == (f"lm-eval-baking: interrupted; every finished step is kept in {settings['output']}; rerun the same "
                     "command to continue from there")
+
+
+def test_another_pipeline_reuses_the_base_models_lm_eval_runs_from_the_store(tiny_pipeline, tmp_path, monkeypatch):
+    """The base model's runs (forgetting of the base, drift of the prompted base) of a second pipeline's
+    validation come from the base-model store; only the adapter's runs call lm_eval, and the checks read the
+    copied results as they read the first pipeline's own."""
+    import shutil
+    from dataclasses import replace
+
+    import lm_eval_baking.workflows.lm_eval_runs as runs
+    from lm_eval_baking.artifacts.records import LmEvalRunStamp
+    from lm_eval_baking.core import models
+    from lm_eval_baking.workflows.pipeline import _validate, all_checks
+
+    recipe, first = tiny_pipeline
+    second = replace(recipe, output=tmp_path / "second")
+    references = {}
+    for folder in sorted((recipe.output / "references").iterdir()):  # the same references, in the new run
+        references[folder.name] = second.output / "references" / folder.name
+        shutil.copytree(folder, references[folder.name])
+    calls = []
+    real = runs.run_child
+    monkeypatch.setattr(runs, "run_child", lambda argv, **kw: calls.append(argv) or real(argv, **kw))
+
+    _validate(second, models.resolve_model(recipe.model), first.adapter, references, progress=False)
+    assert calls and all(any("peft=" in word for word in argv) for argv in calls), "the base model ran again"
+    for name in ("forgetting/base", "drift/prompted-base"):
+        stamp = LmEvalRunStamp.from_pretrained(second.output / "lm_eval" / name)
+        assert stamp.reused_from and any((second.output / "lm_eval" / name).rglob("results_*.json"))
+    drift = next((second.output / "lm_eval" / "drift" / "prompted-base").rglob("results_*.json")).read_text()
+    assert str(references["french"]) in drift and str(recipe.output / "references") not in drift
+    assert ([c.value for c in all_checks(second, first.adapter, first.pursued)]
+            == [c.value for c in first.checks])
