@@ -214,19 +214,20 @@ def judge(comparison: PairedComparison, threshold: float, *, relative: bool,
     """PASS / FAIL / INCONCLUSIVE of a comparison against an allowed worsening `threshold` (> 0)."""
     if not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"threshold is the allowed worsening and must be a finite number > 0, got {threshold!r}")
-    confidence = comparison.difference_ci.confidence
-    fmt = (lambda v: f"{v:+.1%}") if relative else (lambda v: f"{v:+.4g}")
+    allowed, note = threshold, ""
     if relative and comparison.relative_change is None:
-        return Judgement(Verdict.INCONCLUSIVE, float("nan"), unbounded_interval(confidence), threshold, True, None,
-                         "base mean is 0, so a relative change is undefined; use an absolute threshold")
+        # Any share of a baseline of 0 is 0: no worsening is allowed, so the absolute difference is judged
+        # against 0. A 0/1 score whose baseline is 0 cannot fall further: PASS, as its CI shows.
+        relative, allowed, note = False, 0.0, "the baseline's mean is 0, so a relative drop allows none; "
+    fmt = (lambda v: f"{v:+.1%}") if relative else (lambda v: f"{v:+.4g}")
     change, ci = ((comparison.relative_change, comparison.relative_ci) if relative
                   else (comparison.difference, comparison.difference_ci))
     if not higher_is_better:  # a rise is the worsening: flip so that negative always means worse
         change, ci = -change, Interval(-ci.high, -ci.low, ci.confidence)
-    worst, best, limit = ci.low, ci.high, -threshold
+    worst, best, limit = ci.low, ci.high, -allowed
     if not finite_ci((ci.low, ci.high)):  # the same rule as judge_bound: an unbounded CI proves nothing
         return Judgement(Verdict.INCONCLUSIVE, float(change), ci, threshold, relative, None,
-                         f"the CI [{fmt(ci.low)}, {fmt(ci.high)}] is unbounded; evaluate more docs")
+                         f"{note}the CI [{fmt(ci.low)}, {fmt(ci.high)}] is unbounded; evaluate more docs")
     docs = None
     if worst >= limit:
         verdict, reason = Verdict.PASS, f"worst case {fmt(worst)} is within {fmt(limit)}"
@@ -237,7 +238,7 @@ def judge(comparison: PairedComparison, threshold: float, *, relative: bool,
         reason = f"worst case {fmt(worst)} is beyond {fmt(limit)}, best case {fmt(best)} within it"
         docs = docs_to_resolve(comparison.n, (ci.high - ci.low) / 2.0, change - limit)
         reason += f"; {resolve_text(docs)}" if docs else ""
-    return Judgement(verdict, float(change), ci, threshold, relative, docs, reason)
+    return Judgement(verdict, float(change), ci, threshold, relative, docs, note + reason)
 
 
 def false_fail_rate(base, other, threshold: float, *, relative: bool, replicates: int = 20, seed: int = 0,

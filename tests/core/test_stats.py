@@ -373,10 +373,19 @@ def test_judge_when_lower_is_better():
     assert relative.verdict is Verdict.PASS and relative.change == pytest.approx(-0.1)
 
 
-def test_judge_relative_with_a_zero_base_mean_is_inconclusive():
-    verdict = judge(comparison(0.2, (0.1, 0.3), base_mean=0.0), 0.034, relative=True)
-    assert verdict.verdict is Verdict.INCONCLUSIVE and "base mean is 0" in verdict.reason
-    assert verdict.docs_to_resolve is None and not verdict.ci.excludes_zero
+def test_judge_relative_with_a_zero_base_mean_allows_no_worsening():
+    # 3.4% of a baseline of 0 is 0: the absolute difference is judged against 0.
+    gained = judge(comparison(0.2, (0.1, 0.3), base_mean=0.0), 0.034, relative=True)
+    assert gained.verdict is Verdict.PASS and "baseline's mean is 0" in gained.reason and not gained.relative
+    assert gained.change == pytest.approx(0.2) and gained.ci == Interval(0.1, 0.3, 0.95)
+    unchanged = judge(comparison(0.0, (0.0, 0.0), base_mean=0.0), 0.034, relative=True)  # 0/1 scores all 0
+    assert unchanged.verdict is Verdict.PASS
+    unsure = judge(comparison(0.0, (-0.1, 0.1), base_mean=0.0), 0.034, relative=True)
+    assert unsure.verdict is Verdict.INCONCLUSIVE
+    assert judge(comparison(-0.2, (-0.3, -0.1), base_mean=0.0), 0.034, relative=True).verdict is Verdict.FAIL
+    # Lower is better: any rise from 0 is the worsening.
+    risen = judge(comparison(0.2, (0.1, 0.3), base_mean=0.0), 0.034, relative=True, higher_is_better=False)
+    assert risen.verdict is Verdict.FAIL
     assert judge(comparison(0.2, (0.1, 0.3), base_mean=0.0), 0.05, relative=False).verdict is Verdict.PASS
 
 
