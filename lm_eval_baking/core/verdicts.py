@@ -224,7 +224,7 @@ def judge(comparison: PairedComparison, threshold: float, *, relative: bool,
                   else (comparison.difference, comparison.difference_ci))
     if not higher_is_better:  # a rise is the worsening: flip so that negative always means worse
         change, ci = -change, Interval(-ci.high, -ci.low, ci.confidence)
-    worst, best, limit = ci.low, ci.high, -allowed
+    worst, best, limit = ci.low, ci.high, -allowed if allowed else 0.0  # not -0.0, which prints as '-0'
     if not finite_ci((ci.low, ci.high)):  # the same rule as judge_bound: an unbounded CI proves nothing
         return Judgement(Verdict.INCONCLUSIVE, float(change), ci, threshold, relative, None,
                          f"{note}the CI [{fmt(ci.low)}, {fmt(ci.high)}] is unbounded; evaluate more docs")
