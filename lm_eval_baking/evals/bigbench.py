@@ -16,7 +16,6 @@ DIR empty); then the error says how to put the archive in the cache by hand.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import random
@@ -31,6 +30,7 @@ from pathlib import Path
 from ..errors import BakingError
 from ..core.models import cache_dir
 from ..utils.atomic import write_bytes
+from ..utils.hashing import sha256_file
 from ..utils.processes import run_child
 from .bigbench_generated import generate_tasks, is_generated
 from .lm_eval_glue import check_peft
@@ -259,21 +259,13 @@ def _download(archive: Path) -> None:
         if status != 0 or not fetched.is_file():
             raise BakingError(f"pip could not find {SDIST_REQUIREMENT} or would not keep it (exit status {status}, "
                               f"no {SDIST_NAME}; pip's message is above); {_manual_download_hint(archive)}")
-        if _sha256(fetched) != SDIST_SHA256:
+        if sha256_file(fetched) != SDIST_SHA256:
             raise BakingError(f"downloaded {SDIST_NAME} has the wrong sha256; {_manual_download_hint(archive)}")
         os.replace(fetched, archive)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify_sdist(archive: Path) -> None:
-    if _sha256(archive) != SDIST_SHA256:
+    if sha256_file(archive) != SDIST_SHA256:
         raise BakingError(
             f"{archive} is incomplete or corrupt (sha256 mismatch); delete it and rerun to download it again, "
             f"or {_manual_download_hint(archive)}"

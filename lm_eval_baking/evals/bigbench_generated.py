@@ -15,7 +15,6 @@ move each missing task.json into place atomically. We run BIG-bench's script; we
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from ..errors import BakingError
 from ..utils.atomic import write_bytes, write_text
+from ..utils.hashing import sha256_file
 from ..utils.processes import run_child
 from ..utils.text import quoted
 
@@ -70,7 +70,7 @@ def _generate(names: list[str], tasks_dir: Path) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory(prefix=".bigbench-generate-", dir=tasks_dir.parent) as scratch:
         scratch = Path(scratch)
         sdist = download_generator(scratch, tasks_dir)
-        if sha256_of(sdist) != GENERATOR_SHA256:
+        if sha256_file(sdist) != GENERATOR_SHA256:
             raise BakingError(f"the downloaded {GENERATOR_SDIST} has the wrong sha256 (want {GENERATOR_SHA256}); "
                               f"check your package index or mirror, {_fallback(tasks_dir)}")
         script = _extract_generator(sdist, scratch / "generate_examples.py", tasks_dir)
@@ -102,14 +102,6 @@ def download_generator(scratch: Path, tasks_dir: Path) -> Path:
                           f"generator (exit status {code}: {quoted(_last_error(log), 120)}); check that `pip download "
                           f"--no-deps {GENERATOR_REQUIREMENT}` works here (index, proxy), {_fallback(tasks_dir)}")
     return sdist
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _extract_generator(sdist: Path, script: Path, tasks_dir: Path) -> Path:

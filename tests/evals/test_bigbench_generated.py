@@ -13,6 +13,7 @@ import tarfile
 import pytest
 import yaml
 
+from lm_eval_baking.utils.hashing import sha256_file
 from lm_eval_baking.core.harness import tasks_path
 from lm_eval_baking.errors import BakingError
 from lm_eval_baking.evals import bigbench, bigbench_generated
@@ -58,7 +59,7 @@ def generator(tmp_path, monkeypatch):
     def serve(script=FAKE_GENERATOR, pin=True):
         sdist = fake_sdist(tmp_path / GENERATOR_SDIST, script)
         if pin:
-            monkeypatch.setattr(bigbench_generated, "GENERATOR_SHA256", bigbench_generated.sha256_of(sdist))
+            monkeypatch.setattr(bigbench_generated, "GENERATOR_SHA256", sha256_file(sdist))
 
         def download(scratch, tasks_dir):
             calls.append(scratch)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lm_eval_baking.utils.hashing import sha256_file
 from lm_eval_baking.evals import bigbench
 from lm_eval_baking.errors import BakingError
 from lm_eval_baking.cli import evaluating
@@ -269,7 +270,7 @@ def test_the_archive_comes_from_pip_with_the_users_settings(tmp_path, monkeypatc
     # A `name @ file://` dependency does not stop pip 26 from keeping an sdist with --no-deps.
     index = _local_index(tmp_path, "9.9.1", ["numpy", "t5 @ file:///nowhere/t5"])
     _use_index(monkeypatch, tmp_path, index, "9.9.1")
-    monkeypatch.setattr(bigbench, "SDIST_SHA256", bigbench._sha256(index / "bigbench-9.9.1.tar.gz"))
+    monkeypatch.setattr(bigbench, "SDIST_SHA256", sha256_file(index / "bigbench-9.9.1.tar.gz"))
 
     bigbench.ensure_bigbench_tasks([ARCHIVE_TASK])
     assert bigbench.convert_task(bigbench.task_file(ARCHIVE_TASK))[0]["label"] in (0, 1)
