@@ -147,8 +147,12 @@ def markdown(result: CompareResult) -> str:
     for row in result.rows:
         c = row.comparison
         change, ci = ((c.relative_change, c.relative_ci) if relative else (c.difference, c.difference_ci))
-        shown = "–" if change is None or ci is None else (
-            f"{_number(change, relative)} [{_number(ci.low, relative)}, {_number(ci.high, relative)}]")
+        if change is None or ci is None:
+            shown = "–"
+        elif row.change == "none shown":  # a difference not established is no change: its CI, not a value
+            shown = f"none shown [{_number(ci.low, relative)}, {_number(ci.high, relative)}]"
+        else:
+            shown = f"{_number(change, relative)} [{_number(ci.low, relative)}, {_number(ci.high, relative)}]"
         docs = f"{c.n}" + (f" in {row.clusters} clusters" if row.clusters else "")
         direction = {True: "↑", False: "↓", None: "↕"}[row.higher_is_better]
         cells.append([row.task, f"{row.metric} {direction}", docs, f"{c.base_mean:.4g}", f"{c.other_mean:.4g}",
