@@ -47,7 +47,10 @@ def spawned():
 
 def _python(spawned: list[int], script: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env)
+    # A test run started as a background job of a non-interactive shell inherits SIGINT ignored, and so would the
+    # parent here (Python then installs no KeyboardInterrupt handler): give it Ctrl-C's default back.
+    process = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     spawned.append(process.pid)
     return process
 
