@@ -2,16 +2,19 @@
 
 A bake's training step (the default model with the default LoRA, bf16
 autocast, batch 8 of 64-token sequences, forward, backward, AdamW) is timed
-in a fresh process per setting: once on the idle machine, once next to a
-neighbour that keeps the CPUs busy as a niced test run does (`nice -n 10`, a
-matmul loop on torch's default threads). The ratio busy / idle is what the
-neighbour costs; a fair share on 2 cores is about 2x.
+in a fresh process per setting: once on the idle machine, and next to each
+kind of neighbour (NEIGHBOURS): one that keeps the CPUs busy as a niced test
+run does (`nice -n 10`, a matmul loop on torch's default threads), and one
+that keeps one core busy at normal priority, as a second job on one thread
+does. The ratio busy / idle is what the neighbour costs; a fair share on 2
+cores is about 2x.
 
     python bench/contention.py            # writes bench/results/contention.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -26,6 +29,12 @@ SETTINGS = {
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
 }
 NEIGHBOUR = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
+# Who the neighbour is: a niced test run on torch's default threads, or a second job of ours that another
+# user started without nice on one thread (a test run with OMP_NUM_THREADS=1, a helper's bake).
+NEIGHBOURS = {
+    "niced, torch's threads": (["nice", "-n", "10"], {}),
+    "not niced, one thread": ([], {"OMP_NUM_THREADS": "1"}),
+}
 STEPS = 4
 
 
@@ -55,10 +64,13 @@ def step_times() -> list[float]:
     return times[1:]
 
 
-def timed(env: dict, busy: bool) -> dict:
-    neighbour = subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", NEIGHBOUR]) if busy else None
+def timed(env: dict, neighbour_kind: str | None) -> dict:
+    neighbour = None
+    if neighbour_kind:
+        prefix, neighbour_env = NEIGHBOURS[neighbour_kind]
+        neighbour = subprocess.Popen([*prefix, sys.executable, "-c", NEIGHBOUR], env={**os.environ, **neighbour_env})
     try:
-        time.sleep(2 if busy else 0)
+        time.sleep(2 if neighbour else 0)
         out = subprocess.run([sys.executable, __file__, "--worker"], env={**os.environ, **env}, check=True,
                              capture_output=True, text=True).stdout
     finally:
@@ -70,19 +82,28 @@ def timed(env: dict, busy: bool) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "contention.json")
+    args = parser.parse_args()
     results = {}
     for name, env in SETTINGS.items():
-        idle, busy = timed(env, False), timed(env, True)
-        results[name] = {"env": env, "idle": idle, "busy": busy, "ratio": busy["median_s"] / idle["median_s"]}
-        print(f"{name}: idle {idle['median_s']:.2f} s, busy {busy['median_s']:.2f} s, "
-              f"ratio {results[name]['ratio']:.2f}x", flush=True)
+        idle = timed(env, None)
+        for kind in NEIGHBOURS:
+            busy = timed(env, kind)
+            key = f"{name}; neighbour {kind}"
+            results[key] = {"env": env, "neighbour": kind, "idle": idle, "busy": busy,
+                            "ratio": busy["median_s"] / idle["median_s"]}
+            print(f"{key}: idle {idle['median_s']:.2f} s, busy {busy['median_s']:.2f} s, "
+                  f"ratio {results[key]['ratio']:.2f}x", flush=True)
     fastest_idle = min(r["idle"]["median_s"] for r in results.values())
-    print("| setting | step, idle | step, next to a busy process | busy / idle | idle vs the fastest idle |\n"
-          "| --- | ---: | ---: | ---: | ---: |")
-    for name, r in results.items():
-        print(f"| {name} | {r['idle']['median_s']:.2f} s | {r['busy']['median_s']:.2f} s | {r['ratio']:.2f}x "
-              f"| {r['idle']['median_s'] / fastest_idle:.2f}x |")
-    Path("bench/results/contention.json").write_text(json.dumps({"steps": STEPS, "results": results}, indent=1))
+    print("| setting | neighbour | step, idle | step, next to the neighbour | busy / idle | idle vs the fastest idle |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: |")
+    for r in results.values():
+        name = next(n for n, e in SETTINGS.items() if e == r["env"])
+        print(f"| {name} | {r['neighbour']} | {r['idle']['median_s']:.2f} s | {r['busy']['median_s']:.2f} s "
+              f"| {r['ratio']:.2f}x | {r['idle']['median_s'] / fastest_idle:.2f}x |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"steps": STEPS, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

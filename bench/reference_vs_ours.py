@@ -52,7 +52,8 @@ from lm_eval_baking.training.baker import attach_lora
 from lm_eval_baking.core.batching import autocast, teacher_mode
 from lm_eval_baking.core.models import load_model, resolve_model
 from lm_eval_baking.core.questions import load_questions, split_questions
-from lm_eval_baking.core.chat import chat_prefix, encode_like_lm_eval
+from lm_eval_baking.core.chat import encode_like_lm_eval
+from lm_eval_baking.core.prompts import as_bake_prompt
 from lm_eval_baking.core.sampling import sample_trajectories
 
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
@@ -147,10 +148,12 @@ def reference_train(model, tokenizer, config: BakeConfig, train, after_step, max
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     pad = tokenizer.pad_token_id
 
-    def prefix(question, prompt):
-        return encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, question, prompt))
+    prompt = as_bake_prompt(config.prompt, tokenizer)
 
-    rows = [(prefix(t.question, config.prompt), prefix(t.question, None), t.answer_ids) for t in train]
+    def prefix(question, prompted):
+        return encode_like_lm_eval(tokenizer, prompt.context(tokenizer, question, prompted=prompted))
+
+    rows = [(prefix(t.question, True), prefix(t.question, False), t.answer_ids) for t in train]
     teacher_width = max(len(p) + len(a) for p, _, a in rows)
     student_width = max(len(p) + len(a) for _, p, a in rows)
 
@@ -372,23 +375,24 @@ def _profile_summary(events, steps: int, *, nested_teacher: bool) -> dict:
 
 # --------------------------------------------------------------------------- sampling
 
-def sampling_comparison(model, tokenizer, questions, samples: int, max_new_tokens: int, dtype) -> dict:
-    """Answer tokens/s: our batched sampler vs one `generate` call per (question, sample)."""
+def sampling_comparison(model, tokenizer, prompt, questions, samples: int, max_new_tokens: int, dtype) -> dict:
+    """Answer tokens/s: our batched sampler vs one `generate` call per (question, sample), both with `prompt`."""
     with autocast(model.device, dtype):
         start = time.perf_counter()
-        ours = sample_trajectories(model, tokenizer, questions, system_prompt=PIRATE, samples_per_question=samples,
+        ours = sample_trajectories(model, tokenizer, questions, system_prompt=prompt, samples_per_question=samples,
                                    max_new_tokens=max_new_tokens, batch_size=64, seed=0,
                                    desc="sampling: ours (batched)")
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
-        sample_trajectories(model, tokenizer, questions, system_prompt=PIRATE, samples_per_question=samples,
+        sample_trajectories(model, tokenizer, questions, system_prompt=prompt, samples_per_question=samples,
                             max_new_tokens=max_new_tokens, batch_size=64, seed=0, capture_top_k=CAPTURED_TOP_K,
                             desc=f"sampling: ours + top-{CAPTURED_TOP_K} capture")
         capture_s = time.perf_counter() - start
         torch.manual_seed(0)
         loop_tokens, start = 0, time.perf_counter()
         for question in tqdm(questions, desc="sampling: plain generate loop", unit="question"):
-            ids = torch.tensor([encode_like_lm_eval(tokenizer, chat_prefix(tokenizer, question.text, PIRATE))])
+            context = as_bake_prompt(prompt, tokenizer).context(tokenizer, question.text)
+            ids = torch.tensor([encode_like_lm_eval(tokenizer, context)])
             for _ in range(samples):
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
                                      top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens,
@@ -427,6 +431,42 @@ def tiny_model(directory: Path) -> str:
     return str(directory)
 
 
+def chosen_prompt(args, model_path: str) -> tuple:
+    """The prompt to bake and the question pool: the pirate on the built-in questions, a system prompt from
+    --prompt-file, or --fewshot-task's k-shot chat turns (the fewest shots of at least --min-prompt-tokens
+    tokens) on the task's own questions."""
+    if args.prompt_file:
+        return args.prompt_file.read_text(), load_questions("builtin")
+    if not args.fewshot_task:
+        return PIRATE, load_questions("builtin")
+    from lm_eval_baking.core.questions import Question
+    from lm_eval_baking.evals.task_prompts import build_task_prompt, load_task
+
+    tokenizer = load_model(model_path)[1]
+    task = load_task(args.fewshot_task)
+    # The questions are the task's evaluated docs: a bench, not an evaluation, and the small arithmetic
+    # tasks have too few other docs for a bake of 256 answers.
+    questions = [Question(text=task.doc_to_text(doc)) for doc in task.eval_docs]
+    for shots in range(8, 400, 4):
+        built = build_task_prompt(args.fewshot_task, "chat", num_fewshot=shots, task=task, own_questions=False)
+        if prompt_tokens(built.prompt, tokenizer) >= args.min_prompt_tokens:
+            return built.prompt, questions
+    raise SystemExit(f"{args.fewshot_task}: no few-shot prompt of {args.min_prompt_tokens} tokens")
+
+
+def prompt_tokens(prompt, tokenizer) -> int:
+    """Tokens the prompt adds to a question's context (template included)."""
+    bake_prompt = as_bake_prompt(prompt, tokenizer)
+    return (len(encode_like_lm_eval(tokenizer, bake_prompt.context(tokenizer, "?")))
+            - len(encode_like_lm_eval(tokenizer, bake_prompt.context(tokenizer, "?", prompted=False))))
+
+
+def describe_prompt(args, prompt, tokenizer) -> dict:
+    kind = "fewshot_chat_turns" if args.fewshot_task else "system_prompt"
+    return {"kind": kind, "source": str(args.prompt_file or args.fewshot_task or "pirate"),
+            "turns": len(prompt) if isinstance(prompt, list) else 1, "tokens": prompt_tokens(prompt, tokenizer)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="'default', a HF id or a model directory")
@@ -441,6 +481,11 @@ def main() -> None:
     parser.add_argument("--sampling-samples", type=int, default=2)
     parser.add_argument("--ablation-steps", type=int, default=8, help="timed steps per lever variant; 0 skips")
     parser.add_argument("--profile-steps", type=int, default=4, help="profiled steps per method; 0 skips")
+    parser.add_argument("--prompt-file", type=Path, help="bake this system prompt (a text file) instead of the pirate")
+    parser.add_argument("--fewshot-task", help="bake this lm_eval task's few-shot examples as chat turns, on its "
+                                               "own questions, instead of the pirate")
+    parser.add_argument("--min-prompt-tokens", type=int, default=1000,
+                        help="with --fewshot-task: the fewest shots whose prompt has at least this many tokens")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "reference_vs_ours.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -452,9 +497,9 @@ def main() -> None:
     else:
         model_path = resolve_model(args.model)
 
-    config = BakeConfig(prompt=PIRATE, model=model_path, max_new_tokens=args.max_new_tokens, epochs=args.epochs)
-    train_questions, heldout_questions = split_questions(load_questions("builtin"), config.heldout_fraction,
-                                                         config.seed)
+    prompt, questions = chosen_prompt(args, model_path)
+    config = BakeConfig(prompt=prompt, model=model_path, max_new_tokens=args.max_new_tokens, epochs=args.epochs)
+    train_questions, heldout_questions = split_questions(questions, config.heldout_fraction, config.seed)
     train_questions, heldout_questions = train_questions[:args.train_questions], heldout_questions[:args.heldout_questions]
 
     print(f"threads {torch.get_num_threads()}; probing matmul ceilings")
@@ -463,16 +508,16 @@ def main() -> None:
 
     model, tokenizer = load_model(model_path)
     with autocast(model.device, config.autocast_dtype):  # the trajectories both methods train on, sampled once
-        train = sample_trajectories(model, tokenizer, train_questions, system_prompt=PIRATE,
+        train = sample_trajectories(model, tokenizer, train_questions, system_prompt=prompt,
                                     max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size,
                                     seed=config.seed, desc="sampling training answers", capture_top_k=CAPTURED_TOP_K)
-        heldout = sample_trajectories(model, tokenizer, heldout_questions, system_prompt=PIRATE,
+        heldout = sample_trajectories(model, tokenizer, heldout_questions, system_prompt=prompt,
                                       max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size,
                                       seed=config.seed + 1, desc="sampling held-out answers")
     sampling = None
     if args.sampling_questions:
         pool = (train_questions + heldout_questions)[:args.sampling_questions]
-        sampling = sampling_comparison(model, tokenizer, pool, args.sampling_samples, args.max_new_tokens,
+        sampling = sampling_comparison(model, tokenizer, prompt, pool, args.sampling_samples, args.max_new_tokens,
                                        config.autocast_dtype)
     del model
     gc.collect()
@@ -507,6 +552,7 @@ def main() -> None:
 
     report = {
         "model": model_path, "quick": args.quick, "threads": torch.get_num_threads(),
+        "prompt": describe_prompt(args, prompt, tokenizer),
         "sizes": {"train": len(train), "heldout": len(heldout), "max_new_tokens": config.max_new_tokens,
                   "epochs": config.epochs, "batch_size": config.batch_size, "eval_every": args.eval_every},
         "config": asdict(config), "ceilings": ceilings,
