@@ -15,15 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from tqdm.auto import tqdm
-
 from ..errors import BakingError
 from ..utils.settings import MAX_TEMPERATURE, in_range, setting
-from .batching import autocast
 from .chat import encode_like_lm_eval
-from .kv_batch import CachedBatch
-from .sampling import cut_at_eos, eos_ids
+
+# torch and the KV cache are imported inside the functions: ConversationSettings is read by light commands
+# (`bake --help`, recipe checks) that never load torch.
 
 # The simulated user gets a new everyday topic each turn: left to itself, a small
 # model echoes the assistant ("You're welcome!") and the chat collapses into a loop.
@@ -114,6 +111,13 @@ def generate_conversations(model, tokenizer, system_prompts: list[str], settings
     its side has no cache to keep; it reads the last `settings.user_context_turns`
     agent turns (0: all of them, as the agent does).
     """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .batching import autocast
+    from .kv_batch import CachedBatch
+    from .sampling import eos_ids
+
     ids = conversation_ids or [0] * len(system_prompts)
     histories = [[{"role": "user", "content": settings.opener_of(k)}] for k in ids]
     stop_ids = eos_ids(tokenizer, model)
@@ -164,7 +168,9 @@ def _encode_view(tokenizer, messages: list[dict]) -> list[int]:
                                                                         add_generation_prompt=True))
 
 
-def _replies(batch: CachedBatch, tokenizer, settings: ConversationSettings, stop_ids: set[int]) -> list[str]:
-    """The next message of every row of `batch`, as text."""
+def _replies(batch, tokenizer, settings: ConversationSettings, stop_ids: set[int]) -> list[str]:
+    """The next message of every row of `batch` (a core.kv_batch.CachedBatch), as text."""
+    from .sampling import cut_at_eos
+
     answers = batch.generate(settings.max_new_tokens, settings.temperature, stop_ids)
     return [tokenizer.decode(cut_at_eos(ids, stop_ids), skip_special_tokens=True).strip() for ids in answers]

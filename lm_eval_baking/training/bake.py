@@ -37,7 +37,7 @@ from ..utils.atomic import remove_stale_staging
 from .baker import LossDiverged, PromptBaker, attach_lora
 from .config import BakeConfig, ResumeSettings
 from .loop import TrainingLoop
-from .multi_turn import depth_record, kl_by_depth, mix_single_turn, sample_conversation_turns
+from .multi_turn import conversation_training_set, depth_record, heldout_turns
 from .plan import BakePlan, plan_bake
 from .replay import Replay
 from .record import BestCheckpoint, Stopwatch, bake_record, environment, questions_sha256
@@ -45,10 +45,6 @@ from .workdir import (
     OutputWriteError, WorkDir, kept_note, load_trainable_state, safetensors_error, set_rng_state, trainable_state,
     write_error,
 )
-
-# The held-out conversations' turns of a multi-turn bake (data/heldout_turns.jsonl, beside heldout.jsonl).
-HELDOUT_TURNS = "heldout_turns"
-
 
 @dataclass
 class BakeResult:
@@ -221,8 +217,12 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
     multi_turn = config.multi_turn.enabled
     train = work.trajectories("train")
     if train is None:
-        sample = _sample_conversation_train if multi_turn else _sample_train
-        train = sample(sampler, tokenizer, plan, prompt, model.device, watch, workers, progress, replay)
+        single = partial(_sample_train, sampler, tokenizer, plan, prompt, model.device, watch, workers, progress)
+        if multi_turn:
+            train = conversation_training_set(sampler, tokenizer, plan.config, plan.budget, single, watch, progress)
+            train = train if replay is None else replay.mix(train, config.seed)
+        else:
+            train = single(replay)
         work.save_trajectories("train", train)
         work.update_state(seconds=watch.seconds)
     heldout = work.trajectories("heldout")  # single-turn in every bake: what baking_mckl scores
@@ -231,14 +231,8 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
                                             progress)
         work.save_trajectories("heldout", heldout)
         work.update_state(seconds=watch.seconds)
-    measured = heldout  # the held-out set whose KL picks the adapter and judges the bake
-    if multi_turn:
-        measured = work.trajectories(HELDOUT_TURNS)
-        if measured is None:
-            with watch.phase("sampling"):
-                measured = sample_conversation_turns(sampler, tokenizer, config, heldout=True, progress=progress)
-            work.save_trajectories(HELDOUT_TURNS, measured)
-            work.update_state(seconds=watch.seconds)
+    # The held-out set whose KL picks the adapter and judges the bake: a multi-turn bake's held-out conversations.
+    measured = heldout_turns(work, sampler, tokenizer, config, watch, progress) if multi_turn else heldout
 
     # 2. The student, and the held-out KL of the unprompted base: what baking has to remove.
     model = attach_lora(model, config)  # seeded: the same fresh adapter in every run, before any restore
@@ -293,8 +287,7 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
     by_depth = None
     if multi_turn:
         with watch.phase("evaluation"):
-            by_depth = depth_record(kl_by_depth(partial(baker.heldout_kl, student_is_base=True), measured),
-                                    kl_by_depth(baker.heldout_kl, measured), asdict(baker.heldout_kl(heldout)))
+            by_depth = depth_record(baker, measured, heldout)
     generated = train + heldout + (measured if multi_turn else [])
     answer_tokens = {"generated": sum(len(t.answer_ids) for t in generated),
                      "trained": sum(len(t.answer_ids) for t in train) * config.epochs}
@@ -325,20 +318,6 @@ def _sample_train(sampler, tokenizer, plan: BakePlan, prompt: BakePrompt, device
             desc="sampling training answers", progress=progress, workers=workers,
             capture_top_k=config.top_k if config.cache_teacher else None,
         )
-    return train if replay is None else replay.mix(train, config.seed)
-
-
-def _sample_conversation_train(sampler, tokenizer, plan: BakePlan, prompt: BakePrompt, device, watch: Stopwatch,
-                                workers, progress: bool, replay: Replay | None) -> list:
-    """A multi-turn bake's training set: the conversation turns, then the single-turn answers the mix asks for
-    (sampled as a plain bake samples them), then earlier prompts' answers mixed in."""
-    config = plan.config
-    with watch.phase("sampling"):
-        train = sample_conversation_turns(sampler, tokenizer, config, heldout=False, progress=progress)
-    single = plan.budget["single_turn_answers"]
-    if single:
-        answers = _sample_train(sampler, tokenizer, plan, prompt, device, watch, workers, progress, None)
-        train = mix_single_turn(train, answers, single, config.seed)
     return train if replay is None else replay.mix(train, config.seed)
 
 

@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, replace
+from functools import partial
+from typing import Callable
 
 from ..core.batching import autocast
 from ..core.conversations import ConversationSettings, generate_conversations
 from ..core.prompts import BakePrompt
 from ..core.sampling import Trajectory, batch_seed
 from .config import BakeConfig
+from .workdir import WorkDir
+
+# The held-out conversations' turns of a multi-turn bake: data/heldout_turns.jsonl, beside heldout.jsonl
+# (single-turn in every bake: what baking_mckl scores).
+HELDOUT_TURNS = "heldout_turns"
 
 CATEGORY = "conversation"
 
@@ -77,25 +84,45 @@ def sample_conversation_turns(sampler, tokenizer, config: BakeConfig, *, heldout
     return turn_trajectories(conversations, settings.depths, tokenizer, temperature)
 
 
-def mix_single_turn(turns: list[Trajectory], single: list[Trajectory], count: int, seed: int) -> list[Trajectory]:
-    """The training set: every conversation turn, and `count` of the single-turn answers (a seeded choice)."""
-    rng = random.Random(seed * 7919 + 29)
-    return turns + rng.sample(single, min(count, len(single)))
+def conversation_training_set(sampler, tokenizer, config: BakeConfig, budget: dict,
+                              sample_single: Callable[[None], list], watch, progress: bool) -> list[Trajectory]:
+    """A multi-turn bake's training set: the conversation turns, then `budget["single_turn_answers"]` of the
+    single-turn answers `sample_single(None)` samples as a plain bake does (a seeded choice), when the mix asks."""
+    with watch.phase("sampling"):
+        train = sample_conversation_turns(sampler, tokenizer, config, heldout=False, progress=progress)
+    count = budget["single_turn_answers"]
+    if count:
+        rng = random.Random(config.seed * 7919 + 29)
+        single = sample_single(None)
+        train += rng.sample(single, min(count, len(single)))
+    return train
 
 
-def kl_by_depth(measure, heldout_turns: list[Trajectory]) -> dict[str, dict]:
-    """{depth: KLEstimate as a dict} of the held-out turns, `measure(trajectories) -> KLEstimate` per depth."""
-    depths = sorted({t.depth for t in heldout_turns})
-    return {str(d): asdict(measure([t for t in heldout_turns if t.depth == d])) for d in depths}
+def heldout_turns(work: WorkDir, sampler, tokenizer, config: BakeConfig, watch, progress: bool) -> list[Trajectory]:
+    """The held-out conversations' turns: read back from the work folder, or sampled now and saved there."""
+    turns = work.trajectories(HELDOUT_TURNS)
+    if turns is None:
+        with watch.phase("sampling"):
+            turns = sample_conversation_turns(sampler, tokenizer, config, heldout=True, progress=progress)
+        work.save_trajectories(HELDOUT_TURNS, turns)
+        work.update_state(seconds=watch.seconds)
+    return turns
 
 
-def depth_record(reference: dict[str, dict], baked: dict[str, dict], single_turn: dict | None) -> dict:
-    """baking.json's kl.multi_turn: the held-out KL per depth of the unprompted base and the kept adapter, and the
-    kept adapter's on the single-turn held-out answers (what baking_mckl measures)."""
+def kl_by_depth(measure, turns: list[Trajectory]) -> dict[str, dict]:
+    """{depth: KLEstimate as a dict} of `turns`, `measure(trajectories) -> KLEstimate` run once per depth."""
+    depths = sorted({t.depth for t in turns})
+    return {str(d): asdict(measure([t for t in turns if t.depth == d])) for d in depths}
+
+
+def depth_record(baker, turns: list[Trajectory], single_turn: list[Trajectory]) -> dict:
+    """baking.json's kl.multi_turn: the held-out KL per depth of the unprompted base and of the adapter `baker`
+    trains now (the kept one), and the adapter's on the single-turn held-out answers (what baking_mckl scores)."""
+    reference = kl_by_depth(partial(baker.heldout_kl, student_is_base=True), turns)
+    baked = kl_by_depth(baker.heldout_kl, turns)
     ratios = {d: baked[d]["per_token"] / r["per_token"] if r["per_token"] > 0 else None for d, r in reference.items()}
     return {"measure": "exact full-vocabulary KL(teacher || model) on the held-out conversations' agent turns, "
                        "per depth (agent turn)",
             "by_depth": {d: {"unprompted_base": reference[d], "baked": baked[d], "ratio": ratios[d]}
                          for d in reference},
-            "single_turn": single_turn}
-
+            "single_turn": asdict(baker.heldout_kl(single_turn))}
