@@ -164,6 +164,33 @@ def tiny_config(tiny_model_dir, question_file, **overrides):
     return BakeConfig(**settings)
 
 
+def bake_flags(config) -> list[str]:
+    """`lm-eval-baking bake` flags for exactly `config` (a BakeConfig; its prompt left out), nested settings
+    (BakeConfig.multi_turn) by their own flags."""
+    from dataclasses import fields
+
+    flags = []
+
+    def add(settings):
+        for f in fields(settings):
+            value = getattr(settings, f.name)
+            if f.name == "prompt" or value is None:
+                continue
+            if f.metadata.get("nested"):
+                add(value)
+                continue
+            flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
+            if isinstance(value, bool):
+                flags.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, list):
+                flags.extend([flag, *map(str, value)])
+            else:
+                flags.extend([flag, str(value)])
+
+    add(config)
+    return flags
+
+
 @pytest.fixture(scope="session")
 def default_model_dir():
     from lm_eval_baking.core.models import default_model_dir as prepare

@@ -135,7 +135,11 @@ def _sizes(result) -> str:
     training = result.training or {}
     budget, targets = training.get("budget"), training.get("lora_targets")
     parts = []
-    if budget:
+    if budget and "conversation_turns" in budget:  # a multi-turn bake
+        parts.append(f"trained on {budget['trajectories']} answers ({budget['conversation_turns']} conversation "
+                     f"turns + {budget['single_turn_answers']} single-turn), {budget['epochs']} epoch(s), "
+                     f"{budget['steps']} steps")
+    elif budget:
         parts.append(f"trained on {budget['trajectories']} answers ({budget['train_questions']} questions x "
                      f"{budget['samples_per_question']}), {budget['epochs']} epoch(s), {budget['steps']} steps")
     if targets:

@@ -18,18 +18,23 @@ from ..utils.text import quoted
 
 
 def add_settings(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ...] = (),
-                 title: str | None = None) -> None:
+                 title: str | None = None, dest_prefix: str = "") -> None:
     """One option per field of the dataclass `cls` (fields marked cli=False and `exclude` are left out).
 
     A field's metadata (`utils.settings.setting`) may also say: `positional=True` (an argument, not a flag;
     a list field takes one or more), `repeat=True` (a list flag given once per item), `short="-o"`, `flag`
-    (the option's name when it is not the field's), `choices`, `metavar`. A field without a default is a
-    required option. Numbers and paths given on the command line are checked here, so a bad one is one line.
+    (the option's name when it is not the field's), `choices`, `metavar`, `nested=True` (the field is a
+    dataclass whose own fields are options, named by their `flag`s: BakeConfig.multi_turn). A field without
+    a default is a required option. Numbers and paths given on the command line are checked here, so a bad
+    one is one line.
     """
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in exclude or f.metadata.get("cli", True) is False:
+            continue
+        if f.metadata.get("nested"):
+            add_settings(group, _bare(hints[f.name]), dest_prefix=f"{dest_prefix}{f.name}.")
             continue
         required = f.default is MISSING and f.default_factory is MISSING
         default = f.default if f.default is not MISSING else (
@@ -42,13 +47,15 @@ def add_settings(parser: argparse.ArgumentParser, cls, *, exclude: tuple[str, ..
         options = {"help": _with_default(help_text, None if required else default)}
         if f.metadata.get("metavar"):
             options["metavar"] = f.metadata["metavar"]
+        elif dest_prefix and kind is not bool and not f.metadata.get("choices"):
+            options["metavar"] = f.name.upper()  # not argparse's MULTI_TURN.NAME, from the dest
         if f.metadata.get("choices"):
             options["choices"] = list(f.metadata["choices"])
         if f.metadata.get("positional"):
             group.add_argument(f.name, type=_typed(item, f.metadata.get("metavar", f.name)),
                                **({"nargs": "+"} if kind in (list, tuple) else {}), **options)
             continue
-        options.update(dest=f.name, default=default)
+        options.update(dest=dest_prefix + f.name, default=default)
         names = [flag] + ([f.metadata["short"]] if f.metadata.get("short") else [])
         if required:
             options["required"] = True
@@ -104,9 +111,20 @@ def output_path(text: str) -> Path:
     return Path(text)
 
 
-def settings_from_args(cls, args: argparse.Namespace, **fixed):
-    """The dataclass `cls` from parsed arguments: every field the parser has, plus `fixed` values."""
-    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name) and f.name not in fixed}
+def settings_from_args(cls, args: argparse.Namespace, dest_prefix: str = "", **fixed):
+    """The dataclass `cls` from parsed arguments: every field the parser has, plus `fixed` values (a nested
+    field, see `add_settings`, from its own fields' options)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name in fixed:
+            continue
+        if f.metadata.get("nested"):
+            nested = f"{dest_prefix}{f.name}."
+            if any(name.startswith(nested) for name in vars(args)):
+                values[f.name] = settings_from_args(_bare(hints[f.name]), args, nested)
+        elif hasattr(args, dest_prefix + f.name):
+            values[f.name] = getattr(args, dest_prefix + f.name)
     return cls(**values, **fixed)
 
 

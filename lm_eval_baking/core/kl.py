@@ -113,7 +113,8 @@ def token_level_kl(model, tokenizer, trajectories, system_prompt, *, student_has
     prompt = as_bake_prompt(system_prompt, tokenizer)
 
     def prefixes(sequences, prompted: bool):
-        return [encode_like_lm_eval(tokenizer, prompt.context(tokenizer, t.question, prompted=prompted))
+        return [encode_like_lm_eval(tokenizer, prompt.context(tokenizer, t.question, prompted=prompted,
+                                                                   history=t.history))
                 for t in sequences]
 
     # What all contexts share is read once (core.prefix_cache), the same split in every process whatever its

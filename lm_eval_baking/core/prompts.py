@@ -15,6 +15,10 @@ A prompt has one of two forms, the two ways lm_eval builds a context:
 The student's context is the same without the prompt. Sampling, scoring (the stored
 log-probs), the held-out KL, training and `baking_mckl` all render through `BakePrompt.context`,
 so they cannot disagree.
+
+A multi-turn bake (training/multi_turn.py) gives `context` the conversation so far (`history`):
+the student reads it without the prompt, the teacher with the prompt first and, with `refresh`,
+the prompt again next to the latest user message (REFRESH_PLACES).
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ from ..utils.text import quoted
 
 FORMS = ("auto", "chat", "text")
 ROLES = ("system", "user", "assistant")
+# Where a refreshed prompt sits in the teacher's context: a system message just before the latest user message,
+# or prefixed to that message (for chat templates that take a system message only first); auto picks system
+# where the template renders it there (`refresh_placement`).
+REFRESH_PLACES = ("auto", "system", "user")
+# Between a prompt prefixed to a user message and the message itself.
+REFRESH_SEPARATOR = "\n\n"
 
 
 @dataclass(frozen=True)
@@ -37,10 +47,23 @@ class BakePrompt:
     """chat: (role, content) pairs placed before the question."""
     text: str = ""
     """text: the prefix placed right before the question."""
+    refresh: str | None = None
+    """With a conversation history: where the teacher reads the prompt again, "system" or "user"
+    (REFRESH_PLACES); None: only at the start. Only a one-system-message prompt can be refreshed."""
 
     def __post_init__(self):
         if self.form not in ("chat", "text"):
             raise BakingError(f"a prompt's form is chat or text, not {quoted(self.form)}")
+        if self.refresh is not None and (self.refresh not in ("system", "user") or self.system_text is None):
+            raise BakingError("only a system prompt (text, in the chat form) can be refreshed, as a system or a user "
+                              f"message (got {quoted(self.refresh)})")
+
+    @property
+    def system_text(self) -> str | None:
+        """The prompt's text when it is one system message (what a conversation's agent has), else None."""
+        if self.form == "chat" and len(self.messages) == 1 and self.messages[0][0] == "system":
+            return self.messages[0][1]
+        return None
 
     @classmethod
     def from_setting(cls, prompt, form: str, tokenizer) -> "BakePrompt":
@@ -64,12 +87,24 @@ class BakePrompt:
         resolved = resolve_form(form, tokenizer)
         return cls(resolved)
 
-    def context(self, tokenizer, question: str, *, prompted: bool = True) -> str:
-        """The context lm_eval gives the model for `question`: with this prompt (teacher) or without (student)."""
+    def context(self, tokenizer, question: str, *, prompted: bool = True, history: list[dict] | None = None) -> str:
+        """The context lm_eval gives the model for `question`: with this prompt (teacher) or without (student).
+
+        `history` is the conversation before `question` (user/assistant messages, chat form only). The
+        prompted context then has the prompt first and, with `refresh`, again next to `question`; with no
+        history the prompt is next to it already, so it is not repeated.
+        """
         if self.form == "text":
+            if history:
+                raise BakingError("a conversation history needs the chat form (a model with a chat template)")
             return (self.text if prompted else "") + question
         turns = list(self.messages) if prompted else []
-        messages = [{"role": role, "content": content} for role, content in turns]
+        messages = [{"role": role, "content": content} for role, content in turns] + list(history or [])
+        refreshed = prompted and bool(history) and self.refresh is not None
+        if refreshed and self.refresh == "system":
+            messages.append({"role": "system", "content": self.system_text})
+        if refreshed and self.refresh == "user":
+            question = self.system_text + REFRESH_SEPARATOR + question
         messages.append({"role": "user", "content": question})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -81,6 +116,30 @@ def as_bake_prompt(prompt, tokenizer) -> BakePrompt:
     if prompt is None:
         return BakePrompt.unprompted(tokenizer)
     return BakePrompt.from_setting(prompt, "auto", tokenizer)
+
+
+def refresh_placement(tokenizer, requested: str) -> str:
+    """Where a refreshed prompt goes for this tokenizer's chat template: `requested` (REFRESH_PLACES), with auto
+    resolved to system when the template renders a system message after other turns, else user.
+
+    Some templates raise on such a message (roles must alternate), others drop it silently: both count as not
+    rendering it, so the marker text is looked for in what comes out.
+    """
+    if requested not in REFRESH_PLACES:
+        raise BakingError(f"--multi-turn-refresh-as must be one of {', '.join(REFRESH_PLACES)} (got {quoted(requested)})")
+    if requested == "user":
+        return "user"
+    marker = "refresh-marker-7f3a"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                {"role": "system", "content": marker}, {"role": "user", "content": "bye"}]
+    try:
+        renders = marker in tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - jinja's TemplateError and whatever a template's raise_exception raises
+        renders = False
+    if requested == "system" and not renders:
+        raise BakingError("--multi-turn-refresh-as system: this model's chat template does not render a system "
+                          "message after other turns; use --multi-turn-refresh-as user (or auto)")
+    return "system" if renders else "user"
 
 
 def resolve_form(form: str, tokenizer) -> str:

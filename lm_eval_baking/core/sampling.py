@@ -40,6 +40,10 @@ class Trajectory:
     # Training only, for replayed answers of an earlier prompt (compose mode `replay`): the system prompt
     # the teacher reads for this answer instead of the bake's own. None (and not saved) for the bake's own.
     teacher_prompt: str | None = None
+    # Multi-turn bakes only: the conversation before `question` (user/assistant messages, no system prompt),
+    # and which agent turn `answer` is (1: the reply to the opener). None (and not saved) for a single question.
+    history: list[dict] | None = None
+    depth: int | None = None
     # In memory only, never saved: the sampling model's top-k log-probs and token ids ([n, k] each) at
     # every answer position, when sampled with `capture_top_k`. The trainer's teacher cache starts from them.
     teacher_top_k: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
@@ -47,6 +51,12 @@ class Trajectory:
     def to_dict(self) -> dict:
         saved = (f.name for f in fields(self) if f.name != "teacher_top_k")
         return {name: getattr(self, name) for name in saved if getattr(self, name) is not None}
+
+    @property
+    def context_key(self) -> tuple:
+        """What decides this trajectory's context besides the prompt: its question and the conversation before it."""
+        history = tuple((m["role"], m["content"]) for m in self.history) if self.history else None
+        return self.question, history
 
     @classmethod
     def from_dict(cls, row: dict) -> "Trajectory":
@@ -107,7 +117,7 @@ def sample_trajectories(
     bar = tqdm(total=sum(len(b) for _, b in mine), desc=desc, unit="answer", disable=not progress or not workers.is_main)
     try:
         for batch_index, batch in mine:
-            torch.manual_seed(_batch_seed(seed, batch_index))
+            torch.manual_seed(batch_seed(seed, batch_index))
             contexts = [prefixes[jobs[i][0].text] for i in batch]
             recorder = _TopKRecorder(capture_top_k) if capture_top_k else None
             if shared is not None and all(c[:len(shared)] == shared.tokens and len(c) > len(shared) for c in contexts):
@@ -178,7 +188,7 @@ class _TopKRecorder(LogitsProcessor):
                 torch.stack([index[row] for _, index in self.steps[:n_tokens]]))
 
 
-def _batch_seed(seed: int, batch_index: int) -> int:
+def batch_seed(seed: int, batch_index: int) -> int:
     """The seed of batch `batch_index` in a run seeded `seed`.
 
     The first batch uses `seed` itself (so a run that fits one batch samples

@@ -9,80 +9,9 @@ from dataclasses import dataclass
 
 from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT, check_forgetting_drop
+from ..core.conversations import OPENERS, TOPICS, USER_SIMULATOR_PROMPT, ConversationSettings  # noqa: F401 (their home is core: multi-turn baking uses them too)
 from ..errors import BakingError
-from ..utils.settings import MAX_TEMPERATURE, in_range, setting
-
-# The simulated user gets a new everyday topic each turn: left to itself, a small
-# model echoes the assistant ("You're welcome!") and the chat collapses into a loop.
-USER_SIMULATOR_PROMPT = (
-    "You are a curious person chatting with an AI assistant. "
-    "Reply with one short sentence that asks the assistant a question about {topic}."
-)
-TOPICS = (
-    "cooking", "gardening", "sport", "books", "money", "the weather", "pets", "travel", "music", "sleep",
-    "friendship", "films", "the sea", "history", "work", "science", "holidays", "the city", "art", "health",
-)
-# The simulated user's first message. A fixed opener (chosen by the seed) rather
-# than a generated one: a small model asked to open a chat often answers instead.
-OPENERS = (
-    "Hi! What should I cook for dinner tonight?",
-    "Hello! Do you have any tips for keeping houseplants alive?",
-    "Hey, how do I start running as a beginner?",
-    "Hi there! What is a good book to read on holiday?",
-    "Hello! How can I save money on groceries?",
-    "Hi! What is a fun thing to do on a rainy day?",
-)
-
-
-@dataclass(frozen=True)
-class ConversationSettings:
-    """What decides a generated conversation; stored with it so a stale one is never reused."""
-
-    turns: int = setting(30, help=(
-        "Agent turns per conversation, each after one simulated-user turn (the project measures drift over >= 30)."))
-    max_new_tokens: int = setting(40, help=(
-        "Length cap of every turn, agent and user alike: short turns keep CPU generation to minutes."))
-    temperature: float = setting(0.7, help="Sampling temperature of both sides of the conversation (0 = greedy).")
-    seed: int = setting(0, help=(
-        "Seeds the conversations: conversation k opens and changes topics by seed + k, and samples from seed."))
-    conversations: int = setting(5, help=(
-        "Conversations per persona, each with its own opener and topics: drift's confidence intervals resample "
-        "whole conversations, so more conversations give tighter intervals."))
-    user_context_turns: int = setting(2, help=(
-        "Agent turns the simulated user reads before it replies (0: the whole conversation). It only asks about "
-        "the turn's topic, so a short view serves; the whole one is re-read every turn and makes generation "
-        "several times slower (docs/performance.md)."))
-    user_prompt: str = setting(USER_SIMULATOR_PROMPT, help=(
-        "System prompt of the simulated user; {topic} is replaced by a new everyday topic each turn."))
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        if self.turns < 1:
-            raise BakingError("--turns must be at least 1")
-        if self.max_new_tokens < 1:
-            raise BakingError("--max-new-tokens must be at least 1")
-        if not in_range(self.temperature, low=0, high=MAX_TEMPERATURE):
-            raise BakingError(f"--temperature must be a finite number, 0 (greedy) or above and at most "
-                              f"{MAX_TEMPERATURE:g} (got {self.temperature})")
-        if self.conversations < 1:
-            raise BakingError("--conversations must be at least 1")
-        if self.user_context_turns < 0:
-            raise BakingError("--user-context-turns must be 0 (the whole conversation) or more")
-
-    @property
-    def opener(self) -> str:
-        return self.opener_of(0)
-
-    def opener_of(self, conversation: int) -> str:
-        return OPENERS[(self.seed + conversation) % len(OPENERS)]
-
-    def user_system_prompt(self, turn: int, conversation: int = 0) -> str:
-        # Conversations step through the topics at different strides, so no two share their sequence.
-        return self.user_prompt.format(topic=TOPICS[(self.seed + conversation + turn * (1 + conversation))
-                                                    % len(TOPICS)])
-
+from ..utils.settings import in_range, setting
 
 @dataclass
 class ForgettingSettings:

@@ -37,6 +37,7 @@ from ..utils.atomic import remove_stale_staging
 from .baker import LossDiverged, PromptBaker, attach_lora
 from .config import BakeConfig, ResumeSettings
 from .loop import TrainingLoop
+from .multi_turn import conversation_training_set, depth_record, heldout_turns
 from .plan import BakePlan, plan_bake
 from .replay import Replay
 from .record import BestCheckpoint, Stopwatch, bake_record, environment, questions_sha256
@@ -213,17 +214,25 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
     prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
 
     # 1. Answers of the prompted model: sampled once, kept in the work folder.
+    multi_turn = config.multi_turn.enabled
     train = work.trajectories("train")
     if train is None:
-        train = _sample_train(sampler, tokenizer, plan, prompt, model.device, watch, workers, progress, replay)
+        single = partial(_sample_train, sampler, tokenizer, plan, prompt, model.device, watch, workers, progress)
+        if multi_turn:
+            train = conversation_training_set(sampler, tokenizer, plan.config, plan.budget, single, watch, progress)
+            train = train if replay is None else replay.mix(train, config.seed)
+        else:
+            train = single(replay)
         work.save_trajectories("train", train)
         work.update_state(seconds=watch.seconds)
-    heldout = work.trajectories("heldout")
+    heldout = work.trajectories("heldout")  # single-turn in every bake: what baking_mckl scores
     if heldout is None:
         heldout = _sample_and_score_heldout(sampler, tokenizer, plan, prompt, model.device, watch, workers,
                                             progress)
         work.save_trajectories("heldout", heldout)
         work.update_state(seconds=watch.seconds)
+    # The held-out set whose KL picks the adapter and judges the bake: a multi-turn bake's held-out conversations.
+    measured = heldout_turns(work, sampler, tokenizer, config, watch, progress) if multi_turn else heldout
 
     # 2. The student, and the held-out KL of the unprompted base: what baking has to remove.
     model = attach_lora(model, config)  # seeded: the same fresh adapter in every run, before any restore
@@ -232,11 +241,11 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
         reference_kl = KLEstimate(**state["reference_kl"])
     else:
         with watch.phase("evaluation"):
-            reference_kl = baker.heldout_kl(heldout, student_is_base=True)
+            reference_kl = baker.heldout_kl(measured, student_is_base=True)
         work.update_state(reference_kl=asdict(reference_kl), seconds=watch.seconds)
 
     # 3. Where training starts: a trainer checkpoint of an interrupted run, or the beginning.
-    loop = TrainingLoop(work=work, model=model, baker=baker, heldout=heldout, watch=watch, workers=workers,
+    loop = TrainingLoop(work=work, model=model, baker=baker, heldout=measured, watch=watch, workers=workers,
                         config=config, settings=settings, progress=progress,
                         tracker=BestCheckpoint(config.keep_best))
     first_epoch, first_step, first_losses = 1, 0, []
@@ -275,7 +284,12 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
 
     # 5. The adapter kept, its record, and the bake folder.
     loop.tracker.restore(model)  # the lowest held-out KL's adapter (with keep_best), else the last one
-    answer_tokens = {"generated": sum(len(t.answer_ids) for t in train + heldout),
+    by_depth = None
+    if multi_turn:
+        with watch.phase("evaluation"):
+            by_depth = depth_record(baker, measured, heldout)
+    generated = train + heldout + (measured if multi_turn else [])
+    answer_tokens = {"generated": sum(len(t.answer_ids) for t in generated),
                      "trained": sum(len(t.answer_ids) for t in train) * config.epochs}
     record = bake_record(config, plan.model_path, teacher=work.state()["identity"].get("teacher"),
                          questions_count=(len(plan.train_questions), len(plan.heldout_questions)),
@@ -283,7 +297,7 @@ def _bake_into(work: WorkDir, plan: BakePlan, output: Path, model, tokenizer, wa
                          environment={**environment(model.device), "engine": workers.engine,
                                       "processes": workers.world},
                          resumes=work.resumes(), tracker=loop.tracker, plan=plan,
-                         prompt_form=prompt.form, task=task)
+                         prompt_form=prompt.form, task=task, multi_turn=by_depth)
     gathered = {"state_dict": trainable_state(model)} if workers.sharded else {}  # a collective: every process
     if work.writer:
         with watch.phase("saving"):

@@ -27,6 +27,7 @@ from ..core.prompts import BakePrompt
 from ..core.sampling import Trajectory
 from ..errors import BakingError
 from .config import BakeConfig
+from .multi_turn import teacher_prompt
 
 
 def prompt_baking_loss(teacher, student_logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
@@ -116,21 +117,24 @@ class PromptBaker:
         self.teacher_model = teacher_model
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-        # The teacher's context is the prompt + question, the student's the question alone, both as lm_eval renders them.
-        self.prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
+        # The teacher's context is the prompt + question, the student's the question alone, both as lm_eval renders
+        # them; in a multi-turn bake both after the conversation so far, the teacher's with the prompt refreshed.
+        self.prompt = teacher_prompt(BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer), config)
         # Sharded engines (FSDP, DeepSpeed) gather parameters per forward; the prompt's cache is not tried there.
         prefix = None if workers.sharded else teacher_prefix(self.prompt, tokenizer)
         # Under FSDP the prepared optimiser holds the sharded parameters that replace these.
         self.step_module, self.optimizer = workers.prepare(BakingStep(model, config, teacher_model, prefix), optimizer)
-        self._prefix_cache: dict[tuple[str, str | None], list[int]] = {}
+        self._prefix_cache: dict[tuple, list[int]] = {}
         self._replayed_prompts: dict[str, BakePrompt] = {}
-        # (question, answer ids) -> teacher top-k (log-probs, token ids) at its answer positions; see cache_teacher.
+        # (context, answer ids, teacher prompt) -> teacher top-k (log-probs, token ids) at its answer positions; see cache_teacher.
         self._teacher_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def prefix(self, question: str, with_prompt: bool, teacher_prompt: str | None = None) -> list[int]:
-        """Token ids of the context: the bake's prompt (or a replayed answer's `teacher_prompt`) + the
-        question for the teacher, the question alone for the student."""
-        key = (question, (teacher_prompt or "") if with_prompt else None)
+    def prefix(self, trajectory: Trajectory, with_prompt: bool) -> list[int]:
+        """Token ids of a trajectory's context: the bake's prompt (or a replayed answer's `teacher_prompt`), the
+        conversation so far (multi-turn) and the question for the teacher; the same without the prompt for the
+        student."""
+        teacher_prompt = trajectory.teacher_prompt if with_prompt else None
+        key = (trajectory.context_key, (teacher_prompt or "") if with_prompt else None)
         if key not in self._prefix_cache:
             prompt = self.prompt
             if teacher_prompt is not None:
@@ -138,14 +142,15 @@ class PromptBaker:
                     self._replayed_prompts[teacher_prompt] = BakePrompt.from_setting(
                         teacher_prompt, self.config.prompt_format, self.tokenizer)
                 prompt = self._replayed_prompts[teacher_prompt]
-            context = prompt.context(self.tokenizer, question, prompted=with_prompt)
+            context = prompt.context(self.tokenizer, trajectory.question, prompted=with_prompt,
+                                     history=trajectory.history)
             self._prefix_cache[key] = encode_like_lm_eval(self.tokenizer, context)
         return self._prefix_cache[key]
 
     def _paired(self, trajectories: list[Trajectory]):
         return paired_batch(
-            [self.prefix(t.question, True, t.teacher_prompt) for t in trajectories],
-            [self.prefix(t.question, False) for t in trajectories],
+            [self.prefix(t, True) for t in trajectories],
+            [self.prefix(t, False) for t in trajectories],
             [t.answer_ids for t in trajectories],
             self.tokenizer.pad_token_id,
         )
@@ -170,7 +175,7 @@ class PromptBaker:
     def teacher(self, trajectories: list[Trajectory], batch) -> tuple[torch.Tensor, torch.Tensor]:
         """With cache_teacher: the teacher's (top-k log-probs, token ids) at the batch's answer positions,
         computed (through the training module) only for trajectories not seen in an earlier step."""
-        keys = [(t.question, tuple(t.answer_ids), t.teacher_prompt) for t in trajectories]
+        keys = [(t.context_key, tuple(t.answer_ids), t.teacher_prompt) for t in trajectories]
         for key, t in zip(keys, trajectories):
             # Top-k captured while sampling from the prompted base (sample_trajectories(capture_top_k=...)).
             if key not in self._teacher_cache and t.teacher_top_k is not None \
@@ -195,7 +200,7 @@ class PromptBaker:
         rng.shuffle(order)
         if self.config.length_bucketing:
             # A stable sort of the shuffled order: equal lengths stay in random order.
-            order.sort(key=lambda t: len(self.prefix(t.question, False)) + len(t.answer_ids))
+            order.sort(key=lambda t: len(self.prefix(t, False)) + len(t.answer_ids))
         size = self.config.batch_size
         batches = [order[i:i + size] for i in range(0, len(order), size)]
         if self.config.length_bucketing:

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from ..constants import BUILTIN_QUESTIONS, DEFAULT_MODEL
 from ..core.models import DTYPES  # names only: core.models imports torch inside its functions
-from ..core.prompts import FORMS, checked_messages
+from ..core.prompts import FORMS, REFRESH_PLACES, checked_messages
 from ..errors import BakingError
-from ..utils.settings import MAX_TEMPERATURE, in_range, setting
+from ..utils.settings import MAX_TEMPERATURE, from_mapping, in_range, setting
 from ..utils.text import listed
 
 PRECISIONS = ("bf16", "fp32")
@@ -30,6 +30,74 @@ MAX_LORA_ALPHA = 1e4
 
 def _unset_or_positive(value) -> bool:
     return value is None or value >= 1
+
+
+@dataclass(frozen=True)
+class MultiTurnConfig:
+    """Multi-turn baking (docs/multi-turn.md): the training answers are the prompted agent's turns of simulated
+    conversations, and the student learns them from the conversation so far, without the prompt.
+
+    Nested in BakeConfig as `multi_turn`: on the command line its fields are the --multi-turn... flags, in a
+    recipe the keys of `multi_turn:`; baking.json records them with the rest of the config.
+    """
+
+    enabled: bool = setting(False, flag="multi_turn", help=(
+        "Bake on simulated conversations, not only single questions: the prompted agent chats with a simulated "
+        "user (as `drift-data` builds them) and the student, without the prompt, is trained at every agent turn "
+        "on the conversation so far, so the baked behaviour holds deep into a conversation."))
+    refresh: bool = setting(True, flag="multi_turn_refresh", help=(
+        "With --multi-turn: the teacher reads the prompt again next to the turn it is the target of (just before "
+        "the latest user message) besides at the start, so its target at depth is the undrifted behaviour; "
+        "--no-multi-turn-refresh: the prompt at the start only, as the agent that was sampled had it."))
+    refresh_as: str = setting("auto", choices=REFRESH_PLACES, flag="multi_turn_refresh_as", help=(
+        "With --multi-turn-refresh: system (a system message just before the latest user message), user (the "
+        "prompt prefixed to the latest user message, for chat templates that take a system message only first) "
+        "or auto (system where the model's chat template renders it there, else user; baking.json records which)."))
+    min_depth: int = setting(1, flag="multi_turn_min_depth", help=(
+        "With --multi-turn: the first agent turn trained on (1: the reply to the simulated user's opener)."))
+    max_depth: int = setting(8, flag="multi_turn_max_depth", help=(
+        "With --multi-turn: the last agent turn trained on, which is also each conversation's length in agent "
+        "turns (a later turn would be generated for nothing)."))
+    conversations: int = setting(32, flag="multi_turn_conversations", help=(
+        "With --multi-turn: simulated training conversations; each gives one training example per agent turn "
+        "from --multi-turn-min-depth to --multi-turn-max-depth (32 x 8 turns: the 256 answers of a plain bake)."))
+    heldout_conversations: int = setting(8, flag="multi_turn_heldout_conversations", help=(
+        "With --multi-turn: simulated held-out conversations (seeded apart from the training ones); the held-out "
+        "KL that picks the adapter and judges the bake is measured on their turns, and recorded per depth."))
+    single_turn_mix: float = setting(0.0, flag="multi_turn_single_turn_mix", help=(
+        "With --multi-turn: the share of the training set that is single-turn answers to --questions (sampled as "
+        "in a plain bake), beside the conversation turns; 0: conversation turns only."))
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.refresh_as in REFRESH_PLACES, f"--multi-turn-refresh-as must be one of {', '.join(REFRESH_PLACES)}"),
+            (self.min_depth >= 1, f"--multi-turn-min-depth must be at least 1 (got {self.min_depth})"),
+            (self.max_depth >= self.min_depth,
+             f"--multi-turn-max-depth must be at least --multi-turn-min-depth {self.min_depth} (got {self.max_depth})"),
+            (self.conversations >= 1, f"--multi-turn-conversations must be at least 1 (got {self.conversations})"),
+            (self.heldout_conversations >= 2, f"--multi-turn-heldout-conversations must be at least 2, so the "
+                                              f"held-out KL has a standard error (got {self.heldout_conversations})"),
+            (in_range(self.single_turn_mix, low=0, below=1),
+             f"--multi-turn-single-turn-mix must be at least 0 and below 1 (got {self.single_turn_mix})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BakingError(message)
+
+    @property
+    def depths(self) -> range:
+        """The agent turns trained on (and measured on the held-out conversations)."""
+        return range(self.min_depth, self.max_depth + 1)
+
+    def sizes(self) -> dict[str, int]:
+        """Training and held-out conversation turns, and the single-turn answers `single_turn_mix` adds."""
+        turns = self.conversations * len(self.depths)
+        single = round(turns * self.single_turn_mix / (1 - self.single_turn_mix))
+        return {"conversation_turns": turns, "single_turn_answers": single,
+                "heldout_conversation_turns": self.heldout_conversations * len(self.depths)}
 
 
 @dataclass
@@ -117,8 +185,15 @@ class BakeConfig:
     generation_batch_size: int = setting(64, help=(
         "Answers sampled in parallel (KV-cached); larger is faster until memory runs out."))
     seed: int = setting(0, help="Seeds the held-out split, the sampling, the LoRA initialisation and the data order.")
+    multi_turn: MultiTurnConfig = setting(default_factory=MultiTurnConfig, nested=True, help=(
+        "Multi-turn baking on simulated conversations (MultiTurnConfig: the --multi-turn... flags)."))
 
     def __post_init__(self):
+        # Read back from baking.json, or a recipe's `bake:` mapping: a mapping of MultiTurnConfig's keys.
+        if self.multi_turn is None:
+            self.multi_turn = MultiTurnConfig()
+        elif isinstance(self.multi_turn, dict):
+            self.multi_turn = from_mapping(MultiTurnConfig, self.multi_turn, "multi_turn", what="bake setting")
         self.validate()
 
     def validate(self) -> None:
@@ -165,6 +240,12 @@ class BakeConfig:
                 raise BakingError(message)
         if any(not isinstance(t, str) or not t.strip() for t in self.target_modules):
             raise BakingError("--target-modules takes module names (or 'attention' / 'all-linear'), not empty text")
+        if not isinstance(self.multi_turn, MultiTurnConfig):
+            raise BakingError("multi_turn takes MultiTurnConfig settings (the --multi-turn... flags)")
+        self.multi_turn.validate()
+        if self.multi_turn.enabled and (not isinstance(self.prompt, str) or self.prompt_format == "text"):
+            raise BakingError("--multi-turn bakes a system prompt into a chat: pass the prompt as text (not chat "
+                              "messages) and leave --prompt-format at auto or chat")
 
     def budget(self, n_train_questions: int, n_heldout_questions: int) -> dict[str, int]:
         """The sizes this config gives a question split: samples per question, epochs, steps.
@@ -178,15 +259,23 @@ class BakeConfig:
         heldout = self.heldout_samples_per_question or max(
             1, math.ceil(self.min_heldout_answers / n_heldout_questions))
         trajectories = n_train_questions * samples
+        multi_turn = {}
+        if self.multi_turn.enabled:
+            # The conversation turns, plus single-turn answers to the questions only as many as the mix asks for.
+            multi_turn = self.multi_turn.sizes()
+            single = multi_turn["single_turn_answers"]
+            samples = self.samples_per_question or max(1, math.ceil(single / n_train_questions))
+            trajectories = multi_turn["conversation_turns"] + single
         steps_per_epoch = math.ceil(trajectories / self.batch_size)
         epochs = self.epochs or max(1, math.ceil(self.min_steps / steps_per_epoch))
         return {"train_questions": n_train_questions, "heldout_questions": n_heldout_questions,
                 "samples_per_question": samples, "heldout_samples_per_question": heldout,
                 "trajectories": trajectories, "heldout_answers": n_heldout_questions * heldout,
-                "epochs": epochs, "steps_per_epoch": steps_per_epoch, "steps": steps_per_epoch * epochs}
+                "epochs": epochs, "steps_per_epoch": steps_per_epoch, "steps": steps_per_epoch * epochs,
+                **multi_turn}
 
     def resolved(self, n_train_questions: int, n_heldout_questions: int,
-                 target_modules: list[str] | None = None) -> "BakeConfig":
+                 target_modules: list[str] | None = None, refresh_as: str | None = None) -> "BakeConfig":
         """This config with every size and the LoRA targets made concrete: what a bake records and compares.
 
         Two requests that resolve to the same config are the same bake; a
@@ -194,9 +283,11 @@ class BakeConfig:
         settings it always had (1 sample, 1 epoch, q/k/v/o).
         """
         sizes = self.budget(n_train_questions, n_heldout_questions)
+        multi_turn = replace(self.multi_turn, refresh_as=refresh_as) if refresh_as else self.multi_turn
         return replace(self, samples_per_question=sizes["samples_per_question"],
                        heldout_samples_per_question=sizes["heldout_samples_per_question"], epochs=sizes["epochs"],
-                       target_modules=list(target_modules) if target_modules is not None else list(self.target_modules))
+                       target_modules=list(target_modules) if target_modules is not None else list(self.target_modules),
+                       multi_turn=multi_turn)
 
     def to_dict(self) -> dict:
         return asdict(self)

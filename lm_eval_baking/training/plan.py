@@ -19,7 +19,7 @@ from ..artifacts.outputs import check_writable
 from ..core import models
 from ..core.chat import encode_like_lm_eval
 from ..core.lora_targets import LoraTargets, resolve_targets
-from ..core.prompts import BakePrompt
+from ..core.prompts import BakePrompt, refresh_placement
 from ..core.questions import Question, load_questions, split_questions
 from ..errors import BakingError
 from ..utils.text import quoted
@@ -56,13 +56,18 @@ def plan_bake(config: BakeConfig, *, trust_remote_code: bool = False, device: st
     if config.top_k is not None and isinstance(vocabulary, int) and config.top_k > vocabulary:
         raise BakingError(f"--top-k {config.top_k} is larger than the model's vocabulary of {vocabulary} tokens; "
                           f"pass a smaller --top-k (e.g. 64), or omit it for the full vocabulary")
-    check_fits_context(config, models.load_tokenizer(model_path, trust_remote_code=trust_remote_code),
-                       questions, models.model_context_length(model_config))
+    tokenizer = models.load_tokenizer(model_path, trust_remote_code=trust_remote_code)
+    limit = models.model_context_length(model_config)
+    check_fits_context(config, tokenizer, questions, limit)
+    refresh_as = None
+    if config.multi_turn.enabled:
+        refresh_as = refresh_placement(tokenizer, config.multi_turn.refresh_as) if config.multi_turn.refresh else None
+        check_conversation_fits(config, tokenizer, limit, refresh_as)
     if config.load_in_4bit:
         models.check_4bit_device(models.pick_device(device or config.device))
     skeleton = models.model_skeleton(model_path, trust_remote_code=trust_remote_code)
     targets = resolve_targets(skeleton, list(config.target_modules))
-    resolved = config.resolved(len(train), len(heldout), targets.target_modules)
+    resolved = config.resolved(len(train), len(heldout), targets.target_modules, refresh_as)
     return BakePlan(requested=config, config=resolved, model_path=model_path, train_questions=train,
                     heldout_questions=heldout, targets=targets, budget=config.budget(len(train), len(heldout)))
 
@@ -115,6 +120,24 @@ def check_fits_context(config: BakeConfig, tokenizer, questions: list[Question],
     raise BakingError(f"the longest question, {named}, takes {'over ' if cut else ''}{longest} tokens with the "
                       f"prompt {where}, and with --max-new-tokens {answer} that exceeds the model's context of "
                       f"{limit}; {fix}")
+
+
+def check_conversation_fits(config: BakeConfig, tokenizer, limit: int, refresh_as: str | None) -> None:
+    """A multi-turn bake's deepest teacher context (the prompt, --multi-turn-max-depth turns of both sides at up to
+    --max-new-tokens tokens each, the refreshed prompt) and its answer must fit the model's context of `limit`."""
+    prompt = BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer)
+    if prompt.form != "chat":
+        raise BakingError("--multi-turn needs a model with a chat template (the conversations are chat turns), and "
+                          "this one has none")
+    depth, answer = config.multi_turn.max_depth, config.max_new_tokens
+    filler = "x " * answer  # about one token per "x ", as the drift check estimates a turn
+    history = [{"role": "user", "content": filler}, {"role": "assistant", "content": filler}] * (depth - 1)
+    teacher = BakePrompt(prompt.form, prompt.messages, refresh=refresh_as)
+    needed = len(encode_like_lm_eval(tokenizer, teacher.context(tokenizer, filler, history=history))) + answer
+    if needed > limit:
+        raise BakingError(f"--multi-turn-max-depth {depth} turns of up to --max-new-tokens {answer} tokens need about "
+                          f"{needed} tokens of context, more than the model's {limit}; lower --multi-turn-max-depth "
+                          "or --max-new-tokens")
 
 
 def _longest_questions(tokenizer, questions: list[Question], limit: int) -> list[tuple[Question, bool]]:

@@ -163,11 +163,12 @@ def environment(device) -> dict:
 def bake_record(config: BakeConfig, model_path: str, *, teacher: str | None = None, questions_count, reference_kl,
                 epochs, performance, environment: dict | None = None, resumes: list | None = None,
                 tracker: BestCheckpoint | None = None, plan=None, prompt_form: str | None = None,
-                task: dict | None = None) -> BakeRecord:
+                task: dict | None = None, multi_turn: dict | None = None) -> BakeRecord:
     """The BakeRecord of a finished bake. `config` is the resolved config; `plan` (training.plan.BakePlan) says
     what was asked and how it resolved; `tracker` which measurement's adapter was written; `teacher` names
     the teacher's weights when they are not the base's (pursuit); `task` the lm_eval task whose few-shot
-    context is the prompt."""
+    context is the prompt; `multi_turn` the held-out KL per depth of a multi-turn bake (kl.multi_turn), whose
+    `kl` is then measured on its held-out conversations' turns."""
     if tracker is None:  # a caller that tracked nothing: the last epoch's adapter
         tracker = BestCheckpoint(keep_best=False)
         tracker.evaluations = [{"epoch": e["epoch"], "step": None, "heldout_kl": e["heldout_kl"]} for e in epochs]
@@ -186,16 +187,21 @@ def bake_record(config: BakeConfig, model_path: str, *, teacher: str | None = No
         questions={"source": config.questions, "sha256": questions_sha256(config),
                    "train": questions_count[0], "heldout": questions_count[1]},
         kl={
-            "measure": "exact full-vocabulary KL(prompted base || model) on held-out answers sampled at T=1",
+            "measure": ("exact full-vocabulary KL(prompted base || model) on the agent turns of held-out simulated "
+                        "conversations sampled at T=1 (the teacher's prompt refreshed as config.multi_turn says)"
+                        if multi_turn else
+                        "exact full-vocabulary KL(prompted base || model) on held-out answers sampled at T=1"),
             "unprompted_base": asdict(reference_kl),
             "per_epoch": epochs,
             "evaluations": tracker.evaluations,
             "kept": kept,
             "final_per_token": final["per_token"],
             "ratio_to_unprompted": ratio,
+            **({"multi_turn": multi_turn} if multi_turn else {}),
         },
         performance=performance, status=status, warnings=warnings,
-        data={"train": "data/train.jsonl", "heldout": "data/heldout.jsonl", "checkpoints": "checkpoints/epoch-N"},
+        data={"train": "data/train.jsonl", "heldout": "data/heldout.jsonl", "checkpoints": "checkpoints/epoch-N",
+              **({"heldout_turns": "data/heldout_turns.jsonl"} if multi_turn else {})},
         versions=library_versions(), environment=environment or {}, resumes=resumes or [],
         rerun="lm-eval-baking bake with every `config` value as its --flag (and the same question file, checked by "
               "questions.sha256) on the base with base_model.sha256, same torch_threads for bitwise equality",

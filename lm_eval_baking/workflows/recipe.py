@@ -13,6 +13,7 @@
       - name: spanish
         prompt_file: prompts/spanish.txt   # or prompt: ..., or task: an lm-eval task's few-shot prompt
         pursuit: {max_rounds: 2}
+        multi_turn: {enabled: true, refresh: true, max_depth: 8}   # this stage bakes on conversations
     validation:
       device: cpu
       mckl: {min_quality: 0.5}        # baking_mckl for every stage's prompt, against the original base + that prompt
@@ -50,7 +51,7 @@ from ..constants import DEFAULT_MODEL, FORGETTING_GROUP
 from ..core.verdicts import MAX_FORGETTING_DROP_PCT, check_forgetting_drop
 from ..errors import BakingError
 from ..evals.config import ConversationSettings
-from ..training.config import BakeConfig
+from ..training.config import BakeConfig, MultiTurnConfig
 from ..utils.jsonl import read_text
 from ..utils.settings import from_mapping, in_range, refuse_unknown_keys, setting
 from ..utils.text import listed, quoted
@@ -85,6 +86,9 @@ class StageSpec:
     task: str | None = setting(None, help="an lm-eval task whose few-shot prompt is baked")
     num_fewshot: int | None = setting(None, help="with task: the few-shot examples in the baked context")
     pursuit: PursuitSettings | None = setting(None, help="prompt pursuit of this stage")
+    multi_turn: MultiTurnConfig | None = setting(None, help=(
+        "multi-turn baking of this stage (MultiTurnConfig keys, e.g. {enabled: true, refresh: true}); replaces "
+        "bake.multi_turn for this stage"))
 
     def __post_init__(self):
         if not self.name.strip():
@@ -105,6 +109,8 @@ class Stage:
     source: str
     """Where the prompt came from: 'prompt', the prompt file's path, or 'task NAME (K-shot)'."""
     pursuit: PursuitSettings | None = None
+    multi_turn: MultiTurnConfig | None = None
+    """The stage's own multi-turn settings (None: the recipe's bake.multi_turn)."""
 
 
 @dataclass
@@ -221,6 +227,8 @@ class RecipeSpec:
                               "stages: [{name: persona, prompt: 'Always respond in Spanish.'}]")
         refuse_unknown_keys(self.bake, {f.name for f in fields(BakeConfig)} - {"prompt", "model"},
                             "recipe key 'bake'")
+        if self.bake.get("multi_turn") is not None:  # read here, so a bad key is named where it is
+            self.bake["multi_turn"] = from_mapping(MultiTurnConfig, self.bake["multi_turn"], "bake.multi_turn")
 
 
 @dataclass
@@ -236,7 +244,8 @@ class Recipe:
     compose: ComposeSettings = field(default_factory=ComposeSettings)
 
     def stage_config(self, stage: Stage) -> BakeConfig:
-        return BakeConfig(prompt=stage.prompt, model=self.model, **self.bake)
+        own = {"multi_turn": stage.multi_turn} if stage.multi_turn is not None else {}
+        return BakeConfig(prompt=stage.prompt, model=self.model, **{**self.bake, **own})
 
     def joint_prompt(self) -> str:
         """Every stage's prompt joined as `compose` says: the target of the whole composition."""
@@ -310,7 +319,7 @@ def _stage(spec: StageSpec, where: str, base_dir: Path) -> Stage:
         prompt, source = read_text(path, f"{where}.prompt_file"), str(path)
     if not prompt.strip():
         raise RecipeError(f"recipe key '{where}' has an empty prompt; write the prompt to bake")
-    return Stage(name=spec.name, prompt=prompt, source=source, pursuit=spec.pursuit)
+    return Stage(name=spec.name, prompt=prompt, source=source, pursuit=spec.pursuit, multi_turn=spec.multi_turn)
 
 
 def _refuse_renamed(data, where: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lm_eval_baking.compose.behaviour import PromptBehaviour
 from lm_eval_baking.compose.config import ComposeSettings
 from lm_eval_baking.compose.sequence import bake_sequence, format_sequence_table
 from lm_eval_baking.core import models
+from lm_eval_baking.core.sampling import Trajectory
 from lm_eval_baking.errors import BakingError
 from lm_eval_baking.training.baker import PromptBaker, attach_lora
 from lm_eval_baking.utils.jsonl import read_jsonl
@@ -62,8 +64,9 @@ def test_a_replayed_answer_is_read_by_its_own_prompt(tiny_model_dir, question_fi
     model, tokenizer = models.load_model(str(tiny_model_dir), device="cpu")
     config = tiny_config(tiny_model_dir, question_file, prompt=FRENCH)
     baker = PromptBaker(attach_lora(model, config), tokenizer, config, progress=False)
-    own, replayed = baker.prefix("Why?", True), baker.prefix("Why?", True, PIRATE)
-    student = baker.prefix("Why?", False)
+    asked = Trajectory(question="Why?", answer="", answer_ids=[])
+    own, student = baker.prefix(asked, True), baker.prefix(asked, False)
+    replayed = baker.prefix(replace(asked, teacher_prompt=PIRATE), True)
     assert own != replayed and student != replayed
     assert tokenizer.decode(replayed).count("pirate") == 1 and "French" not in tokenizer.decode(replayed)
 

@@ -14,7 +14,7 @@ import torch
 from lm_eval_baking import bake, load_bake_record
 from lm_eval_baking.core.parallel import SINGLE, Workers
 
-from conftest import PIRATE, tiny_config
+from conftest import PIRATE, bake_flags, tiny_config
 
 
 def _free_port() -> int:
@@ -41,15 +41,7 @@ def test_two_process_accelerate_bake_matches_one_process(tiny_model_dir, questio
     config = tiny_config(tiny_model_dir, question_file, device="cpu", samples_per_question=1, epochs=3)
     single = bake(config, tmp_path / "single", progress=False)
 
-    flags = ["--prompt", PIRATE, "--output", str(tmp_path / "ddp"), "--quiet"]
-    for name, value in config.to_dict().items():
-        flag = "--" + name.replace("_", "-")
-        if name == "prompt" or value is None:
-            continue
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        else:
-            flags += [flag, *value] if isinstance(value, list) else [flag, str(value)]
+    flags = ["--prompt", PIRATE, "--output", str(tmp_path / "ddp"), "--quiet", *bake_flags(config)]
     # --multi_gpu is accelerate's name for "one process per worker via torch.distributed"; with
     # --device cpu our processes join a gloo group instead of NCCL.
     launch = [_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -23,7 +23,7 @@ from lm_eval_baking.cli import main
 from lm_eval_baking.training.config import ResumeSettings
 from lm_eval_baking.training.workdir import work_dir_for
 
-from conftest import tiny_config
+from conftest import bake_flags, tiny_config
 
 # A bake long enough to be killed in the middle of training: 30 epochs of 5 steps (~10 s of training).
 LONG = dict(epochs=30)
@@ -32,19 +32,8 @@ EVERY_STEP = ResumeSettings(checkpoint_seconds=0)
 
 def cli_args(tiny_model_dir, question_file, output, **overrides) -> list[str]:
     """`lm-eval-baking bake` flags for exactly tiny_config(**overrides)."""
-    config = tiny_config(tiny_model_dir, question_file, **overrides).to_dict()
-    args = ["bake", "--prompt", config.pop("prompt"), "--output", str(output), "--quiet"]
-    for name, value in config.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
-            args += [flag, *map(str, value)]
-        else:
-            args += [flag, str(value)]
-    return args
+    config = tiny_config(tiny_model_dir, question_file, **overrides)
+    return ["bake", "--prompt", config.prompt, "--output", str(output), "--quiet", *bake_flags(config)]
 
 
 def adapter_tensors(directory: Path) -> dict[str, torch.Tensor]:
