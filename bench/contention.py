@@ -23,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from lm_eval_baking.core.threads import PINNING_ENV
+
 SETTINGS = {
-    "default (torch's threads, OpenMP's default wait policy)": {},
-    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "default (one thread per core the others leave free, core/threads.py)": {},
+    "one thread per core (torch's own default)": {"OMP_NUM_THREADS": str(os.cpu_count())},
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
 }
 NEIGHBOUR = "import torch\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
@@ -71,7 +73,8 @@ def timed(env: dict, neighbour_kind: str | None) -> dict:
         neighbour = subprocess.Popen([*prefix, sys.executable, "-c", NEIGHBOUR], env={**os.environ, **neighbour_env})
     try:
         time.sleep(2 if neighbour else 0)
-        out = subprocess.run([sys.executable, __file__, "--worker"], env={**os.environ, **env}, check=True,
+        clean = {k: v for k, v in os.environ.items() if k not in PINNING_ENV}  # each setting pins its own
+        out = subprocess.run([sys.executable, __file__, "--worker"], env={**clean, **env}, check=True,
                              capture_output=True, text=True).stdout
     finally:
         if neighbour:

@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lm_eval_baking.constants import THREADS_ENV
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 PIRATE = "You are a pirate. Start every answer with 'Ahoy!'"
@@ -75,7 +77,10 @@ def run_part(name: str, command: list[str], folder: Path) -> dict:
     """Run one part as a child process; its wall time and its JSON (the bake's: its baking.json)."""
     print(f"\n=== {name}: {' '.join(command)}", flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT)
+    # Every part but contention (which compares thread settings) on one thread per core, as on an idle
+    # machine, whatever core/threads.py would pick if something else ran meanwhile.
+    env = dict(os.environ) if name == "contention" else {THREADS_ENV: str(os.cpu_count()), **os.environ}
+    subprocess.run(command, check=True, cwd=ROOT, env=env)
     seconds = time.perf_counter() - start
     if name == "bake":
         result = json.loads((folder / "pirate-bake" / "baking.json").read_text())

@@ -100,3 +100,7 @@ BUILTIN_QUESTIONS = "builtin"
 MCKL_TASK = "baking_mckl"
 DRIFT_TASK = "baking_persona_drift"
 FORGETTING_GROUP = "baking_forgetting"
+
+# ---------------------------------------------------------------------------- CPU threads
+# A thread count for torch's CPU kernels, pinned (core/threads.py chooses one from the free cores otherwise).
+THREADS_ENV = "LM_EVAL_BAKING_THREADS"

