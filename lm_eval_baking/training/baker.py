@@ -10,6 +10,7 @@ answer tokens y; only answer positions count in the loss (`prompt_baking_loss`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from typing import Callable
@@ -25,6 +26,7 @@ from ..core.parallel import SINGLE, Workers
 from ..core.prefix_cache import SharedPrefix, teacher_prefix
 from ..core.prompts import BakePrompt
 from ..core.sampling import Trajectory
+from ..core.weight_copy import FrozenWeightCopies
 from ..errors import BakingError
 from .config import BakeConfig
 from .multi_turn import teacher_prompt
@@ -128,6 +130,8 @@ class PromptBaker:
         self._replayed_prompts: dict[str, BakePrompt] = {}
         # (context, answer ids, teacher prompt) -> teacher top-k (log-probs, token ids) at its answer positions; see cache_teacher.
         self._teacher_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.weight_copies = FrozenWeightCopies([model, teacher_model], config.autocast_dtype) \
+            if _uses_weight_copy(config, model.device, workers) else None
 
     def prefix(self, trajectory: Trajectory, with_prompt: bool) -> list[int]:
         """Token ids of a trajectory's context: the bake's prompt (or a replayed answer's `teacher_prompt`), the
@@ -164,7 +168,8 @@ class PromptBaker:
         batch = self._paired(trajectories)
         n_tokens = n_tokens or batch.n_answer_tokens
         student = (batch.student_ids, batch.student_mask, batch.student_positions)
-        with autocast(self.model.device, self.config.autocast_dtype):
+        lent = self.weight_copies.lent() if self.weight_copies is not None else contextlib.nullcontext()
+        with lent, autocast(self.model.device, self.config.autocast_dtype):
             if self.config.cache_teacher:
                 top_logp, top_index = self.teacher(trajectories, batch)
                 total = self.step_module(*student, teacher_top_logp=top_logp, teacher_top_index=top_index)
@@ -273,6 +278,17 @@ class PromptBaker:
             desc="held-out KL (base)" if student_is_base else "held-out KL", workers=self.workers,
             teacher_model=self.teacher_model,
         )
+
+
+def _uses_weight_copy(config: BakeConfig, device: torch.device, workers: Workers) -> bool:
+    """Whether the training step reads bf16 copies of the frozen weights (BakeConfig.bf16_weight_copy).
+
+    Only where autocast would cast them (bf16 precision; fp32 weights are checked per module), and not under
+    `accelerate launch`, whose engines own the parameters (FSDP and ZeRO shard and gather them).
+    """
+    if config.precision != "bf16" or config.bf16_weight_copy == "off" or workers.distributed:
+        return False
+    return config.bf16_weight_copy == "on" or device.type == "cpu"
 
 
 def attach_lora(model, config: BakeConfig):

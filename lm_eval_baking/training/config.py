@@ -22,6 +22,7 @@ from ..utils.settings import MAX_TEMPERATURE, from_mapping, in_range, setting
 from ..utils.text import listed
 
 PRECISIONS = ("bf16", "fp32")
+WEIGHT_COPY = ("auto", "on", "off")
 # Sane bounds of the float settings: AdamW moves each weight by about the learning rate per step, so above 1 a
 # LoRA is destroyed in a step (the temperature's bound is in utils/settings.py, shared with conversations).
 MAX_LEARNING_RATE = 1.0
@@ -178,6 +179,11 @@ class BakeConfig:
     dtype: str = setting("fp32", choices=DTYPES, help=(
         "Precision of the frozen base weights: bf16 or fp16 halve its memory (16 GB instead of 32 GB for 8B "
         "parameters). The LoRA weights, the loss and the reported KL stay fp32."))
+    bf16_weight_copy: str = setting("auto", choices=WEIGHT_COPY, help=(
+        "With --precision bf16 and fp32 base weights: cast the frozen linear weights to bf16 once and train on "
+        "that copy, instead of autocast recasting every weight at every forward (the same values, so the same "
+        "loss). Costs half the fp32 weights' size in extra memory; auto: on for CPU bakes, off on accelerators, "
+        "where memory is scarcer. The held-out KL always reads the fp32 weights."))
     load_in_4bit: bool = setting(False, help=(
         "QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes, CUDA only), computing in --dtype (bf16 when "
         "fp32). About 0.52 bytes per parameter of its linear layers (NF4 with double quantisation)."))
@@ -233,6 +239,7 @@ class BakeConfig:
             (self.kl_chunk_size is None or self.kl_chunk_size >= 1, "--kl-chunk-size must be at least 1"),
             (self.prompt_format in FORMS, f"--prompt-format must be one of {', '.join(FORMS)}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (self.bf16_weight_copy in WEIGHT_COPY, f"--bf16-weight-copy must be one of {', '.join(WEIGHT_COPY)}"),
             (self.generation_batch_size >= 1, "--generation-batch-size must be at least 1"),
         ]
         for ok, message in checks:

@@ -105,3 +105,61 @@ def test_length_bucketing_keeps_every_trajectory_once(tiny_model_dir, question_f
 def test_cache_teacher_needs_top_k():
     with pytest.raises(BakingError, match="--top-k"):
         BakeConfig(prompt=PIRATE, cache_teacher=True).validate()
+
+
+def _loss_and_lora_grads(model, tokenizer, config, batch):
+    baker = PromptBaker(model, tokenizer, config, progress=False)
+    loss = baker.compute_loss(batch)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    baker.optimizer.zero_grad(set_to_none=True)
+    return baker, loss.item(), grads
+
+
+@pytest.mark.parametrize("cache_teacher", [False, True])
+def test_bf16_weight_copy_gives_autocasts_loss_and_gradients_bitwise(tiny_model_dir, question_file, cache_teacher):
+    """The copies hold the values autocast's own cast makes, so the training step cannot tell them apart."""
+    extra = {"top_k": 16, "cache_teacher": True} if cache_teacher else {}
+    config = tiny_config(tiny_model_dir, question_file, precision="bf16", **extra)
+    model, tokenizer = load_model(tiny_model_dir)
+    model = attach_lora(model, config)
+    batch = _trajectories(tokenizer)
+    off, off_loss, off_grads = _loss_and_lora_grads(
+        model, tokenizer, BakeConfig(**{**config.to_dict(), "bf16_weight_copy": "off"}), batch)
+    on, on_loss, on_grads = _loss_and_lora_grads(
+        model, tokenizer, BakeConfig(**{**config.to_dict(), "bf16_weight_copy": "on"}), batch)
+    assert off.weight_copies is None and on.weight_copies.n_bytes > 0
+    assert on_loss == off_loss
+    assert all(torch.equal(on_grads[name], off_grads[name]) for name in off_grads)
+    # Lent for the step only: afterwards every weight is the fp32 Parameter again, the embedding throughout.
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with on.weight_copies.lent():
+        assert model.get_input_embeddings().weight.dtype == torch.float32
+        assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+
+
+def test_bf16_weight_copy_only_where_autocast_would_cast(tiny_model_dir, question_file):
+    model, tokenizer = load_model(tiny_model_dir)
+    for settings, used in [({"precision": "bf16"}, True),  # auto on a CPU
+                           ({"precision": "bf16", "bf16_weight_copy": "off"}, False),
+                           ({"precision": "fp32", "bf16_weight_copy": "on"}, False)]:
+        config = tiny_config(tiny_model_dir, question_file, **settings)
+        assert (PromptBaker(model, tokenizer, config, progress=False).weight_copies is not None) == used
+    with pytest.raises(BakingError, match="--bf16-weight-copy"):
+        tiny_config(tiny_model_dir, question_file, bf16_weight_copy="yes")
+
+
+def test_bf16_weight_copy_follows_a_base_weight_changed_in_place(tiny_model_dir, question_file):
+    config = tiny_config(tiny_model_dir, question_file, precision="bf16")
+    model, tokenizer = load_model(tiny_model_dir)
+    model = attach_lora(model, config)
+    copies = PromptBaker(model, tokenizer, config, progress=False).weight_copies
+    layer = model.get_base_model().model.layers[0].mlp.up_proj
+    fp32 = layer.weight
+    with copies.lent():
+        assert layer.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        fp32.add_(1.0)  # as merging an adapter into the base does
+    with copies.lent():
+        assert torch.equal(layer.weight, fp32.to(torch.bfloat16))
+    assert layer.weight is fp32
