@@ -16,6 +16,7 @@ from ..core.batching import autocast
 from ..core.chat import encode_like_lm_eval
 from ..core.kv_batch import CachedBatch
 from ..core.models import model_context_length
+from ..core.packed_weights import packed_linears
 from ..core.sampling import cut_at_eos, eos_ids
 from ..errors import BakingError
 from .config import ConversationSettings
@@ -36,6 +37,11 @@ def generate_conversations(model, tokenizer, system_prompts: list[str], settings
     new topic every turn, which changes its view from the first tokens on, so
     its side has no cache to keep; it reads the last `settings.user_context_turns`
     agent turns (0: all of them, as the agent does).
+
+    Decode steps of a few rows are weight traffic: under bf16 autocast on a CPU
+    the frozen model's linear weights are packed once for the whole call
+    (core.packed_weights) and the KV cache grows in place (core.kv_batch); both
+    give the numbers the plain path gives.
     """
     ids = conversation_ids or [0] * len(system_prompts)
     histories = [[{"role": "user", "content": settings.opener_of(k)}] for k in ids]
@@ -44,7 +50,8 @@ def generate_conversations(model, tokenizer, system_prompts: list[str], settings
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(settings.seed)
     try:
-        with autocast(model.device, autocast_dtype):
+        # Packed weights: the same numbers, faster few-row decode steps on a CPU (core.packed_weights).
+        with autocast(model.device, autocast_dtype), packed_linears(model, autocast_dtype):
             for turn in tqdm(range(1, settings.turns + 1), desc="conversation turns", unit="turn", disable=not progress):
                 agent_views = [[_system(prompt)] + history for prompt, history in zip(system_prompts, histories)]
                 agents.sync([_encode_view(tokenizer, view) for view in agent_views])
