@@ -35,8 +35,8 @@ def test_packed_linears_give_the_autocast_logits(kind, default_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_architecture_config(kind, tokenizer)).eval()
-    ids, mask = pad([tokenizer.encode("The sea is calm today and"), tokenizer.encode("One two")], tokenizer.pad_token_id,
-                    left=True)
+    rows = [tokenizer.encode("The sea is calm today and"), tokenizer.encode("One two")]
+    ids, mask = pad(rows, tokenizer.pad_token_id, left=True)
     plain, packed = _logits_twice(model, ids, mask)
     assert torch.equal(plain, packed)
 
