@@ -3,7 +3,9 @@
 The generator of commit BEFORE re-read every view at every turn: the agent's
 whole history and the simulated user's. Today the agents keep one KV cache
 across turns (core.kv_batch) and the simulated user reads its last
-`user_context_turns` agent turns. Three generators, the same settings and seed,
+`user_context_turns` agent turns; each decode step writes the KV cache in
+place (core.kv_batch.GrowingLayer) and runs the linears on bf16 weights
+packed once (core.packed_weights), both the same numbers as before. Three generators, the same settings and seed,
 the default model in the bake's bf16 autocast, as `drift-data` runs them:
 
     before          commit BEFORE's code, loaded from git
@@ -17,6 +19,7 @@ drift). Writes bench/results/conversations.json.
 
     python bench/conversations.py                      # the demo's drift settings: 5 x 30 turns of <= 24 tokens
     python bench/conversations.py --max-new-tokens 40  # drift-data's defaults (about twice as long)
+    python bench/conversations.py --turns 4 --skip-before  # a quick check of today's generators
     python bench/conversations.py --persona-check      # 20 conversations x 8 turns, seed 7: does the agent's
                                                        # persona score move? (paired by conversation, with CI)
 """

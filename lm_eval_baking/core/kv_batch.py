@@ -15,6 +15,12 @@ numerics are not bit-identical to one forward over the whole sequence (other
 matmul shapes round differently), which is why a sampled continuation can
 differ from an uncached one in bf16; in fp32 they agree (tests/core).
 
+The cache writes each step's keys and values into buffers with room to grow
+(`GrowingLayer`) instead of concatenating the whole cache again per step, and
+under autocast it stores them in the autocast dtype, which every attention
+reads them in anyway: the same numbers, without a copy and a cast of the
+whole cache per layer and step.
+
 Sampling follows generate()'s ancestral sampling step for step (fp32 logits,
 temperature, one multinomial draw per batch row and step, finished rows
 included), so the same seed draws the same random numbers.
@@ -27,10 +33,89 @@ from typing import Callable
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ..errors import BakingError
 from .batching import pad
 from .prefix_cache import SharedPrefix, cache_keyword
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in buffers with room to grow.
+
+    DynamicLayer appends by `torch.cat`, which copies the layer's whole cache at
+    every decode step: for the drift conversations' agents (5 rows, up to 2,000
+    tokens, 30 layers) that copy was 14% of a step. Here a step writes its new
+    columns into the buffer and `keys` / `values` are views of its first columns,
+    so the attention reads exactly what it read before. Cropping (DynamicLayer's
+    slicing) keeps the view in the buffer; anything that replaces `keys` by
+    another tensor (batch_repeat_interleave, ...) is copied into a new buffer at
+    the next update.
+
+    Under autocast the buffer holds the autocast dtype: some models cache fp32
+    keys (rotary embeddings multiply the bf16 projection by fp32 cos/sin), and
+    the attention under autocast (sdpa, or eager's matmul) casts the whole key
+    cache to bf16 again at every layer and step. Casting once, when a column is
+    written, gives the attention the same bf16 numbers (tested on seven
+    architectures: tests/training/test_architectures.py).
+    """
+
+    @classmethod
+    def holding(cls, layer: DynamicLayer) -> "GrowingLayer":
+        """A growing layer that holds what `layer` holds."""
+        grown = cls()
+        if layer.is_initialized and layer.keys.numel():
+            grown.update(layer.keys, layer.values)
+        return grown
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._key_buffer = self._value_buffer = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        held, new = self.get_seq_length(), key_states.shape[-2]
+        in_buffer = self._key_buffer is not None and self.keys._base is self._key_buffer \
+            and self.values._base is self._value_buffer and self._key_buffer.dtype == _stored_dtype(key_states)
+        if not in_buffer or held + new > self._key_buffer.shape[-2]:
+            self._grow(key_states, value_states, held, held + new)
+        self._key_buffer[..., held:held + new, :].copy_(key_states)
+        self._value_buffer[..., held:held + new, :].copy_(value_states)
+        self.keys = self._key_buffer[..., :held + new, :]
+        self.values = self._value_buffer[..., :held + new, :]
+        return self.keys, self.values
+
+    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, held: int, needed: int) -> None:
+        """New buffers for at least `needed` columns (twice that: growing costs one copy per doubling), holding
+        the `held` columns kept so far."""
+        def buffer(states: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+            dtype = _stored_dtype(states)
+            fresh = states.new_empty((*states.shape[:-2], 2 * needed, states.shape[-1]), dtype=dtype)
+            if held:
+                fresh[..., :held, :].copy_(kept[..., :held, :])
+            return fresh
+        self._key_buffer, self._value_buffer = buffer(key_states, self.keys), buffer(value_states, self.values)
+
+
+def _stored_dtype(states: torch.Tensor) -> torch.dtype:
+    """The dtype the attention reads `states` in: autocast's when it is on and lowers them, else their own."""
+    device = states.device.type
+    if states.is_floating_point() and torch.is_autocast_enabled(device):
+        low = torch.get_autocast_dtype(device)
+        if torch.finfo(low).bits < torch.finfo(states.dtype).bits:
+            return low
+    return states.dtype
+
+
+def growing(cache):
+    """`cache` with its full-attention layers (plain DynamicLayers) growing in place (GrowingLayer); sliding-window
+    and other layers stay as they are."""
+    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # layers made at their first update
+        cache.layer_class_to_replicate = GrowingLayer
+    if getattr(cache, "layers", None) is not None:
+        cache.layers = [GrowingLayer.holding(layer) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 class CachedBatch:
@@ -48,13 +133,13 @@ class CachedBatch:
     def after(cls, model, pad_id: int, rows: int, prefix: SharedPrefix) -> "CachedBatch":
         """A batch whose every row already holds `prefix`, from a copy of its cache (frozen `model` only)."""
         batch = cls(model, pad_id, rows)
-        batch.cache = prefix.copied_cache(model, rows)
+        batch.cache = growing(prefix.copied_cache(model, rows))
         batch.mask = torch.ones((rows, len(prefix)), dtype=torch.long)
         batch.tokens = [list(prefix.tokens) for _ in range(rows)]
         return batch
 
     def _empty(self) -> None:
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = growing(DynamicCache(config=self.model.config))
         self.mask = torch.zeros((self.rows, 0), dtype=torch.long)
         self.tokens: list[list[int]] = [[] for _ in range(self.rows)]
         self._next_logits: torch.Tensor | None = None

@@ -176,6 +176,23 @@ def test_cached_conversations_are_the_ones_rereading_every_turn_gives(tiny_model
         _conversations_by_rereading(model, tokenizer, prompts, settings)
 
 
+def test_packed_weights_leave_the_bf16_conversations_as_they_were(tiny_model_dir, monkeypatch):
+    """Under bf16 autocast the generator packs the linear weights (core.packed_weights): same numbers, so the same
+    conversations as the plain autocast linears give."""
+    import torch
+
+    from lm_eval_baking.core import packed_weights
+    from lm_eval_baking.core.models import load_model
+
+    model, tokenizer = load_model(tiny_model_dir)
+    prompts = [PIRATE, "Always respond in French.", "Be brief."]
+    settings = ConversationSettings(turns=4, max_new_tokens=5, seed=3)
+    packed = generate_conversations(model, tokenizer, prompts, settings, autocast_dtype=torch.bfloat16, progress=False)
+    monkeypatch.setattr(packed_weights, "packing_pays", lambda model, dtype: False)
+    assert generate_conversations(model, tokenizer, prompts, settings, autocast_dtype=torch.bfloat16,
+                                  progress=False) == packed
+
+
 def test_the_simulated_user_reads_its_last_turns_with_roles_swapped():
     history = [{"role": "user", "content": f"u{i}"} if i % 2 == 0 else {"role": "assistant", "content": f"a{i}"}
                for i in range(6)]

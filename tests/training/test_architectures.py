@@ -150,3 +150,44 @@ def test_cached_batch_continues_exactly_as_generate_does(kind, default_model_dir
     assert batch.sync([rows[0] + [5], rows[1], rows[2][:2]]) is False  # row 2 shrank: read again from scratch
     assert batch.tokens == [rows[0] + [5], rows[1], rows[2][:2]]
     assert batch.sync([rows[0] + [5, 6], rows[1] + [7], rows[2][:2]]) is True
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_TARGETS))
+def test_cached_batch_buffers_give_dynamic_caches_numbers_under_bf16_autocast(kind, default_model_dir, monkeypatch):
+    """The growing buffers (core.kv_batch.GrowingLayer: written in place, stored in the autocast dtype) give the
+    attention the numbers transformers' DynamicCache gives it: every step's logits bit for bit, in bf16 autocast,
+    across a regrowth of the buffers, a rollback and a second generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.cache_utils import DynamicLayer
+
+    from lm_eval_baking.core import kv_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_architecture_config(kind, tokenizer)).eval()
+    rows = [tokenizer.encode("Hello there, how are you doing today? I am"), tokenizer.encode("The sea is"),
+            tokenizer.encode("One two three four five six")]
+
+    growing = kv_batch.growing
+
+    def run(grow: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(kv_batch, "growing", growing if grow else (lambda cache: cache))
+        logits: list[torch.Tensor] = []
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            batch = kv_batch.CachedBatch(model, tokenizer.pad_token_id, len(rows))
+            batch.extend([rows[0][:2], rows[1][:1], []])
+            batch.extend([rows[0][2:], rows[1][1:], rows[2]])  # more columns than the first buffers hold
+            for seed in (1, 1, 2):
+                torch.manual_seed(seed)
+                batch.generate(6, 0.8, set(), on_logits=lambda step: logits.append(step.clone()))
+                batch.rollback()
+        kinds = {type(layer) for layer in batch.cache.layers}
+        assert (DynamicLayer not in kinds) if grow else (kv_batch.GrowingLayer not in kinds)
+        if kind != "mistral":  # whose layers all slide (DynamicSlidingWindowLayer, kept as it is)
+            assert (kv_batch.GrowingLayer in kinds) == grow
+        return logits
+
+    plain, grown = run(False), run(True)
+    assert len(plain) == len(grown) == 18
+    assert all(torch.equal(p, g) for p, g in zip(plain, grown))
