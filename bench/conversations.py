@@ -44,7 +44,8 @@ from lm_eval_baking.evals.config import ConversationSettings
 from lm_eval_baking.evals.conversations import generate_conversations
 from lm_eval_baking.evals.personas import get_persona
 
-BEFORE = "9e1f645"  # the last commit whose conversations re-read every view at every turn
+BEFORE = "9e1f645"
+GENERATORS = ("before", "cached", "cached, whole")  # the last commit whose conversations re-read every view at every turn
 
 
 def generator_before():
@@ -84,6 +85,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=30)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--skip-before", action="store_true", help="time today's generators only")
+    parser.add_argument("--generators", nargs="+", choices=GENERATORS, default=list(GENERATORS),
+                        help="which generators to run (before is needed for the ratios)")
+    parser.add_argument("--json", type=Path, help="where to write the results (default: bench/results/...)")
     parser.add_argument("--persona-check", action="store_true",
                         help="20 conversations x 8 turns, seed 7: each generator's per-conversation persona score, "
                              "compared with BEFORE's paired by conversation")
@@ -97,10 +101,11 @@ def main() -> None:
     prompts, ids = [persona.system_prompt] * args.conversations, list(range(args.conversations))
     # "before" first: the paired comparison below reads its scores.
     generators = {}
-    if not args.skip_before:
+    if not args.skip_before and "before" in args.generators:
         generators["before"] = (generator_before(), dataclasses.replace(settings, user_context_turns=0))
     generators |= {"cached": (generate_conversations, settings),
                    "cached, whole": (generate_conversations, dataclasses.replace(settings, user_context_turns=0))}
+    generators = {name: run for name, run in generators.items() if name in args.generators}
     results, outputs = {}, {}
     for name, (generate, used) in generators.items():
         start = time.perf_counter()
@@ -126,7 +131,7 @@ def main() -> None:
         print(f"| {name} | {r['seconds']:.1f} | {r.get('speedup_vs_before', float('nan')):.2f}x "
               f"| {r.get('messages_equal_to_before', float('nan')):.0%} | {r['user_asks_a_question']:.0%} "
               f"| {r['agent_persona_turns_1_5']:.3f} | {r['agent_persona_turns_25_on'] or float('nan'):.3f} |")
-    out = Path(f"bench/results/conversations{'-persona-check' if args.persona_check else ''}.json")
+    out = args.json or Path(f"bench/results/conversations{'-persona-check' if args.persona_check else ''}.json")
     out.write_text(json.dumps({"settings": dataclasses.asdict(settings), "persona": args.persona,
                                "before": BEFORE, "results": results, "conversations": outputs},
                               indent=1, ensure_ascii=False))
