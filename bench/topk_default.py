@@ -24,6 +24,8 @@ differ by their seed, the larger noise), and (b) per run.
 
     python bench/topk_default.py                      # 2 prompts x 3 seeds (~45 min idle on 2 cores)
     python bench/topk_default.py --quick              # a tiny random model: a smoke run
+    python bench/topk_default.py --prompts spanish --json B.json   # one prompt (run two side by side), then
+    python bench/topk_default.py --combine A.json B.json            # one table of both
 """
 
 from __future__ import annotations
@@ -109,7 +111,14 @@ def main() -> None:
     parser.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
     parser.add_argument("--quick", action="store_true", help="a tiny random model, 16 + 8 answers: a smoke run")
     parser.add_argument("--json", type=Path, default=HERE / "results" / "topk_default.json")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="write --json from the runs of these earlier results (e.g. prompts run side by side)")
     args = parser.parse_args()
+    if args.combine:
+        runs = [run for path in args.combine for run in json.loads(path.read_text())["runs"]]
+        args.json.write_text(json.dumps(report(runs, args), indent=2) + "\n")
+        print_tables(report(runs, args))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_path = tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-"))) if args.quick else resolve_model("default")
     n_train, n_heldout, max_new = (16, 8, 8) if args.quick else (256, 64, 48)
