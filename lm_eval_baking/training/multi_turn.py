@@ -8,6 +8,9 @@
 The student's context is the history and the question with no system prompt; the teacher's has the prompt
 first and, with `refresh`, again next to the question (BakePrompt.context), so its target at depth is the
 behaviour the prompt asks for, not the drifted one.
+
+Each turn remembers its conversation, so training reads a conversation once (PromptBaker.training_units and
+student_inputs, core.shared_history; docs/multi-turn.md, Cost), not each turn's history again.
 """
 
 from __future__ import annotations
