@@ -59,6 +59,59 @@ def paired_batch(teacher_prefixes: list[list[int]], student_prefixes: list[list[
     return PairedBatch(*side(teacher_prefixes), *side(student_prefixes))
 
 
+@dataclass
+class PackedRows:
+    """Sequences packed into as few right-padded rows as they allow: a sequence that is a prefix of another is
+    read inside that one's row (causal attention gives its positions exactly the context they have alone).
+
+    `positions` is a (row index, column index) pair of [N] tensors: the positions whose logits predict the
+    answer tokens, sequence after sequence in the order given, each sequence's in order, so they line up one to
+    one with a PairedBatch's teacher positions. A position two sequences share is listed (and counted) twice.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: tuple[torch.Tensor, torch.Tensor]
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return len(self.positions[0])
+
+
+def packed_rows(prefixes: list[list[int]], answers: list[list[int]], pad_id: int) -> PackedRows:
+    """The rows of `prefix + answer` sequences, each read inside the longest one it is a prefix of.
+
+    In a conversation the context and answer of each turn are, token for token, the start of the next turn's
+    context when the chat template renders earlier turns as they were answered; then the whole conversation is
+    one row. Where a template renders them otherwise (strips reasoning, adds dates), the turn is its own row.
+    """
+    sequences = [p + a for p, a in zip(prefixes, answers)]
+    rows: list[list[int]] = []
+    row_of = [0] * len(sequences)
+    for index in sorted(range(len(sequences)), key=lambda i: -len(sequences[i])):  # the longest start the rows
+        sequence = sequences[index]
+        row = next((r for r, held in enumerate(rows) if held[:len(sequence)] == sequence), None)
+        if row is None:
+            row = len(rows)
+            rows.append(sequence)
+        row_of[index] = row
+    ids, mask = pad(rows, pad_id)
+    row_index, column_index = [], []
+    for index, (prefix, answer) in enumerate(zip(prefixes, answers)):
+        row_index += [row_of[index]] * len(answer)
+        column_index += range(len(prefix) - 1, len(prefix) + len(answer) - 1)
+    return PackedRows(ids, mask, (torch.tensor(row_index, dtype=torch.long),
+                                  torch.tensor(column_index, dtype=torch.long)))
+
+
+def at_positions(states: torch.Tensor, positions) -> torch.Tensor:
+    """states[positions] on `states`' device: a [rows, width] boolean mask (row by row) or a (row index,
+    column index) pair (PackedRows.positions, in its order)."""
+    if isinstance(positions, tuple):
+        return states[positions[0].to(states.device), positions[1].to(states.device)]
+    return states[positions.to(states.device)]
+
+
 def answer_logits(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                   prefix: SharedPrefix | None = None) -> torch.Tensor:
     """[N, V] logits at the answer positions only.
@@ -73,7 +126,7 @@ def answer_logits(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch
         device = model.device
         if prefix is not None and prefix.fits(ids, mask, positions):
             return model(**prefix.inputs_after(model, ids, mask)).logits[positions[:, len(prefix):].to(device)]
-        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[positions.to(device)]
+        return at_positions(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits, positions)
     return split[1](answer_states(model, ids, mask, positions, prefix))
 
 
@@ -88,14 +141,15 @@ def decoder_and_head(model):
 
 def answer_states(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                   prefix: SharedPrefix | None = None) -> torch.Tensor:
-    """[N, d] final hidden states at the answer positions (the LM head's input). Needs `decoder_and_head`."""
+    """[N, d] final hidden states at the answer positions (the LM head's input). Needs `decoder_and_head`.
+    `positions` is a boolean mask or, without a `prefix`, a (row index, column index) pair (`at_positions`)."""
     device = model.device
     decoder, _ = decoder_and_head(model)
     if prefix is not None and prefix.fits(ids, mask, positions):
         states = decoder(**prefix.inputs_after(decoder, ids, mask)).last_hidden_state
         return states[positions[:, len(prefix):].to(device)]
     states = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-    return states[positions.to(device)]
+    return at_positions(states, positions)
 
 
 def teacher_mode(model):

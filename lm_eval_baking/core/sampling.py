@@ -44,6 +44,9 @@ class Trajectory:
     # and which agent turn `answer` is (1: the reply to the opener). None (and not saved) for a single question.
     history: list[dict] | None = None
     depth: int | None = None
+    # Multi-turn bakes only: which of the bake's conversations this turn is from (turns of one conversation train
+    # in the same step, the conversation read once: PromptBaker.batches).
+    conversation: int | None = None
     # In memory only, never saved: the sampling model's top-k log-probs and token ids ([n, k] each) at
     # every answer position, when sampled with `capture_top_k`. The trainer's teacher cache starts from them.
     teacher_top_k: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)

@@ -18,7 +18,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..core.batching import answer_logits, answer_states, autocast, decoder_and_head, paired_batch, teacher_mode
+from ..core.batching import (
+    answer_logits, answer_states, autocast, decoder_and_head, packed_rows, paired_batch, teacher_mode,
+)
 from ..core.chat import encode_like_lm_eval
 from ..core.kl import KLEstimate, chunked_kl_sum, forward_kl, teacher_topk, token_level_kl, topk_kl
 from ..core.lora_targets import resolve_targets
@@ -26,6 +28,7 @@ from ..core.parallel import SINGLE, Workers
 from ..core.prefix_cache import SharedPrefix, teacher_prefix
 from ..core.prompts import BakePrompt
 from ..core.sampling import Trajectory
+from ..core.shared_history import can_walk, shared_history_logits
 from ..core.weight_copy import FrozenWeightCopies
 from ..errors import BakingError
 from .config import BakeConfig
@@ -68,24 +71,42 @@ class BakingStep(torch.nn.Module):
         self.top_k = config.top_k
         self.kl_chunk_size = config.kl_chunk_size
 
-    def teacher_logits(self, ids, mask, positions) -> torch.Tensor:
-        """The prompted teacher's answer logits: the separate teacher model when there is one, else the
-        student's own weights with the adapter off."""
+    @contextlib.contextmanager
+    def teacher(self):
+        """The prompted teacher's weights: the separate teacher model when there is one, else the student's own
+        with the adapter off."""
         separate = self._teacher_model[0]
         if separate is not None:
-            return answer_logits(separate, ids, mask, positions, self.teacher_prefix)
+            yield separate
+            return
         with teacher_mode(self.model):
-            return answer_logits(self.model, ids, mask, positions, self.teacher_prefix)
+            yield self.model
+
+    def teacher_logits(self, ids, mask, positions) -> torch.Tensor:
+        """The prompted teacher's answer logits of a paired batch's teacher side."""
+        with self.teacher() as teacher:
+            return answer_logits(teacher, ids, mask, positions, self.teacher_prefix)
+
+    def teacher_logits_along_conversations(self, sequences: list[list[int]],
+                                           answer_lengths: list[int]) -> torch.Tensor:
+        """The same logits for whole teacher sequences, their shared histories read once
+        (core.shared_history); not through accelerate's wrapper, so not under a sharding engine."""
+        with self.teacher() as teacher:
+            return shared_history_logits(teacher, sequences, answer_lengths, self.teacher_prefix)
 
     def forward(self, student_ids, student_mask, student_positions, teacher_ids=None, teacher_mask=None,
-                teacher_positions=None, teacher_top_logp=None, teacher_top_index=None, teacher_top_k: int = 0):
+                teacher_positions=None, teacher_top_logp=None, teacher_top_index=None, teacher_top_k: int = 0,
+                teacher_logits=None):
         """Σ KL(teacher ‖ student) over the answer positions; or, with `teacher_top_k`, only the teacher's
-        top-k (log-probs, token ids) at the teacher_* inputs (for the teacher cache)."""
+        top-k (log-probs, token ids) at the teacher_* inputs (for the teacher cache). The teacher comes as
+        teacher_* inputs, as top-k (log-probs, token ids), or as `teacher_logits` already computed."""
         if teacher_top_k:
             with torch.no_grad():
                 return teacher_topk(self.teacher_logits(teacher_ids, teacher_mask, teacher_positions), teacher_top_k)
         if teacher_top_logp is not None:
             teacher = (teacher_top_logp, teacher_top_index)
+        elif teacher_logits is not None:
+            teacher = teacher_logits
         else:
             with torch.no_grad():
                 teacher = self.teacher_logits(teacher_ids, teacher_mask, teacher_positions)
@@ -124,8 +145,15 @@ class PromptBaker:
         self.prompt = teacher_prompt(BakePrompt.from_setting(config.prompt, config.prompt_format, tokenizer), config)
         # Sharded engines (FSDP, DeepSpeed) gather parameters per forward; the prompt's cache is not tried there.
         prefix = None if workers.sharded else teacher_prefix(self.prompt, tokenizer)
+        # A multi-turn bake trains each conversation's turns together and reads the conversation once (docs/
+        # multi-turn.md, Cost): the student one row per conversation, the teacher along one KV cache (only
+        # outside sharding engines, which gather parameters inside the wrapped forward, and where a cache can be
+        # cut back).
+        self.by_conversation = config.multi_turn.enabled and config.multi_turn.by_conversation
+        self.walks_teacher = self.by_conversation and not workers.sharded and can_walk(teacher_model or model)
+        self.bake_step = BakingStep(model, config, teacher_model, prefix)
         # Under FSDP the prepared optimiser holds the sharded parameters that replace these.
-        self.step_module, self.optimizer = workers.prepare(BakingStep(model, config, teacher_model, prefix), optimizer)
+        self.step_module, self.optimizer = workers.prepare(self.bake_step, optimizer)
         self._prefix_cache: dict[tuple, list[int]] = {}
         self._replayed_prompts: dict[str, BakePrompt] = {}
         # (context, answer ids, teacher prompt) -> teacher top-k (log-probs, token ids) at its answer positions; see cache_teacher.
@@ -159,25 +187,46 @@ class PromptBaker:
             self.tokenizer.pad_token_id,
         )
 
+    def student_inputs(self, trajectories: list[Trajectory]) -> tuple:
+        """(ids, mask, answer positions) of the student's rows: by conversation, one row per conversation (a
+        turn whose context and answer are not the start of a later turn's context is its own row:
+        batching.packed_rows); else one row per trajectory."""
+        prefixes, answers = [self.prefix(t, False) for t in trajectories], [t.answer_ids for t in trajectories]
+        if self.by_conversation:
+            rows = packed_rows(prefixes, answers, self.tokenizer.pad_token_id)
+            return rows.ids, rows.mask, rows.positions
+        batch = paired_batch(prefixes, prefixes, answers, self.tokenizer.pad_token_id)
+        return batch.student_ids, batch.student_mask, batch.student_positions
+
+    def teacher_inputs(self, trajectories: list[Trajectory]) -> dict:
+        """The teacher for `step_module`: its logits along the conversations' shared histories (walks_teacher),
+        else the paired batch's teacher side, which the step module reads itself."""
+        if self.walks_teacher:
+            sequences = [self.prefix(t, True) + t.answer_ids for t in trajectories]
+            return {"teacher_logits": self.bake_step.teacher_logits_along_conversations(
+                sequences, [len(t.answer_ids) for t in trajectories])}
+        batch = self._paired(trajectories)
+        return {"teacher_ids": batch.teacher_ids, "teacher_mask": batch.teacher_mask,
+                "teacher_positions": batch.teacher_positions}
+
     def compute_loss(self, trajectories: list[Trajectory], n_tokens: int | None = None) -> torch.Tensor:
         """Forward KL(teacher ‖ student) summed over answer tokens, divided by `n_tokens` (default: their count).
 
         A data-parallel process passes the token count of the whole global
         batch, so the processes' losses add up to the loss of that batch.
         """
-        batch = self._paired(trajectories)
-        n_tokens = n_tokens or batch.n_answer_tokens
-        student = (batch.student_ids, batch.student_mask, batch.student_positions)
+        n_tokens = n_tokens or sum(len(t.answer_ids) for t in trajectories)
+        student = self.student_inputs(trajectories)
         lent = self.weight_copies.lent() if self.weight_copies is not None else contextlib.nullcontext()
         with lent, autocast(self.model.device, self.config.autocast_dtype):
             if self.config.cache_teacher:
-                top_logp, top_index = self.teacher(trajectories, batch)
+                top_logp, top_index = self.teacher(trajectories)
                 total = self.step_module(*student, teacher_top_logp=top_logp, teacher_top_index=top_index)
             else:
-                total = self.step_module(*student, batch.teacher_ids, batch.teacher_mask, batch.teacher_positions)
+                total = self.step_module(*student, **self.teacher_inputs(trajectories))
         return total / n_tokens
 
-    def teacher(self, trajectories: list[Trajectory], batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher(self, trajectories: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:
         """With cache_teacher: the teacher's (top-k log-probs, token ids) at the batch's answer positions,
         computed (through the training module) only for trajectories not seen in an earlier step."""
         keys = [(t.context_key, tuple(t.answer_ids), t.teacher_prompt) for t in trajectories]
@@ -188,10 +237,15 @@ class PromptBaker:
                 self._teacher_cache[key] = tuple(part.to(self.model.device) for part in t.teacher_top_k)
         missing = list({k: t for k, t in zip(keys, trajectories) if k not in self._teacher_cache}.items())
         if missing:
-            todo = self._paired([t for _, t in missing])
-            values, index = self.step_module(todo.student_ids, todo.student_mask, todo.student_positions,
-                                             todo.teacher_ids, todo.teacher_mask, todo.teacher_positions,
-                                             teacher_top_k=self.config.top_k)
+            todo = [t for _, t in missing]
+            if self.walks_teacher:
+                with torch.no_grad():
+                    values, index = teacher_topk(self.teacher_inputs(todo)["teacher_logits"], self.config.top_k)
+            else:
+                batch = self._paired(todo)
+                values, index = self.step_module(batch.student_ids, batch.student_mask, batch.student_positions,
+                                                 batch.teacher_ids, batch.teacher_mask, batch.teacher_positions,
+                                                 teacher_top_k=self.config.top_k)
             lengths = [len(t.answer_ids) for _, t in missing]
             for (key, _), v, i in zip(missing, values.split(lengths), index.split(lengths)):
                 self._teacher_cache[key] = (v, i)
@@ -199,18 +253,43 @@ class PromptBaker:
                 torch.cat([self._teacher_cache[k][1] for k in keys]))
 
     def batches(self, trajectories: list[Trajectory], epoch: int) -> list[list[Trajectory]]:
-        """The epoch's global batches: a seeded shuffle, optionally grouped by length (length_bucketing)."""
-        order = list(trajectories)
+        """The epoch's global batches: a seeded shuffle, optionally grouped by length (length_bucketing).
+
+        By conversation, what is shuffled is the conversations (each its turns in order) and the single
+        answers; the batches are then cut from that order every `batch_size` answers as always (the steps of
+        an epoch do not change), so a conversation of as many trained turns as the batch size is one step.
+        """
+        units = self.training_units(trajectories)
         rng = random.Random(self.config.seed * 1000 + epoch)
-        rng.shuffle(order)
+        rng.shuffle(units)
         if self.config.length_bucketing:
             # A stable sort of the shuffled order: equal lengths stay in random order.
-            order.sort(key=lambda t: len(self.prefix(t, False)) + len(t.answer_ids))
+            units.sort(key=lambda unit: max(len(self.prefix(t, False)) + len(t.answer_ids) for t in unit))
+        order = [t for unit in units for t in unit]
         size = self.config.batch_size
         batches = [order[i:i + size] for i in range(0, len(order), size)]
         if self.config.length_bucketing:
             rng.shuffle(batches)  # so the steps don't run from short to long
         return batches
+
+    def training_units(self, trajectories: list[Trajectory]) -> list[list[Trajectory]]:
+        """What an epoch shuffles: by conversation, each conversation's turns (by depth, where its first
+        appears) and each other answer alone; else each answer alone (one of one: the same shuffle as ever)."""
+        if not self.by_conversation:
+            return [[t] for t in trajectories]
+        units: list[list[Trajectory]] = []
+        conversations: dict[int, list[Trajectory]] = {}
+        for t in trajectories:
+            if t.conversation is None:
+                units.append([t])
+            elif t.conversation not in conversations:
+                conversations[t.conversation] = [t]
+                units.append(conversations[t.conversation])
+            else:
+                conversations[t.conversation].append(t)
+        for turns in conversations.values():
+            turns.sort(key=lambda t: t.depth)
+        return units
 
     def train_epoch(self, trajectories: list[Trajectory], epoch: int, *, start: int = 0,
                     losses: list[float] | None = None,

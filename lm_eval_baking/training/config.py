@@ -69,11 +69,20 @@ class MultiTurnConfig:
         "With --multi-turn: the share of the training set that is single-turn answers to --questions (sampled as "
         "in a plain bake), beside the conversation turns; 0: conversation turns only."))
 
+    by_conversation: bool = setting(True, flag="multi_turn_by_conversation", help=(
+        "With --multi-turn: train a conversation's turns in the same steps and read the conversation once, the "
+        "student in one forward with the loss at every trained turn, the teacher along one KV cache of the "
+        "shared history (about D x T tokens per conversation of D turns of T tokens); "
+        "--no-multi-turn-by-conversation: turns shuffled one by one, each re-reading its whole history "
+        "(about D² x T / 2; the same loss per turn, kept for comparison)."))
+
     def __post_init__(self):
         self.validate()
 
     def validate(self) -> None:
         checks = [
+            (isinstance(self.by_conversation, bool),
+             f"--multi-turn-by-conversation is on or off (got {self.by_conversation!r})"),
             (self.refresh_as in REFRESH_PLACES, f"--multi-turn-refresh-as must be one of {', '.join(REFRESH_PLACES)}"),
             (self.min_depth >= 1, f"--multi-turn-min-depth must be at least 1 (got {self.min_depth})"),
             (self.max_depth >= self.min_depth,

@@ -8,6 +8,9 @@
 The student's context is the history and the question with no system prompt; the teacher's has the prompt
 first and, with `refresh`, again next to the question (BakePrompt.context), so its target at depth is the
 behaviour the prompt asks for, not the drifted one.
+
+Each turn remembers its conversation, so training reads a conversation once (PromptBaker.training_units and
+student_inputs, core.shared_history; docs/multi-turn.md, Cost), not each turn's history again.
 """
 
 from __future__ import annotations
@@ -40,20 +43,23 @@ def teacher_prompt(prompt: BakePrompt, config: BakeConfig) -> BakePrompt:
     return replace(prompt, refresh=settings.refresh_as)
 
 
-def turn_trajectories(conversations: list[list[dict]], depths: range, tokenizer,
-                      temperature: float) -> list[Trajectory]:
+def turn_trajectories(conversations: list[list[dict]], depths: range, tokenizer, temperature: float,
+                      conversation_ids: list[int] | None = None) -> list[Trajectory]:
     """One trajectory per conversation and agent turn in `depths` (1: the reply to the opener), conversation by
     conversation. The answer is the reply's tokens and the end-of-turn token, as the chat template closes it
-    when the reply is read back in the next turn's history."""
+    when the reply is read back in the next turn's history. Each turn carries its conversation's id
+    (`conversation_ids`, default 0, 1, ...)."""
     end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids = conversation_ids if conversation_ids is not None else list(range(len(conversations)))
     out = []
-    for messages in conversations:
+    for conversation, messages in zip(ids, conversations):
         for depth in depths:
             user, reply = messages[2 * depth - 2], messages[2 * depth - 1]
             out.append(Trajectory(
                 question=user["content"], answer=reply["content"],
                 answer_ids=tokenizer.encode(reply["content"], add_special_tokens=False) + end,
-                category=CATEGORY, temperature=temperature, history=messages[:2 * depth - 2], depth=depth))
+                category=CATEGORY, temperature=temperature, history=messages[:2 * depth - 2], depth=depth,
+                conversation=conversation))
     return out
 
 
@@ -73,6 +79,7 @@ def sample_conversation_turns(sampler, tokenizer, config: BakeConfig, *, heldout
     seed = config.seed + 1 if heldout else config.seed
     size = config.generation_batch_size
     conversations: list[list[dict]] = []
+    conversation_ids: list[int] = []
     with autocast(sampler.device, config.autocast_dtype):
         for index, start in enumerate(range(0, count, size)):
             ids = list(range(first_id + start, first_id + min(start + size, count)))
@@ -81,7 +88,8 @@ def sample_conversation_turns(sampler, tokenizer, config: BakeConfig, *, heldout
                                         conversations=len(ids))
             conversations += generate_conversations(sampler, tokenizer, [config.prompt] * len(ids), chat,
                                                     conversation_ids=ids, progress=progress)
-    return turn_trajectories(conversations, settings.depths, tokenizer, temperature)
+            conversation_ids += ids
+    return turn_trajectories(conversations, settings.depths, tokenizer, temperature, conversation_ids)
 
 
 def conversation_training_set(sampler, tokenizer, config: BakeConfig, budget: dict,
