@@ -323,13 +323,10 @@ def profile_steps(model_path: str, config: BakeConfig, train, steps: int) -> dic
                             lambda step, _loss: profiler.start() if step == 1 else None, max_steps=steps + 1)
         else:
             baker = PromptBaker(model, tokenizer, method_config, progress=False)
-            teacher = baker.teacher
-
-            def labelled_teacher(*args, **kwargs):
-                with record_function(PHASE_TEACHER):
-                    return teacher(*args, **kwargs)
-
-            baker.teacher = labelled_teacher  # label the phase without touching the library
+            # Label the teacher's forward without touching the library: the step module's teacher_logits (the
+            # teacher run in every step) and the baker's teacher (the top-k cache, filled while sampling here).
+            for owner, name in ((baker.bake_step, "teacher_logits"), (baker, "teacher")):
+                setattr(owner, name, labelled(getattr(owner, name), PHASE_TEACHER))
             model.train()
             for index, batch in enumerate(baker.batches(train, 1)[:steps + 1]):
                 our_training_step(baker, batch)
@@ -340,6 +337,14 @@ def profile_steps(model_path: str, config: BakeConfig, train, steps: int) -> dic
         del model
         gc.collect()
     return results
+
+
+def labelled(function, label: str):
+    """`function`, its calls recorded under `label` in a torch.profiler profile."""
+    def run(*args, **kwargs):
+        with record_function(label):
+            return function(*args, **kwargs)
+    return run
 
 
 def _profile_summary(events, steps: int, *, nested_teacher: bool) -> dict:

@@ -4,8 +4,9 @@ torch runs one OpenMP thread per core, and each parallel region (every matmul, e
 step) waits for its slowest thread. When another process keeps a core busy at normal priority, one of our
 threads waits for the scheduler in every region, thousands of times a step: on this 2-core machine a
 training step of the default bake took 60 s on 2 threads next to busy processes, 11.5 s on one thread,
-2.7 s idle (docs/performance.md, "A training step next to a busy process"). A niced neighbour does not do
-this (it yields its core), so niced time is not counted as busy.
+2.7 s idle (docs/performance.md, "A training step next to a busy process"). A niced neighbour counts as
+busy too: it yields its core to a long training step, but decoding's tiny parallel regions still wait for it
+(drift conversations ran at 40-70 s a turn on 2 threads next to a nice-19 job, against about 6 s alone).
 
 The count is chosen once, when a command starts, and is not moved as neighbours come and go: bf16
 results depend on the thread count (the matmul kernels split their sums by thread), so a count that
@@ -49,10 +50,7 @@ def usable_cores() -> list[int]:
 
 
 def busy_cores(cores: list[int], seconds: float = SAMPLE_SECONDS) -> float:
-    """Cores of `cores` that other processes keep busy at normal priority, over `seconds` while we sleep.
-
-    Time spent in niced processes is left out: they yield their core to us.
-    """
+    """Cores of `cores` that other processes keep busy, niced or not, over `seconds` while we sleep."""
     import psutil
 
     samples = psutil.cpu_times_percent(interval=seconds, percpu=True)
@@ -60,7 +58,7 @@ def busy_cores(cores: list[int], seconds: float = SAMPLE_SECONDS) -> float:
     for core in cores:
         if core < len(samples):
             t = samples[core]
-            busy += (100.0 - t.idle - t.nice - getattr(t, "iowait", 0.0)) / 100.0
+            busy += (100.0 - t.idle - getattr(t, "iowait", 0.0)) / 100.0
     return busy
 
 
