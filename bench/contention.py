@@ -87,9 +87,13 @@ def timed(env: dict, neighbour_kind: str | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "contention.json")
+    parser.add_argument("--settings", type=int, nargs="+", default=list(range(len(SETTINGS))),
+                        help="which thread settings, by position (0: the default)")
     args = parser.parse_args()
     results = {}
-    for name, env in SETTINGS.items():
+    for index, (name, env) in enumerate(SETTINGS.items()):
+        if index not in args.settings:
+            continue
         idle = timed(env, None)
         for kind in NEIGHBOURS:
             busy = timed(env, kind)

@@ -68,7 +68,7 @@ def part_commands(folder: Path, quick: bool) -> dict[str, list[str]]:
                        "--json", str(folder / "drift.json")],
         "base_reuse": py + [str(HERE / "base_reuse.py"), *q, "--limit", "20", "--json", str(folder / "base_reuse.json")],
         "contention": py + [str(HERE / "contention.py"), "--json", str(folder / "contention.json")],
-        "bake": [sys.executable, "-m", "lm_eval_baking", "bake", "--prompt", PIRATE,
+        "bake": [sys.executable, "-m", "lm_eval_baking.cli", "bake", "--prompt", PIRATE,
                  "--output", str(folder / "pirate-bake"), "--quiet"],
     }
 
@@ -163,14 +163,19 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="whole-job-"))
     commands = part_commands(folder, args.quick)
     for name in args.parts:
-        parts[name] = {**run_part(name, commands[name], folder), "command": " ".join(commands[name][1:])}
+        parts[name] = {**run_part(name, commands[name], folder), "command": " ".join(commands[name][1:]),
+                       "commit": head_commit()}  # parts kept from an earlier run keep theirs
         write(args, parts)
     write(args, parts, show=True)
 
 
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip()
+
+
 def write(args, parts: dict, show: bool = False) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
-    report = {"commit": commit.strip(), "machine": platform.processor() or platform.machine(),
+    report = {"commits": sorted({part.get("commit", "?") for part in parts.values()}), "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
               "quick": args.quick, "must_show": must_show(parts), "parts": parts}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -50,16 +50,24 @@ def usable_cores() -> list[int]:
 
 
 def busy_cores(cores: list[int], seconds: float = SAMPLE_SECONDS) -> float:
-    """Cores of `cores` that other processes keep busy, niced or not, over `seconds` while we sleep."""
+    """Cores of `cores` that other processes keep busy, niced or not, over `seconds` while we sleep.
+
+    This process's own CPU time in the interval is taken off: OpenMP's worker threads spin for a while after
+    a parallel region, and a loader may still be at work in a thread, which is not a neighbour.
+    """
     import psutil
 
+    me = psutil.Process()
+    before = me.cpu_times()
     samples = psutil.cpu_times_percent(interval=seconds, percpu=True)
+    after = me.cpu_times()
     busy = 0.0
     for core in cores:
         if core < len(samples):
             t = samples[core]
             busy += (100.0 - t.idle - getattr(t, "iowait", 0.0)) / 100.0
-    return busy
+    own = (after.user - before.user + after.system - before.system) / seconds if seconds > 0 else 0.0
+    return max(0.0, busy - own)
 
 
 def threads_for_free_cores(cores: list[int] | None = None, busy: float | None = None) -> int:

@@ -54,3 +54,18 @@ def test_busy_cores_counts_niced_time(monkeypatch):
     monkeypatch.setattr(psutil, "cpu_times_percent", lambda interval, percpu: samples)
     assert threads.busy_cores([0, 1], seconds=0) == pytest.approx(0.95 + 0.02)
     assert threads.threads_for_free_cores([0, 1], threads.busy_cores([0, 1], seconds=0)) == 1
+
+
+def test_busy_cores_leaves_out_this_process(monkeypatch):
+    """Our own threads (OpenMP's spinning workers, a loader) are not a neighbour: their time is taken off."""
+    from collections import namedtuple
+
+    import psutil
+
+    Times = namedtuple("Times", "user nice system idle iowait")
+    Own = namedtuple("Own", "user system")
+    monkeypatch.setattr(psutil, "cpu_times_percent",
+                        lambda interval, percpu: [Times(60.0, 0.0, 0.0, 40.0, 0.0), Times(50.0, 0.0, 0.0, 50.0, 0.0)])
+    spent = iter([Own(10.0, 1.0), Own(10.3, 1.0)])  # 0.3 s of our CPU time in a 0.3 s sample: one core
+    monkeypatch.setattr(psutil.Process, "cpu_times", lambda self: next(spent))
+    assert threads.busy_cores([0, 1], seconds=0.3) == pytest.approx(0.1)
