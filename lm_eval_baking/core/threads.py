@@ -24,6 +24,8 @@ from ..errors import BakingError
 # Variables with which a user (or `accelerate launch`, or our test runner) already chose a count.
 PINNING_ENV = (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SAMPLE_SECONDS = 0.3
+# What psutil.cpu_times_percent counts as a core's busy time (idle, iowait and steal are not).
+BUSY_KINDS = ("user", "nice", "system", "irq", "softirq")
 
 
 def pinned_threads() -> int | None:
@@ -65,7 +67,9 @@ def busy_cores(cores: list[int], seconds: float = SAMPLE_SECONDS) -> float:
     for core in cores:
         if core < len(samples):
             t = samples[core]
-            busy += (100.0 - t.idle - getattr(t, "iowait", 0.0)) / 100.0
+            # The busy kinds summed, not 100 - idle: in some VMs the kinds do not add up to 100 over a short
+            # sample (a firecracker guest read idle 30% and 0 for the rest on an idle machine).
+            busy += sum(getattr(t, kind, 0.0) for kind in BUSY_KINDS) / 100.0
     own = (after.user - before.user + after.system - before.system) / seconds if seconds > 0 else 0.0
     return max(0.0, busy - own)
 
