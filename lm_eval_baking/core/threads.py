@@ -26,6 +26,7 @@ PINNING_ENV = (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SAMPLE_SECONDS = 0.3
 # What psutil.cpu_times_percent counts as a core's busy time (idle, iowait and steal are not).
 BUSY_KINDS = ("user", "nice", "system", "irq", "softirq")
+IDLE_KINDS = ("idle", "iowait", "steal")
 
 
 def pinned_threads() -> int | None:
@@ -67,9 +68,12 @@ def busy_cores(cores: list[int], seconds: float = SAMPLE_SECONDS) -> float:
     for core in cores:
         if core < len(samples):
             t = samples[core]
-            # The busy kinds summed, not 100 - idle: in some VMs the kinds do not add up to 100 over a short
-            # sample (a firecracker guest read idle 30% and 0 for the rest on an idle machine).
-            busy += sum(getattr(t, kind, 0.0) for kind in BUSY_KINDS) / 100.0
+            # A share of the core's own total, not of 100: over a short sample the kinds need not add up to
+            # 100 (a firecracker guest read idle 30% and 0 for the rest on an idle machine, user 30% on a busy
+            # one, at 0.3 s).
+            working = sum(getattr(t, kind, 0.0) for kind in BUSY_KINDS)
+            total = working + sum(getattr(t, kind, 0.0) for kind in IDLE_KINDS)
+            busy += working / total if total > 0 else 0.0
     own = (after.user - before.user + after.system - before.system) / seconds if seconds > 0 else 0.0
     return max(0.0, busy - own)
 

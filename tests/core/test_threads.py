@@ -53,6 +53,10 @@ def test_busy_cores_counts_niced_time(monkeypatch):
     samples = [Times(20.0, 70.0, 5.0, 5.0, 0.0), Times(0.0, 0.0, 2.0, 93.0, 5.0)]
     monkeypatch.setattr(psutil, "cpu_times_percent", lambda interval, percpu: samples)
     assert threads.busy_cores([0, 1], seconds=0) == pytest.approx(0.95 + 0.02)
+    # Over a short sample a VM's kinds need not add up to 100: shares of each core's own total.
+    monkeypatch.setattr(psutil, "cpu_times_percent", lambda interval, percpu: [Times(30.0, 0.0, 0.0, 0.0, 0.0),
+                                                                               Times(0.0, 0.0, 0.0, 30.0, 0.0)])
+    assert threads.busy_cores([0, 1], seconds=0) == pytest.approx(1.0)
     assert threads.threads_for_free_cores([0, 1], threads.busy_cores([0, 1], seconds=0)) == 1
 
 
