@@ -142,11 +142,15 @@ def must_show(parts: dict) -> list[dict]:
     if bake and pirate:
         performance = bake["performance"]
         flops = 6 * pirate["ours"]["n_params"] * performance["training_tokens_per_s"]
-        share = flops / 1e9 / pirate["ceilings"]["bf16_gflops"]
+        # The machine's ceiling is the best probe of the run: a probe next to any other work reads low.
+        ceiling = max(part["result"]["ceilings"]["bf16_gflops"] for part in parts.values()
+                      if isinstance(part.get("result"), dict) and "ceilings" in part["result"])
+        share = flops / 1e9 / ceiling
         row("default pirate bake: wall time (s), whole command", parts["bake"]["wall_s"], "", None,
             ", ".join(f"{k} {v:.0f} s" for k, v in performance["seconds"].items()))
         row("default pirate bake: training at a share of the bf16 ceiling", share, ">= 40%", share >= 0.40,
-            "6 x parameters x trained answer tokens/s over the pirate part's bf16 ceiling")
+            f"6 x parameters x trained answer tokens/s ({flops / 1e9:.0f} GFLOP/s) over the run's best bf16 "
+            f"matmul probe ({ceiling:.0f} GFLOP/s)")
     return rows
 
 
