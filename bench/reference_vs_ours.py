@@ -325,8 +325,8 @@ def profile_steps(model_path: str, config: BakeConfig, train, steps: int) -> dic
             baker = PromptBaker(model, tokenizer, method_config, progress=False)
             # Label the teacher's forward without touching the library: the step module's teacher_logits (the
             # teacher run in every step) and the baker's teacher (the top-k cache, filled while sampling here).
-            for owner, name in ((baker.bake_step, "teacher_logits"), (baker, "teacher")):
-                setattr(owner, name, labelled(getattr(owner, name), PHASE_TEACHER))
+            for owner, attribute in ((baker.bake_step, "teacher_logits"), (baker, "teacher")):
+                setattr(owner, attribute, labelled(getattr(owner, attribute), PHASE_TEACHER))
             model.train()
             for index, batch in enumerate(baker.batches(train, 1)[:steps + 1]):
                 our_training_step(baker, batch)
