@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from lm_eval_baking import BakeConfig, PromptBaker
 from lm_eval_baking.training.baker import attach_lora
 from lm_eval_baking.core.batching import autocast, teacher_mode
-from lm_eval_baking.core.models import load_model, resolve_model
+from lm_eval_baking.core.models import load_model, load_tokenizer, resolve_model
 from lm_eval_baking.core.questions import load_questions, split_questions
 from lm_eval_baking.core.chat import encode_like_lm_eval
 from lm_eval_baking.core.prompts import as_bake_prompt
@@ -447,7 +447,7 @@ def chosen_prompt(args, model_path: str) -> tuple:
     from lm_eval_baking.core.questions import Question
     from lm_eval_baking.evals.task_prompts import build_task_prompt, load_task
 
-    tokenizer = load_model(model_path)[1]
+    tokenizer = load_tokenizer(model_path)  # only the prompt's length is needed here, not the weights
     task = load_task(args.fewshot_task)
     # The questions are the task's evaluated docs: a bench, not an evaluation, and the small arithmetic
     # tasks have too few other docs for a bake of 256 answers.

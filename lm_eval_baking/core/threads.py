@@ -1,7 +1,7 @@
 """Torch's CPU threads: as many as the cores that other processes leave free, chosen once per command.
 
 torch runs one OpenMP thread per core, and each parallel region (every matmul, every elementwise op of a
-step) waits for its slowest thread. When another process keeps a core busy at normal priority, one of our
+step) waits for its slowest thread. When another process keeps a core busy, one of our
 threads waits for the scheduler in every region, thousands of times a step: on this 2-core machine a
 training step of the default bake took 60 s on 2 threads next to busy processes, 11.5 s on one thread,
 2.7 s idle (docs/performance.md, "A training step next to a busy process"). A niced neighbour counts as
